@@ -1,0 +1,252 @@
+//! Command-line definitions. Help text comes from these doc comments; nothing here reaches the
+//! engine, which takes plain request structs built in `cli/mod.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Point-in-time, incremental restore points of virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "rpfs", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory [default: /var/lib/rpfs as root, else $XDG_DATA_HOME/rpfs or
+    /// ~/.local/share/rpfs]
+    #[arg(long, global = true, env = "RPFS_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new, empty store
+    Init {
+        /// Block size of every disk chain: a power of two from 4K to 4M (K, M are binary)
+        #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
+        block_size: u64,
+    },
+    /// Manage source VMs
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Manage restore point collections
+    #[command(subcommand)]
+    Collection(CollectionCommand),
+    /// Create, list, show and delete restore points
+    #[command(subcommand)]
+    Point(PointCommand),
+    /// Write a restore point's disks (sparse raw images) and configuration to a directory
+    Restore {
+        /// The restore point, as COLLECTION/NAME
+        point: String,
+        /// Directory to write into (created if missing); existing files are never overwritten
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Restore only this disk
+        #[arg(long, value_name = "DISK")]
+        disk: Option<String>,
+    },
+    /// Stream one disk of a restore point to standard output as a raw image
+    Cat {
+        /// The restore point, as COLLECTION/NAME
+        point: String,
+        /// The disk to stream
+        #[arg(long, value_name = "DISK")]
+        disk: String,
+    },
+    /// Verify the store's structure and indexes (and every block with --read-data)
+    Check {
+        /// Also read every stored block and verify its hash
+        #[arg(long)]
+        read_data: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Add a source VM; the first --disk is the OS disk, the others data disks (LUN 0, 1, …)
+    Add(VmAdd),
+    /// List source VMs
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one source VM
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a VM; its collections and restore points follow it
+    Rename { old: String, new: String },
+    /// Remove a VM (refused while it has restore points); its empty collections go with it
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct VmAdd {
+    /// Name of the VM
+    pub name: String,
+    /// A disk as NAME=PATH (raw image file or block device); repeat for data disks
+    #[arg(long = "disk", value_name = "DISK=PATH", required = true, value_parser = parse_disk)]
+    pub disks: Vec<(String, PathBuf)>,
+    /// Type of a disk as DISK=TYPE (default managed); ultra, ephemeral and shared disks must be
+    /// excluded from restore points
+    #[arg(long = "disk-type", value_name = "DISK=TYPE", value_parser = parse_disk_type)]
+    pub disk_types: Vec<(String, DiskTypeArg)>,
+    /// How the VM is deployed; VMs in a uniform scale set cannot have restore points
+    #[arg(long, value_enum, default_value_t = OrchestrationArg::Standalone)]
+    pub orchestration: OrchestrationArg,
+    /// File whose contents are captured as the VM configuration at every point
+    #[arg(long, value_name = "PATH", conflicts_with = "config_command")]
+    pub config_file: Option<PathBuf>,
+    /// Command whose output is captured as the VM configuration (e.g. "virsh dumpxml vm1")
+    #[arg(long, value_name = "CMD")]
+    pub config_command: Option<String>,
+    /// Command run before capture to freeze the VM (application consistency)
+    #[arg(long, value_name = "CMD")]
+    pub pre_script: Option<String>,
+    /// Command run after capture to thaw the VM; runs even when capture fails
+    #[arg(long, value_name = "CMD")]
+    pub post_script: Option<String>,
+    /// Seconds a script or configuration command may run before it is killed [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub script_timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DiskTypeArg {
+    Managed,
+    Ultra,
+    Ephemeral,
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OrchestrationArg {
+    Standalone,
+    AvailabilitySet,
+    VmssFlexible,
+    VmssUniform,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCommand {
+    /// Create a restore point collection for a VM
+    Create {
+        name: String,
+        /// The source VM
+        #[arg(long)]
+        vm: String,
+        /// Location recorded in the collection [default: local]
+        #[arg(long, value_name = "REGION")]
+        location: Option<String>,
+    },
+    /// List collections
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one collection and its restore points
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a collection; refused unless empty, or with --force, which deletes its points
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConsistencyArg {
+    Application,
+    Filesystem,
+    Crash,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PointCommand {
+    /// Create a restore point of the collection's VM
+    Create {
+        collection: String,
+        name: String,
+        /// Leave this disk out of the point; repeatable
+        #[arg(long = "exclude-disk", value_name = "DISK")]
+        exclude: Vec<String>,
+        /// Consistency to aim for [default: application when the VM has a pre-script, else crash]
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
+    },
+    /// List restore points, of one collection or all
+    List {
+        collection: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one restore point (COLLECTION/NAME)
+    Show {
+        point: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one restore point (COLLECTION/NAME); the others keep reading identically
+    Delete { point: String },
+}
+
+/// Parses sizes like `64K`, `4M`, `65536`, `64KiB`; single-letter units are binary.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let binary = match t.char_indices().last() {
+        Some((i, c)) if "kKmMgGtT".contains(c) && t[..i].trim().parse::<f64>().is_ok() => {
+            format!("{} {}iB", &t[..i], c.to_ascii_uppercase())
+        }
+        _ => t.to_string(),
+    };
+    binary
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+fn parse_disk(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected DISK=PATH, got {s:?}")),
+    }
+}
+
+fn parse_disk_type(s: &str) -> Result<(String, DiskTypeArg), String> {
+    let (name, ty) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected DISK=TYPE, got {s:?}"))?;
+    let ty = DiskTypeArg::from_str(ty, true).map_err(|_| {
+        format!("unknown disk type {ty:?}; use managed, ultra, ephemeral or shared")
+    })?;
+    Ok((name.to_string(), ty))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

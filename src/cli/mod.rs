@@ -1,0 +1,414 @@
+//! The command-line front end: turns arguments into engine requests, prints results, and maps
+//! errors to documented exit codes. Results go to standard output, diagnostics to standard error.
+
+pub mod args;
+mod output;
+mod progress;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rpfs::engine::create::{Consistency, CreateRequest};
+use rpfs::engine::restore::RestoreRequest;
+use rpfs::engine::vms::VmSpec;
+use rpfs::engine::{Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource};
+use rpfs::store::records::{ConfigSource, DiskType, Orchestration};
+use rpfs::store::storage::LocalStorage;
+
+use args::{
+    Cli, CollectionCommand, Command, ConsistencyArg, DiskTypeArg, OrchestrationArg, PointCommand,
+    VmCommand,
+};
+use output::{human, print_json, say};
+use progress::Bar;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NOT_FOUND: i32 = 3;
+    pub const EXISTS: i32 = 4;
+    pub const LIMIT: i32 = 5;
+    pub const BUSY: i32 = 6;
+    pub const UNSUPPORTED: i32 = 7;
+    pub const NOT_EMPTY: i32 = 8;
+    pub const SCRIPT: i32 = 9;
+    pub const DAMAGED: i32 = 10;
+}
+
+/// An error on its way out, with its exit code.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::NotFound => exit::NOT_FOUND,
+            ErrorKind::Exists => exit::EXISTS,
+            ErrorKind::InvalidName | ErrorKind::NameTooLong | ErrorKind::InvalidArgument => {
+                exit::USAGE
+            }
+            ErrorKind::Limit => exit::LIMIT,
+            ErrorKind::Busy => exit::BUSY,
+            ErrorKind::Unsupported => exit::UNSUPPORTED,
+            ErrorKind::NotEmpty => exit::NOT_EMPTY,
+            ErrorKind::Script => exit::SCRIPT,
+            ErrorKind::Corrupt => exit::DAMAGED,
+            ErrorKind::Io => exit::FAILURE,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn failure(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The default store directory.
+pub fn default_store() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rpfs");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("rpfs")
+}
+
+fn open_store(dir: &Path) -> Result<Engine, Failure> {
+    if !dir.join("rpfs.store").exists() {
+        return Err(failure(
+            exit::NOT_FOUND,
+            format!(
+                "no rpfs store at {}; create one with `rpfs init --store {}`",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(Engine::open(
+        Arc::new(LocalStorage::new(dir)),
+        OpenOptions::default(),
+    )?)
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let dir = cli.store.clone().unwrap_or_else(default_store);
+    match cli.command {
+        Command::Init { block_size } => {
+            let bs = rpfs::engine::validate_block_size(block_size)?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                failure(
+                    exit::FAILURE,
+                    format!("creating store directory {}: {e}", dir.display()),
+                )
+            })?;
+            let engine = Engine::init(Arc::new(LocalStorage::new(&dir)), bs)?;
+            say!(
+                "initialised store {} at {} (block size {})",
+                engine.header().store_id,
+                dir.display(),
+                human(u64::from(bs))
+            );
+            Ok(())
+        }
+        Command::Vm(cmd) => vm(&open_store(&dir)?, cmd),
+        Command::Collection(cmd) => collection(&open_store(&dir)?, cmd),
+        Command::Point(cmd) => point(&open_store(&dir)?, cmd),
+        Command::Restore { point, to, disk } => {
+            let engine = open_store(&dir)?;
+            let (c, n) = split_point_path(&point)?;
+            let req = RestoreRequest {
+                collection: c.to_string(),
+                name: n.to_string(),
+                to,
+                disk,
+            };
+            let out = engine.restore(&req, &Bar::new())?;
+            say!(
+                "restored {point} to {}: {} files, {} of images ({} of data written, verified), {:.2} s",
+                req.to.display(),
+                out.files.len(),
+                human(out.image_bytes),
+                human(out.bytes_written),
+                out.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Cat { point, disk } => cat(&open_store(&dir)?, &point, &disk),
+        Command::Check { read_data } => {
+            let engine = open_store(&dir)?;
+            let started = Instant::now();
+            let report = engine.check(read_data, &Bar::new())?;
+            for p in &report.problems {
+                eprintln!("problem: {p}");
+            }
+            say!(
+                "checked {} VMs, {} collections, {} restore points, {} disk restore points, {} packs{}: {} problems, {:.2} s",
+                report.vms,
+                report.collections,
+                report.points,
+                report.disk_points,
+                report.packs,
+                if read_data {
+                    format!(", {} blocks verified", report.blocks_verified)
+                } else {
+                    String::new()
+                },
+                report.problems.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(failure(
+                    exit::DAMAGED,
+                    format!("check found {} problems", report.problems.len()),
+                ))
+            }
+        }
+    }
+}
+
+fn vm(engine: &Engine, cmd: VmCommand) -> Result<(), Failure> {
+    match cmd {
+        VmCommand::Add(a) => {
+            let config = match (a.config_file, a.config_command) {
+                (Some(f), _) => ConfigSource::File(f),
+                (None, Some(c)) => ConfigSource::Command(c),
+                (None, None) => ConfigSource::None,
+            };
+            let spec = VmSpec {
+                name: a.name,
+                disks: a.disks,
+                disk_types: a
+                    .disk_types
+                    .into_iter()
+                    .map(|(n, t)| {
+                        let t = match t {
+                            DiskTypeArg::Managed => DiskType::Managed,
+                            DiskTypeArg::Ultra => DiskType::Ultra,
+                            DiskTypeArg::Ephemeral => DiskType::Ephemeral,
+                            DiskTypeArg::Shared => DiskType::Shared,
+                        };
+                        (n, t)
+                    })
+                    .collect(),
+                orchestration: match a.orchestration {
+                    OrchestrationArg::Standalone => Orchestration::Standalone,
+                    OrchestrationArg::AvailabilitySet => Orchestration::AvailabilitySet,
+                    OrchestrationArg::VmssFlexible => Orchestration::VmssFlexible,
+                    OrchestrationArg::VmssUniform => Orchestration::VmssUniform,
+                },
+                config,
+                pre_script: a.pre_script,
+                post_script: a.post_script,
+                script_timeout_secs: a.script_timeout,
+            };
+            let vm = engine.add_vm(&spec)?;
+            say!(
+                "added VM {} ({}) with {} disks",
+                vm.name,
+                vm.id,
+                vm.disks.len()
+            );
+            Ok(())
+        }
+        VmCommand::List { json } => {
+            let cat = engine.catalog()?;
+            if json {
+                return print_json(&cat.vms);
+            }
+            output::vm_table(&cat);
+            Ok(())
+        }
+        VmCommand::Show { name, json } => {
+            let cat = engine.catalog()?;
+            let vm = cat.vm(&name)?;
+            if json {
+                return print_json(vm);
+            }
+            output::vm_details(&cat, vm);
+            Ok(())
+        }
+        VmCommand::Rename { old, new } => {
+            let vm = engine.rename_vm(&old, &new)?;
+            say!("renamed VM {old} to {} ({})", vm.name, vm.id);
+            Ok(())
+        }
+        VmCommand::Remove { name } => {
+            let vm = engine.remove_vm(&name)?;
+            say!("removed VM {} ({})", vm.name, vm.id);
+            Ok(())
+        }
+    }
+}
+
+fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
+    let store_id = engine.header().store_id;
+    match cmd {
+        CollectionCommand::Create { name, vm, location } => {
+            let c = engine.create_collection(&name, &vm, location.as_deref())?;
+            say!("created collection {} for VM {vm} ({})", c.name, c.id);
+            Ok(())
+        }
+        CollectionCommand::List { json } => {
+            let cat = engine.catalog()?;
+            if json {
+                let all: Vec<_> = cat
+                    .collections
+                    .iter()
+                    .map(|c| resource::collection(store_id, &cat, c))
+                    .collect();
+                return print_json(&all);
+            }
+            output::collection_table(&cat);
+            Ok(())
+        }
+        CollectionCommand::Show { name, json } => {
+            let cat = engine.catalog()?;
+            let c = cat.collection(&name)?;
+            if json {
+                return print_json(&resource::collection(store_id, &cat, c));
+            }
+            output::collection_details(&cat, c);
+            Ok(())
+        }
+        CollectionCommand::Delete { name, force } => {
+            let out = engine.delete_collection(&name, force)?;
+            say!(
+                "deleted collection {name} and {} restore points, freed {}",
+                out.points_deleted,
+                human(out.freed_bytes)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {
+    let store_id = engine.header().store_id;
+    match cmd {
+        PointCommand::Create {
+            collection,
+            name,
+            exclude,
+            consistency,
+        } => {
+            let req = CreateRequest {
+                collection,
+                name,
+                exclude,
+                consistency: consistency.map(|c| match c {
+                    ConsistencyArg::Application => Consistency::Application,
+                    ConsistencyArg::Filesystem => Consistency::FileSystem,
+                    ConsistencyArg::Crash => Consistency::Crash,
+                }),
+            };
+            let out = engine.create_point(&req, &Bar::new())?;
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
+            let size: u64 = out.point.disks.iter().map(|d| d.size).sum();
+            let frozen = out
+                .frozen
+                .map(|f| format!(", frozen {:.3} s", f.as_secs_f64()))
+                .unwrap_or_default();
+            say!(
+                "created restore point {}/{} ({}, {} disks): read {}, stored {} ({:.1}% of {}), {:.2} s{frozen}",
+                out.collection,
+                out.point.name,
+                out.point.consistency_mode.as_str(),
+                out.point.disks.len(),
+                human(out.bytes_read),
+                human(out.bytes_stored),
+                out.bytes_stored as f64 * 100.0 / size.max(1) as f64,
+                human(size),
+                out.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        PointCommand::List { collection, json } => {
+            let cat = engine.catalog()?;
+            let coll_id = match &collection {
+                Some(c) => Some(cat.collection(c)?.id),
+                None => None,
+            };
+            let points: Vec<_> = cat
+                .points
+                .iter()
+                .filter(|p| coll_id.is_none_or(|id| p.collection_id == id))
+                .collect();
+            if json {
+                let all: Vec<_> = points
+                    .iter()
+                    .filter_map(|p| {
+                        let c = cat.collection_by_id(p.collection_id)?;
+                        Some(resource::point(store_id, c, cat.vm_by_id(p.vm_id), p))
+                    })
+                    .collect();
+                return print_json(&all);
+            }
+            output::point_table(&cat, &points);
+            Ok(())
+        }
+        PointCommand::Show { point, json } => {
+            let cat = engine.catalog()?;
+            let (c, n) = split_point_path(&point)?;
+            let (coll, p) = cat.point(c, n)?;
+            if json {
+                return print_json(&resource::point(store_id, coll, cat.vm_by_id(p.vm_id), p));
+            }
+            output::point_details(coll, p);
+            Ok(())
+        }
+        PointCommand::Delete { point } => {
+            let (c, n) = split_point_path(&point)?;
+            let out = engine.delete_point(c, n)?;
+            say!(
+                "deleted restore point {point}, freed {}",
+                human(out.freed_bytes)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn cat(engine: &Engine, point: &str, disk: &str) -> Result<(), Failure> {
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        return Err(failure(
+            exit::USAGE,
+            "refusing to write a disk image to a terminal; redirect standard output",
+        ));
+    }
+    let catalog = engine.catalog()?;
+    let (c, n) = split_point_path(point)?;
+    let (_, p) = catalog.point(c, n)?;
+    let image = engine.open_disk(c, p, disk)?;
+    let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
+    let chunk = 4u64 << 20;
+    let mut buf = vec![0u8; chunk as usize];
+    let mut offset = 0;
+    while offset < image.size() {
+        let n = image.read_at(offset, &mut buf)?;
+        out.write_all(&buf[..n])
+            .map_err(|e| failure(exit::FAILURE, format!("writing standard output: {e}")))?;
+        offset += n as u64;
+    }
+    out.flush()
+        .map_err(|e| failure(exit::FAILURE, format!("writing standard output: {e}")))
+}

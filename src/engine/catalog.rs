@@ -1,0 +1,159 @@
+//! A snapshot of the store's metadata: VMs, collections and committed points, with lookups by
+//! name.
+//!
+//! Invariants: a snapshot is read without locks and may be stale by the time it is used;
+//! operations that change a VM reload what they decide on after taking that VM's lock. Loading is
+//! strict: one unreadable record fails the load (naming the file), because acting on a partial
+//! view could delete data that an unreadable record still references.
+
+use uuid::Uuid;
+
+use super::error::{Error, Result};
+use crate::store::layout;
+use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
+use crate::store::storage::Storage;
+use crate::store::{kind, read_record};
+
+/// VMs, collections and committed points, each list sorted for stable output.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub vms: Vec<VmRecord>,
+    pub collections: Vec<CollectionRecord>,
+    /// Sorted by VM, then creation order.
+    pub points: Vec<PointRecord>,
+}
+
+fn list_records(storage: &dyn Storage, dir: &str) -> Result<Vec<Uuid>> {
+    let names = storage
+        .list(dir)
+        .map_err(Error::io(format!("listing {dir}")))?;
+    Ok(names
+        .iter()
+        .filter_map(|n| layout::parse_name(n, ".json"))
+        .collect())
+}
+
+/// Ids of the VMs whose record exists.
+pub fn vm_ids(storage: &dyn Storage) -> Result<Vec<Uuid>> {
+    let names = storage
+        .list(layout::VMS)
+        .map_err(Error::io("listing vms"))?;
+    Ok(names
+        .iter()
+        .filter_map(|n| layout::parse_name(n, ""))
+        .collect())
+}
+
+/// Reads one VM record; `None` when the VM directory has no record (being added or removed).
+pub fn load_vm(storage: &dyn Storage, id: Uuid) -> Result<Option<VmRecord>> {
+    match read_record(storage, &layout::vm_record(id), kind::VM) {
+        Ok(vm) => Ok(Some(vm)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Committed points of one VM, in creation order.
+pub fn load_points(storage: &dyn Storage, vm: Uuid) -> Result<Vec<PointRecord>> {
+    let mut points = Vec::new();
+    for id in list_records(storage, &layout::points_dir(vm))? {
+        let p: PointRecord = read_record(storage, &layout::point(vm, id), kind::POINT)?;
+        points.push(p);
+    }
+    points.sort_by_key(|p| p.seq);
+    Ok(points)
+}
+
+/// Collections of one VM.
+pub fn load_collections(storage: &dyn Storage, vm: Uuid) -> Result<Vec<CollectionRecord>> {
+    let mut out = Vec::new();
+    for id in list_records(storage, &layout::collections_dir(vm))? {
+        out.push(read_record(
+            storage,
+            &layout::collection(vm, id),
+            kind::COLLECTION,
+        )?);
+    }
+    Ok(out)
+}
+
+impl Catalog {
+    /// Reads every record in the store.
+    pub fn load(storage: &dyn Storage) -> Result<Catalog> {
+        let mut cat = Catalog::default();
+        for id in vm_ids(storage)? {
+            let Some(vm) = load_vm(storage, id)? else {
+                continue;
+            };
+            cat.collections.extend(load_collections(storage, id)?);
+            cat.points.extend(load_points(storage, id)?);
+            cat.vms.push(vm);
+        }
+        cat.vms.sort_by(|a, b| a.name.cmp(&b.name));
+        cat.collections.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(cat)
+    }
+
+    pub fn vm(&self, name: &str) -> Result<&VmRecord> {
+        self.vms
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| Error::NotFound {
+                what: "VM",
+                name: name.to_string(),
+            })
+    }
+
+    pub fn vm_by_id(&self, id: Uuid) -> Option<&VmRecord> {
+        self.vms.iter().find(|v| v.id == id)
+    }
+
+    pub fn collection(&self, name: &str) -> Result<&CollectionRecord> {
+        self.collections
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| Error::NotFound {
+                what: "collection",
+                name: name.to_string(),
+            })
+    }
+
+    pub fn collection_by_id(&self, id: Uuid) -> Option<&CollectionRecord> {
+        self.collections.iter().find(|c| c.id == id)
+    }
+
+    /// Points of one collection, in creation order.
+    pub fn points_in(&self, collection: Uuid) -> impl Iterator<Item = &PointRecord> {
+        self.points
+            .iter()
+            .filter(move |p| p.collection_id == collection)
+    }
+
+    /// Points of one VM across all its collections, in creation order.
+    pub fn points_of_vm(&self, vm: Uuid) -> impl Iterator<Item = &PointRecord> {
+        self.points.iter().filter(move |p| p.vm_id == vm)
+    }
+
+    /// Resolves `COLLECTION/NAME`.
+    pub fn point(&self, collection: &str, name: &str) -> Result<(&CollectionRecord, &PointRecord)> {
+        let c = self.collection(collection)?;
+        let p = self
+            .points_in(c.id)
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::NotFound {
+                what: "restore point",
+                name: format!("{collection}/{name}"),
+            })?;
+        Ok((c, p))
+    }
+}
+
+/// Splits `COLLECTION/NAME`.
+pub fn split_point_path(path: &str) -> Result<(&str, &str)> {
+    match path.split_once('/') {
+        Some((c, p)) if !c.is_empty() && !p.is_empty() && !p.contains('/') => Ok((c, p)),
+        _ => Err(Error::InvalidArgument(format!(
+            "restore point {path:?} must be given as COLLECTION/NAME"
+        ))),
+    }
+}

@@ -1,0 +1,443 @@
+//! Verifying a whole store.
+//!
+//! Structure: every record parses and its envelope checksum holds; points reference existing
+//! collections; names are unique; limits hold; every committed disk restore point has a valid
+//! map whose packs exist with valid tables holding every block the map references; nothing is
+//! left that no committed point references. With `read_data`, every stored block is read,
+//! decompressed and its hash compared.
+//!
+//! Invariants: check never stops at the first problem; it reports each one with the point, disk
+//! and block affected. It takes each VM's lock (waiting for it) so it never sees an operation
+//! half done, and it changes nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rayon::prelude::*;
+use uuid::Uuid;
+
+use super::error::{Error, Result};
+use super::progress::Progress;
+use super::{Engine, MAX_POINTS_PER_VM, catalog};
+use crate::store::blockmap::BlockMap;
+use crate::store::pack::{PackError, PackIndex};
+use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
+use crate::store::storage::{Object, Storage, TEMP_SUFFIX};
+use crate::store::{envelope, kind, layout, read_record};
+
+/// What `check` found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub vms: usize,
+    pub collections: usize,
+    pub points: usize,
+    pub disk_points: usize,
+    pub packs: usize,
+    pub blocks_verified: u64,
+    pub bytes_verified: u64,
+    /// One line per problem; empty when the store is sound.
+    pub problems: Vec<String>,
+}
+
+/// Formats sorted block numbers as ranges: "3, 17-19".
+fn ranges(blocks: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < blocks.len() {
+        let mut j = i;
+        while j + 1 < blocks.len() && blocks[j + 1] == blocks[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            blocks[i].to_string()
+        } else {
+            format!("{}-{}", blocks[i], blocks[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+struct LoadedPack {
+    object: std::sync::Arc<dyn Object>,
+    index: PackIndex,
+}
+
+impl Engine {
+    /// Checks the store; see the module documentation.
+    pub fn check(&self, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+        let storage = &*self.shared.storage;
+        let mut report = CheckReport::default();
+        let mut collection_names: HashMap<String, usize> = HashMap::new();
+        let mut vm_names: HashMap<String, usize> = HashMap::new();
+        for vm_id in catalog::vm_ids(storage)? {
+            let _lock = storage
+                .lock(&layout::vm_lock(vm_id))
+                .map_err(Error::io("taking a VM lock"))?;
+            let vm: Option<VmRecord> =
+                match read_record(storage, &layout::vm_record(vm_id), kind::VM) {
+                    Ok(v) => Some(v),
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => {
+                        report.problems.push(e.to_string());
+                        None
+                    }
+                };
+            if let Some(vm) = &vm {
+                *vm_names.entry(vm.name.clone()).or_default() += 1;
+                report.vms += 1;
+            }
+            self.check_vm(
+                vm_id,
+                vm.as_ref(),
+                read_data,
+                progress,
+                &mut collection_names,
+                &mut report,
+            )?;
+        }
+        for (name, n) in vm_names.into_iter().chain(collection_names) {
+            if n > 1 {
+                report
+                    .problems
+                    .push(format!("name '{name}' is used by {n} VMs or collections"));
+            }
+        }
+        Ok(report)
+    }
+
+    fn check_vm(
+        &self,
+        vm_id: Uuid,
+        vm: Option<&VmRecord>,
+        read_data: bool,
+        progress: &dyn Progress,
+        collection_names: &mut HashMap<String, usize>,
+        report: &mut CheckReport,
+    ) -> Result<()> {
+        let storage = &*self.shared.storage;
+        let vm_label = vm.map_or_else(|| vm_id.to_string(), |v| v.name.clone());
+        let list = |dir: &str| {
+            storage
+                .list(dir)
+                .map_err(Error::io(format!("listing {dir}")))
+        };
+
+        if list(&layout::vm_dir(vm_id))?
+            .iter()
+            .any(|n| n == "pending.json")
+        {
+            report.problems.push(format!(
+                "VM '{vm_label}': an interrupted operation was not recovered (pending.json)"
+            ));
+        }
+        let mut collections: HashMap<Uuid, CollectionRecord> = HashMap::new();
+        let cdir = layout::collections_dir(vm_id);
+        for name in list(&cdir)? {
+            match layout::parse_name(&name, ".json") {
+                Some(id) => match read_record::<CollectionRecord>(
+                    storage,
+                    &layout::collection(vm_id, id),
+                    kind::COLLECTION,
+                ) {
+                    Ok(c) => {
+                        *collection_names.entry(c.name.clone()).or_default() += 1;
+                        collections.insert(c.id, c);
+                    }
+                    Err(e) => report.problems.push(e.to_string()),
+                },
+                None => report
+                    .problems
+                    .push(format!("{cdir}/{name}: unexpected file")),
+            }
+        }
+        report.collections += collections.len();
+
+        let pdir = layout::points_dir(vm_id);
+        let mut points: Vec<PointRecord> = Vec::new();
+        let names = list(&pdir)?;
+        for name in &names {
+            if let Some(id) = layout::parse_name(name, ".json") {
+                match read_record::<PointRecord>(storage, &layout::point(vm_id, id), kind::POINT) {
+                    Ok(p) => points.push(p),
+                    Err(e) => report.problems.push(e.to_string()),
+                }
+            } else if let Some(id) = layout::parse_name(name, ".config") {
+                if !names.contains(&format!("{id}.json")) {
+                    report.problems.push(format!(
+                        "{pdir}/{name}: configuration of no committed point"
+                    ));
+                }
+            } else {
+                report
+                    .problems
+                    .push(format!("{pdir}/{name}: unexpected file"));
+            }
+        }
+        points.sort_by_key(|p| p.seq);
+        report.points += points.len();
+        if points.len() > MAX_POINTS_PER_VM {
+            report.problems.push(format!(
+                "VM '{vm_label}' has {} restore points, more than the limit of {MAX_POINTS_PER_VM}",
+                points.len()
+            ));
+        }
+
+        let mut seen: HashSet<(Uuid, &str)> = HashSet::new();
+        let label = |p: &PointRecord| {
+            let c = collections
+                .get(&p.collection_id)
+                .map_or_else(|| p.collection_id.to_string(), |c| c.name.clone());
+            format!("restore point {c}/{}", p.name)
+        };
+        for p in &points {
+            if !collections.contains_key(&p.collection_id) {
+                report.problems.push(format!(
+                    "{}: its collection {} does not exist",
+                    label(p),
+                    p.collection_id
+                ));
+            }
+            if !seen.insert((p.collection_id, p.name.as_str())) {
+                report
+                    .problems
+                    .push(format!("{}: name used twice in its collection", label(p)));
+            }
+            let key = layout::point_config(vm_id, p.id);
+            match storage.read(&key) {
+                Ok(bytes) => match envelope::open(&key, kind::CONFIG, &bytes) {
+                    Ok(body) if body.len() as u64 == p.config_len => {}
+                    Ok(body) => report.problems.push(format!(
+                        "{}: configuration is {} bytes, record says {}",
+                        label(p),
+                        body.len(),
+                        p.config_len
+                    )),
+                    Err(e) => report.problems.push(format!("{}: {e}", label(p))),
+                },
+                Err(e) => report
+                    .problems
+                    .push(format!("{}: configuration {key}: {e}", label(p))),
+            }
+        }
+
+        // Disk chains.
+        let mut by_disk: BTreeMap<Uuid, Vec<(&PointRecord, Uuid)>> = BTreeMap::new();
+        for p in &points {
+            for d in &p.disks {
+                by_disk.entry(d.disk_id).or_default().push((p, d.drp_id));
+            }
+        }
+        let ddir = layout::disks_dir(vm_id);
+        let mut disk_dirs: Vec<Uuid> = list(&ddir)?
+            .iter()
+            .filter_map(|n| layout::parse_name(n, ""))
+            .collect();
+        disk_dirs.extend(by_disk.keys().copied());
+        disk_dirs.sort();
+        disk_dirs.dedup();
+        for disk in disk_dirs {
+            let drps = by_disk.get(&disk).map(Vec::as_slice).unwrap_or(&[]);
+            self.check_disk(vm_id, disk, drps, &label, read_data, progress, report)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_disk(
+        &self,
+        vm: Uuid,
+        disk: Uuid,
+        drps: &[(&PointRecord, Uuid)],
+        label: &dyn Fn(&PointRecord) -> String,
+        read_data: bool,
+        progress: &dyn Progress,
+        report: &mut CheckReport,
+    ) -> Result<()> {
+        let storage: &dyn Storage = &*self.shared.storage;
+        let bs = self.shared.header.block_size;
+        let dir = layout::disk_dir(vm, disk);
+        let names = storage
+            .list(&dir)
+            .map_err(Error::io(format!("listing {dir}")))?;
+        let live_maps: HashSet<Uuid> = drps.iter().map(|(_, d)| *d).collect();
+
+        let mut packs: HashMap<Uuid, Option<LoadedPack>> = HashMap::new();
+        let mut referenced: HashMap<Uuid, HashSet<u64>> = HashMap::new();
+        let mut maps: Vec<(&PointRecord, String, BlockMap)> = Vec::new();
+        for (p, drp) in drps {
+            report.disk_points += 1;
+            let d = p.disks.iter().find(|d| d.drp_id == *drp);
+            let disk_label = format!("{} disk '{}'", label(p), d.map_or("?", |d| d.name.as_str()));
+            let key = layout::map(vm, disk, *drp);
+            let map = match storage.read(&key) {
+                Ok(bytes) => match BlockMap::decode(&key, &bytes, bs) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        report
+                            .problems
+                            .push(format!("{disk_label}: block map damaged: {e}"));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("{disk_label}: block map {key}: {e}"));
+                    continue;
+                }
+            };
+            if d.is_some_and(|d| d.size != map.disk_size) {
+                report.problems.push(format!(
+                    "{disk_label}: map size {} differs from the record",
+                    map.disk_size
+                ));
+            }
+            for &pack in &map.packs {
+                packs.entry(pack).or_insert_with(|| {
+                    let key = layout::pack(vm, disk, pack);
+                    let loaded = storage
+                        .open(&key)
+                        .map_err(PackError::Io)
+                        .and_then(|object| {
+                            PackIndex::load(&*object, &key, pack, bs)
+                                .map(|index| LoadedPack { object, index })
+                        });
+                    match loaded {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            report.problems.push(format!("pack {key}: {e}"));
+                            None
+                        }
+                    }
+                });
+            }
+            let mut missing = Vec::new();
+            let mut unreadable = Vec::new();
+            for (b, &e) in map.entries.iter().enumerate() {
+                if e == 0 {
+                    continue;
+                }
+                let pack = map.packs[e as usize - 1];
+                referenced.entry(pack).or_default().insert(b as u64);
+                match &packs[&pack] {
+                    Some(l) if l.index.find(b as u64).is_some() => {}
+                    Some(_) => missing.push(b as u64),
+                    None => unreadable.push(b as u64),
+                }
+            }
+            if !missing.is_empty() {
+                report.problems.push(format!(
+                    "{disk_label}: blocks {} are missing from their packs",
+                    ranges(&missing)
+                ));
+            }
+            if !unreadable.is_empty() {
+                report.problems.push(format!(
+                    "{disk_label}: blocks {} are in packs that cannot be read",
+                    ranges(&unreadable)
+                ));
+            }
+            maps.push((p, disk_label, map));
+        }
+        report.packs += packs.len();
+
+        for name in &names {
+            let stray = name.ends_with(TEMP_SUFFIX)
+                || layout::parse_name(name, ".map").is_some_and(|m| !live_maps.contains(&m))
+                || layout::parse_name(name, ".pack").is_some_and(|p| !packs.contains_key(&p));
+            let known = layout::parse_name(name, ".map").is_some()
+                || layout::parse_name(name, ".pack").is_some();
+            if stray || !known {
+                report.problems.push(format!(
+                    "{dir}/{name}: not referenced by any committed point"
+                ));
+            }
+        }
+        for (pack, l) in &packs {
+            if let (Some(l), Some(refs)) = (l, referenced.get(pack)) {
+                let unref = l
+                    .index
+                    .entries
+                    .iter()
+                    .filter(|e| !refs.contains(&e.block))
+                    .count();
+                if unref > 0 {
+                    report.problems.push(format!(
+                        "pack {}: {unref} blocks are referenced by no committed point",
+                        layout::pack(vm, disk, *pack)
+                    ));
+                }
+            }
+        }
+
+        if !read_data {
+            return Ok(());
+        }
+        let mut damaged: HashMap<(Uuid, u64), String> = HashMap::new();
+        let total: u64 = packs.values().flatten().map(|l| l.index.data_end).sum();
+        progress.begin("verifying blocks", total);
+        for (pack, l) in packs.iter().filter_map(|(p, l)| Some((p, l.as_ref()?))) {
+            let bad: Vec<(u64, String)> = l
+                .index
+                .entries
+                .par_iter()
+                .filter_map(|e| {
+                    let mut out = vec![0u8; bs as usize];
+                    let r = l.index.read_block(&*l.object, e, &mut out);
+                    progress.advance(u64::from(e.stored_len));
+                    r.err().map(|err| (e.block, err.to_string()))
+                })
+                .collect();
+            report.blocks_verified += l.index.entries.len() as u64;
+            report.bytes_verified += l.index.entries.len() as u64 * u64::from(bs);
+            for (b, why) in bad {
+                damaged.insert((*pack, b), why);
+            }
+        }
+        progress.end();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        let mut reported: HashSet<(Uuid, u64)> = HashSet::new();
+        for (_, disk_label, map) in &maps {
+            let mut hits: Vec<(u64, &str)> = Vec::new();
+            for (b, &e) in map.entries.iter().enumerate() {
+                if e == 0 {
+                    continue;
+                }
+                let key = (map.packs[e as usize - 1], b as u64);
+                if let Some(why) = damaged.get(&key) {
+                    hits.push((b as u64, why));
+                    reported.insert(key);
+                }
+            }
+            for (b, why) in hits {
+                report.problems.push(format!(
+                    "{disk_label} block {b} (offset {}): damaged: {why}",
+                    b * u64::from(bs)
+                ));
+            }
+        }
+        for ((pack, b), why) in &damaged {
+            if !reported.contains(&(*pack, *b)) {
+                report.problems.push(format!(
+                    "pack {} block {b} (referenced by no point): damaged: {why}",
+                    layout::pack(vm, disk, *pack)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn block_ranges() {
+        assert_eq!(ranges(&[]), "");
+        assert_eq!(ranges(&[3]), "3");
+        assert_eq!(ranges(&[3, 17, 18, 19, 21]), "3, 17-19, 21");
+    }
+}

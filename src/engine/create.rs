@@ -1,0 +1,498 @@
+//! Creating a VM restore point.
+//!
+//! Order: every check (name, limits, disk types, sources) under the VM's lock, before anything
+//! is written; then `pending.json`; then the configuration capture, pre-script (freeze), capture
+//! of every included disk, post-script (thaw); then each disk's pack and map; then the captured
+//! configuration; then the point record, which commits the point.
+//!
+//! Capture: where a source sits on a filesystem with reflinks (XFS, btrfs), each disk is cloned
+//! while frozen and the VM is thawed at once, so the freeze lasts as long as the clones take;
+//! otherwise the disks are ingested while frozen. The post-script runs exactly once whenever the
+//! pre-script was attempted, including when capture fails.
+//!
+//! Consistency recorded: `ApplicationConsistent` (or `FileSystemConsistent` when that was asked
+//! for) when both scripts succeeded; otherwise the mode requested. A failing pre-script fails the
+//! creation, committing nothing, unless crash consistency was requested.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::error::{Error, Result};
+use super::hooks::{self, Outcome};
+use super::ingest::{self, Previous};
+use super::names;
+use super::progress::Progress;
+use super::source::{self, Source, SourceKind};
+use super::{Engine, MAX_POINTS_PER_VM, catalog, now_rfc3339};
+use crate::store::records::{
+    ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk, Orchestration,
+    PendingKind, PendingOp, PointRecord, VmRecord,
+};
+use crate::store::{envelope, kind, layout, write_record};
+
+/// The consistency a user asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Application,
+    FileSystem,
+    Crash,
+}
+
+impl Consistency {
+    fn mode(self) -> ConsistencyMode {
+        match self {
+            Consistency::Application => ConsistencyMode::ApplicationConsistent,
+            Consistency::FileSystem => ConsistencyMode::FileSystemConsistent,
+            Consistency::Crash => ConsistencyMode::CrashConsistent,
+        }
+    }
+}
+
+/// A request to create a restore point.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub collection: String,
+    pub name: String,
+    /// Names of disks to leave out.
+    pub exclude: Vec<String>,
+    /// `None`: application consistency when the VM has a pre-script, else crash consistency.
+    pub consistency: Option<Consistency>,
+}
+
+/// What a creation did.
+#[derive(Debug, Clone)]
+pub struct CreateOutcome {
+    pub point: PointRecord,
+    pub collection: String,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub elapsed: Duration,
+    /// How long the VM was frozen (pre-script start to post-script end), when scripts ran.
+    pub frozen: Option<Duration>,
+    /// Disks captured from reflink clones.
+    pub cloned_disks: Vec<String>,
+    /// Things the user should know that did not fail the creation.
+    pub warnings: Vec<String>,
+}
+
+/// Everything decided before the creation writes anything.
+struct Plan {
+    vm: VmRecord,
+    collection_id: Uuid,
+    collection: String,
+    name: String,
+    point_id: Uuid,
+    seq: u64,
+    included: Vec<DiskSpec>,
+    excluded: Vec<ExcludedDisk>,
+    requested: Consistency,
+    /// Previous disk restore point per included disk (same order), for change detection.
+    previous: Vec<Option<Uuid>>,
+}
+
+fn clone_path(source: &Path, point: Uuid) -> Option<PathBuf> {
+    let name = source.file_name()?.to_string_lossy();
+    Some(source.with_file_name(format!(".{name}.rpfs-clone-{}", point.simple())))
+}
+
+/// The environment scripts see.
+fn script_env(plan: &Plan, phase: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("RPFS_PHASE", phase.to_string()),
+        ("RPFS_VM", plan.vm.name.clone()),
+        ("RPFS_VM_ID", plan.vm.id.to_string()),
+        ("RPFS_COLLECTION", plan.collection.clone()),
+        ("RPFS_POINT", plan.point_id.to_string()),
+    ]
+}
+
+impl Engine {
+    /// Creates a restore point; see the module documentation for the order of events.
+    pub fn create_point(
+        &self,
+        req: &CreateRequest,
+        progress: &dyn Progress,
+    ) -> Result<CreateOutcome> {
+        let started = Instant::now();
+        names::validate("restore point", &req.name)?;
+        let cat = self.catalog()?;
+        let coll = cat.collection(&req.collection)?;
+        let vm = cat
+            .vm_by_id(coll.vm_id)
+            .ok_or_else(|| Error::NotFound {
+                what: "VM of collection",
+                name: req.collection.clone(),
+            })?
+            .clone();
+        refuse_uniform_scale_set(&vm)?;
+        let _lock = self.vm_lock(&vm)?;
+        let plan = self.plan(req, &vm, coll.id)?;
+
+        let pending = PendingOp {
+            op: PendingKind::Create,
+            point_id: plan.point_id,
+            clones: plan
+                .included
+                .iter()
+                .filter_map(|d| clone_path(&d.path, plan.point_id))
+                .collect(),
+            started: now_rfc3339(),
+        };
+        let storage = &*self.shared.storage;
+        let pending_key = layout::pending(vm.id);
+        write_record(storage, &pending_key, kind::PENDING, &pending)
+            .map_err(Error::io(format!("writing {pending_key}")))?;
+
+        let result = self.capture_and_commit(&plan, progress, started);
+        for c in &pending.clones {
+            let _ = std::fs::remove_file(c);
+        }
+        if result.is_err() {
+            self.discard_attempt(&plan);
+        }
+        // With the attempt committed or discarded, the marker has done its job. If removing it
+        // fails, the next open runs recovery, which is harmless.
+        let _ = storage.remove(&pending_key);
+        result
+    }
+
+    /// All checks; nothing is written.
+    fn plan(&self, req: &CreateRequest, vm: &VmRecord, collection_id: Uuid) -> Result<Plan> {
+        let storage = &*self.shared.storage;
+        // Reload under the VM lock: these are the facts the decision rests on.
+        let points = catalog::load_points(storage, vm.id)?;
+        if points
+            .iter()
+            .any(|p| p.collection_id == collection_id && p.name == req.name)
+        {
+            return Err(Error::Exists {
+                what: "restore point",
+                name: format!("{}/{}", req.collection, req.name),
+            });
+        }
+        if points.len() >= MAX_POINTS_PER_VM {
+            return Err(Error::LimitReached {
+                vm: vm.name.clone(),
+                count: points.len(),
+                limit: MAX_POINTS_PER_VM,
+            });
+        }
+        for name in &req.exclude {
+            if !vm.disks.iter().any(|d| &d.name == name) {
+                return Err(Error::NotFound {
+                    what: "disk to exclude",
+                    name: format!("{name} (VM '{}' has {})", vm.name, disk_names(vm)),
+                });
+            }
+        }
+        let (included, excluded): (Vec<_>, Vec<_>) = vm
+            .disks
+            .iter()
+            .cloned()
+            .partition(|d| !req.exclude.contains(&d.name));
+        if included.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "every disk of VM '{}' is excluded; a restore point needs at least one disk",
+                vm.name
+            )));
+        }
+        if let Some(d) = included.iter().find(|d| !d.disk_type.is_supported()) {
+            return Err(Error::Unsupported(format!(
+                "disk '{}' of VM '{}' is a {:?} disk, which restore points do not support; \
+                 exclude it with --exclude-disk {} and retry",
+                d.name, vm.name, d.disk_type, d.name
+            )));
+        }
+        let requested = match req.consistency {
+            Some(c) => c,
+            None if vm.pre_script.is_some() => Consistency::Application,
+            None => Consistency::Crash,
+        };
+        if requested != Consistency::Crash && vm.pre_script.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{} consistency needs a pre-script to freeze VM '{}', and it has none; \
+                 add one with `rpfs vm add --pre-script` or ask for --consistency crash",
+                requested.mode().as_str(),
+                vm.name
+            )));
+        }
+        for d in &included {
+            source::inspect(&d.name, &d.path)?;
+        }
+        let previous = included
+            .iter()
+            .map(|d| {
+                points
+                    .iter()
+                    .rev()
+                    .find_map(|p| p.disks.iter().find(|x| x.disk_id == d.id).map(|x| x.drp_id))
+            })
+            .collect();
+        Ok(Plan {
+            vm: vm.clone(),
+            collection_id,
+            collection: req.collection.clone(),
+            name: req.name.clone(),
+            point_id: Uuid::new_v4(),
+            seq: points.last().map_or(1, |p| p.seq + 1),
+            excluded: excluded
+                .iter()
+                .map(|d| ExcludedDisk {
+                    disk_id: d.id,
+                    name: d.name.clone(),
+                })
+                .collect(),
+            included,
+            requested,
+            previous,
+        })
+    }
+
+    fn capture_config(&self, plan: &Plan) -> Result<Vec<u8>> {
+        match &plan.vm.config {
+            ConfigSource::None => Ok(Vec::new()),
+            ConfigSource::File(path) => std::fs::read(path).map_err(Error::io(format!(
+                "reading the configuration file {} of VM '{}'",
+                path.display(),
+                plan.vm.name
+            ))),
+            ConfigSource::Command(cmd) => {
+                let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
+                match hooks::run(cmd, &script_env(plan, "config"), timeout) {
+                    Outcome::Success(out) => Ok(out),
+                    Outcome::Failed(why) => Err(Error::Script(format!(
+                        "configuration command of VM '{}' {why}; nothing was committed",
+                        plan.vm.name
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn capture_and_commit(
+        &self,
+        plan: &Plan,
+        progress: &dyn Progress,
+        started: Instant,
+    ) -> Result<CreateOutcome> {
+        let config = self.capture_config(plan)?;
+        let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
+        let mut warnings = Vec::new();
+        let freeze_start = Instant::now();
+
+        let pre_ok = match &plan.vm.pre_script {
+            None => None,
+            Some(cmd) => match hooks::run(cmd, &script_env(plan, "pre"), timeout) {
+                Outcome::Success(_) => Some(true),
+                Outcome::Failed(why) if plan.requested == Consistency::Crash => {
+                    warnings.push(format!(
+                        "pre-script {why}; continuing crash-consistent as requested"
+                    ));
+                    Some(false)
+                }
+                Outcome::Failed(why) => {
+                    // Thaw whatever the pre-script may have frozen before giving up.
+                    let _ = self.run_post(plan, timeout);
+                    return Err(Error::Script(format!(
+                        "pre-script of VM '{}' {why}; nothing was committed",
+                        plan.vm.name
+                    )));
+                }
+            },
+        };
+
+        // Capture: clone what can be cloned, then thaw at once if everything was cloned.
+        let mut post: Option<Result<(), String>> = None;
+        let mut frozen = None;
+        let captured = self.capture_sources(plan);
+        let all_cloned = captured
+            .as_ref()
+            .is_ok_and(|c| c.iter().all(|(_, cloned)| *cloned));
+        if all_cloned || captured.is_err() {
+            post = Some(self.run_post(plan, timeout));
+            frozen = Some(freeze_start.elapsed());
+        }
+        let ingested = captured.and_then(|sources| {
+            let total = sources.iter().map(|(s, _)| s.info.size).sum();
+            progress.begin(&format!("{}/{}", plan.collection, plan.vm.name), total);
+            let r = self.ingest_all(plan, &sources, progress);
+            progress.end();
+            r.map(|i| (i, sources))
+        });
+        if post.is_none() {
+            post = Some(self.run_post(plan, timeout));
+            frozen = Some(freeze_start.elapsed());
+        }
+        let (ingested, sources) = ingested?;
+        let post_ok = match post {
+            Some(Err(why)) => {
+                warnings.push(format!(
+                    "post-script {why}; VM '{}' may still be frozen",
+                    plan.vm.name
+                ));
+                false
+            }
+            _ => true,
+        };
+        if plan.vm.pre_script.is_none() && plan.vm.post_script.is_none() {
+            frozen = None;
+        }
+
+        let consistency_mode = match pre_ok {
+            Some(true) if post_ok => match plan.requested {
+                Consistency::FileSystem => ConsistencyMode::FileSystemConsistent,
+                _ => ConsistencyMode::ApplicationConsistent,
+            },
+            _ => plan.requested.mode(),
+        };
+
+        let storage = &*self.shared.storage;
+        let config_key = layout::point_config(plan.vm.id, plan.point_id);
+        storage
+            .put(&config_key, &envelope::seal(kind::CONFIG, &config))
+            .map_err(Error::io(format!("publishing {config_key}")))?;
+        let disks: Vec<DiskPointRecord> = plan
+            .included
+            .iter()
+            .zip(&ingested)
+            .map(|(d, (drp, i))| DiskPointRecord {
+                drp_id: *drp,
+                disk_id: d.id,
+                name: d.name.clone(),
+                lun: d.lun,
+                size: i.size,
+                source: d.path.clone(),
+                new_blocks: i.new_blocks,
+                stored_bytes: i.stored_bytes,
+                has_pack: i.has_pack,
+            })
+            .collect();
+        let point = PointRecord {
+            id: plan.point_id,
+            name: plan.name.clone(),
+            collection_id: plan.collection_id,
+            vm_id: plan.vm.id,
+            seq: plan.seq,
+            created: now_rfc3339(),
+            vm_name: plan.vm.name.clone(),
+            consistency_mode,
+            disks,
+            excluded: plan.excluded.clone(),
+            config_len: config.len() as u64,
+            block_size: self.shared.header.block_size,
+        };
+        let point_key = layout::point(plan.vm.id, plan.point_id);
+        write_record(storage, &point_key, kind::POINT, &point)
+            .map_err(Error::io(format!("publishing {point_key}")))?;
+
+        Ok(CreateOutcome {
+            collection: plan.collection.clone(),
+            bytes_read: ingested.iter().map(|(_, i)| i.bytes_read).sum(),
+            bytes_stored: ingested.iter().map(|(_, i)| i.stored_bytes).sum(),
+            elapsed: started.elapsed(),
+            frozen,
+            cloned_disks: sources
+                .iter()
+                .zip(&plan.included)
+                .filter(|((_, cloned), _)| *cloned)
+                .map(|(_, d)| d.name.clone())
+                .collect(),
+            warnings,
+            point,
+        })
+    }
+
+    fn run_post(&self, plan: &Plan, timeout: Duration) -> Result<(), String> {
+        match &plan.vm.post_script {
+            None => Ok(()),
+            Some(cmd) => match hooks::run(cmd, &script_env(plan, "post"), timeout) {
+                Outcome::Success(_) => Ok(()),
+                Outcome::Failed(why) => Err(why),
+            },
+        }
+    }
+
+    /// Opens every included source, through a reflink clone where the filesystem allows one.
+    /// Returns each source with whether it is a clone.
+    fn capture_sources(&self, plan: &Plan) -> Result<Vec<(Source, bool)>> {
+        let mut out = Vec::new();
+        for d in &plan.included {
+            let info = source::inspect(&d.name, &d.path)?;
+            let clone = match (info.kind, clone_path(&d.path, plan.point_id)) {
+                (SourceKind::File, Some(c)) => match reflink_copy::reflink(&d.path, &c) {
+                    Ok(()) => Some(c),
+                    Err(_) => {
+                        let _ = std::fs::remove_file(&c);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            match clone {
+                Some(c) => {
+                    let mut s = Source::open(&d.name, &c)?;
+                    s.path = c;
+                    out.push((s, true));
+                }
+                None => out.push((Source::open(&d.name, &d.path)?, false)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn ingest_all(
+        &self,
+        plan: &Plan,
+        sources: &[(Source, bool)],
+        progress: &dyn Progress,
+    ) -> Result<Vec<(Uuid, ingest::Ingested)>> {
+        let mut out = Vec::new();
+        for ((d, prev), (src, _)) in plan.included.iter().zip(&plan.previous).zip(sources) {
+            let previous = match prev {
+                Some(drp) => Some(Previous::load(&self.shared, plan.vm.id, d.id, *drp)?),
+                None => None,
+            };
+            let drp = Uuid::new_v4();
+            let i = ingest::ingest(
+                &self.shared,
+                plan.vm.id,
+                d.id,
+                drp,
+                src,
+                previous.as_ref(),
+                progress,
+            )?;
+            out.push((drp, i));
+        }
+        Ok(out)
+    }
+
+    /// Removes whatever a failed attempt published. Anything left (a crash here) is found by
+    /// recovery through `pending.json`.
+    fn discard_attempt(&self, plan: &Plan) {
+        let storage = &*self.shared.storage;
+        let _ = storage.remove(&layout::point_config(plan.vm.id, plan.point_id));
+        let _ = super::delete::collect_garbage(&self.shared, plan.vm.id);
+    }
+}
+
+fn disk_names(vm: &VmRecord) -> String {
+    vm.disks
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// VMs in a uniform scale set cannot have restore points.
+pub(crate) fn refuse_uniform_scale_set(vm: &VmRecord) -> Result<()> {
+    if vm.orchestration == Orchestration::VmssUniform {
+        return Err(Error::Unsupported(format!(
+            "VM '{}' is in a uniform virtual machine scale set, which restore points do not support",
+            vm.name
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Engine errors.
+//!
+//! Policy: every refusal has its own variant so callers can act on it (the CLI maps
+//! [`ErrorKind`] to exit codes, the mount to errnos); every message names the object that failed
+//! and the reason, and says what to do next when there is something to do. A refusal is decided
+//! before anything is written, so it changes nothing.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::store::{Corrupt, RecordError};
+
+/// Engine result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a source disk cannot be captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceProblem {
+    /// The source exists but is not a raw image or block device.
+    Unsupported,
+    /// The source cannot be opened or read.
+    Unreadable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} '{name}' not found")]
+    NotFound { what: &'static str, name: String },
+
+    #[error("{what} '{name}' already exists")]
+    Exists { what: &'static str, name: String },
+
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: String,
+        too_long: bool,
+    },
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error(
+        "VM '{vm}' already has {count} restore points across its collections, the limit is \
+         {limit}: delete some restore points and retry"
+    )]
+    LimitReached {
+        vm: String,
+        count: usize,
+        limit: usize,
+    },
+
+    #[error(
+        "VM '{vm}' is busy: another restore point creation or deletion is running for it; \
+         retry when it has finished"
+    )]
+    Busy { vm: String },
+
+    #[error("{0}")]
+    Unsupported(String),
+
+    #[error("{0}")]
+    NotEmpty(String),
+
+    #[error("disk '{disk}' ({path}): {reason}")]
+    Source {
+        disk: String,
+        path: PathBuf,
+        reason: String,
+        problem: SourceProblem,
+    },
+
+    #[error("{0}")]
+    Script(String),
+
+    #[error("{context}: {detail}")]
+    Damaged { context: String, detail: String },
+
+    #[error("store damaged: {0}")]
+    Corrupt(#[from] Corrupt),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The category of an error, for exit codes and errnos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Exists,
+    InvalidName,
+    NameTooLong,
+    InvalidArgument,
+    Limit,
+    Busy,
+    Unsupported,
+    NotEmpty,
+    Script,
+    Corrupt,
+    Io,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Exists { .. } => ErrorKind::Exists,
+            Error::InvalidName { too_long: true, .. } => ErrorKind::NameTooLong,
+            Error::InvalidName { .. } => ErrorKind::InvalidName,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::LimitReached { .. } => ErrorKind::Limit,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::NotEmpty(_) => ErrorKind::NotEmpty,
+            Error::Source {
+                problem: SourceProblem::Unsupported,
+                ..
+            } => ErrorKind::Unsupported,
+            Error::Source {
+                problem: SourceProblem::Unreadable,
+                ..
+            } => ErrorKind::Io,
+            Error::Script(_) => ErrorKind::Script,
+            Error::Damaged { .. } | Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+impl From<RecordError> for Error {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Io { key, source } => Error::Io {
+                context: format!("reading {key}"),
+                source,
+            },
+            RecordError::Corrupt(c) => Error::Corrupt(c),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The engine: everything rpfs does with a store — catalog changes, creating points (change
+//! detection, compression, hooks, limits, locks), deleting them (garbage collection and repack),
+//! the read path, restore and check.
+//!
+//! Locks (advisory, released by the kernel when a holder dies, never guessed stale):
+//! - `store` serialises short catalog changes: adding, renaming and removing VMs, creating and
+//!   removing collections. Waited for.
+//! - `vm-<id>` is held for the whole of a point creation or deletion (and collection deletion)
+//!   on that VM. Never waited for: a second attempt is refused at once as busy.
+//!
+//! Lock order is `store` then `vm-<id>`.
+//!
+//! Crash safety: an operation on a VM first publishes `pending.json`; a point becomes visible
+//! only when its record is published, after everything it references is durable; whoever next
+//! opens the store and can take the VM's lock finishes the cleanup ([`recovery`]).
+
+pub mod cache;
+pub mod catalog;
+pub mod check;
+pub mod create;
+pub mod delete;
+pub mod error;
+mod hooks;
+pub mod ingest;
+pub mod names;
+pub mod progress;
+pub mod read;
+mod recovery;
+pub mod resource;
+pub mod restore;
+pub mod source;
+pub mod vms;
+
+use std::sync::Arc;
+
+pub use cache::BlockCache;
+pub use catalog::Catalog;
+pub use error::{Error, ErrorKind, Result};
+pub use read::DiskImage;
+
+use crate::store::records::{PointRecord, StoreHeader};
+use crate::store::storage::{LockGuard, Storage};
+use crate::store::{kind, layout, read_record, write_record};
+use read::PackRegistry;
+
+/// Most restore points one VM may have across all its collections.
+pub const MAX_POINTS_PER_VM: usize = 500;
+/// Default block size of a new store.
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+/// Smallest and largest block sizes a store may use.
+pub const BLOCK_SIZE_RANGE: (u32, u32) = (4 << 10, 4 << 20);
+/// Store format version written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// State shared by the engine and the images it hands out.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) header: StoreHeader,
+    pub(crate) cache: BlockCache,
+    pub(crate) packs: PackRegistry,
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Capacity of the block cache in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_bytes: cache::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// An open store.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// Checks a block size: a power of two within [`BLOCK_SIZE_RANGE`].
+pub fn validate_block_size(bytes: u64) -> Result<u32> {
+    let (lo, hi) = BLOCK_SIZE_RANGE;
+    if bytes.is_power_of_two() && (u64::from(lo)..=u64::from(hi)).contains(&bytes) {
+        Ok(bytes as u32)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "block size {bytes} is not a power of two between {} KiB and {} MiB",
+            lo >> 10,
+            hi >> 20
+        )))
+    }
+}
+
+/// Current time in RFC 3339 with milliseconds (Azure's `timeCreated` shape).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl Engine {
+    /// Creates a new, empty store in `storage`, which must be empty.
+    pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
+        let block_size = validate_block_size(u64::from(block_size))?;
+        let existing = storage
+            .list("")
+            .map_err(Error::io("listing the store directory"))?;
+        if existing.iter().any(|n| n == layout::STORE_HEADER) {
+            return Err(Error::Exists {
+                what: "store",
+                name: "here".into(),
+            });
+        }
+        if !existing.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the store directory is not empty (holds {}); choose an empty or new directory",
+                existing.join(", ")
+            )));
+        }
+        let header = StoreHeader {
+            format: "rpfs".into(),
+            version: FORMAT_VERSION,
+            store_id: uuid::Uuid::new_v4(),
+            block_size,
+            created: now_rfc3339(),
+        };
+        write_record(&*storage, layout::STORE_HEADER, kind::STORE, &header)
+            .map_err(Error::io("writing the store header"))?;
+        Self::open(storage, OpenOptions::default())
+    }
+
+    /// Opens an existing store and finishes any operation a crash interrupted.
+    pub fn open(storage: Arc<dyn Storage>, options: OpenOptions) -> Result<Engine> {
+        let header: StoreHeader = match read_record(&*storage, layout::STORE_HEADER, kind::STORE) {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotFound {
+                    what: "store",
+                    name: "(no rpfs.store here; create one with `rpfs init`)".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if header.format != "rpfs" || header.version != FORMAT_VERSION {
+            return Err(Error::Unsupported(format!(
+                "store format {} v{} is not supported by this build (v{FORMAT_VERSION})",
+                header.format, header.version
+            )));
+        }
+        validate_block_size(u64::from(header.block_size))?;
+        let engine = Engine {
+            shared: Arc::new(Shared {
+                storage,
+                header,
+                cache: BlockCache::new(options.cache_bytes),
+                packs: PackRegistry::default(),
+            }),
+        };
+        recovery::recover(&engine.shared)?;
+        Ok(engine)
+    }
+
+    pub fn header(&self) -> &StoreHeader {
+        &self.shared.header
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.shared.storage
+    }
+
+    pub fn cache(&self) -> &BlockCache {
+        &self.shared.cache
+    }
+
+    /// A fresh snapshot of the store's metadata.
+    pub fn catalog(&self) -> Result<Catalog> {
+        Catalog::load(&*self.shared.storage)
+    }
+
+    /// The configuration captured at `point`, verbatim.
+    pub fn point_config(&self, point: &PointRecord) -> Result<Vec<u8>> {
+        let key = layout::point_config(point.vm_id, point.id);
+        let bytes = self
+            .shared
+            .storage
+            .read(&key)
+            .map_err(Error::io(format!("reading {key}")))?;
+        Ok(crate::store::envelope::open(&key, kind::CONFIG, &bytes)?.to_vec())
+    }
+
+    /// Opens disk `disk` of `point` for reading.
+    pub fn open_disk(
+        &self,
+        collection: &str,
+        point: &PointRecord,
+        disk: &str,
+    ) -> Result<DiskImage> {
+        let d = point
+            .disks
+            .iter()
+            .find(|d| d.name == disk)
+            .ok_or_else(|| Error::NotFound {
+                what: "disk restore point",
+                name: format!("{collection}/{}/{disk}", point.name),
+            })?;
+        let key = layout::map(point.vm_id, d.disk_id, d.drp_id);
+        let bytes = self
+            .shared
+            .storage
+            .read(&key)
+            .map_err(Error::io(format!("reading {key}")))?;
+        let map =
+            crate::store::blockmap::BlockMap::decode(&key, &bytes, self.shared.header.block_size)?;
+        Ok(DiskImage::new(
+            self.shared.clone(),
+            format!("restore point {collection}/{} disk '{disk}'", point.name),
+            point.vm_id,
+            d.disk_id,
+            map,
+        ))
+    }
+
+    pub(crate) fn store_lock(&self) -> Result<LockGuard> {
+        self.shared
+            .storage
+            .lock(layout::STORE_LOCK)
+            .map_err(Error::io("taking the store lock"))
+    }
+
+    /// Takes the VM's lock or refuses at once as busy.
+    pub(crate) fn vm_lock(&self, vm: &crate::store::records::VmRecord) -> Result<LockGuard> {
+        try_vm_lock(&self.shared, vm.id)?.ok_or_else(|| Error::Busy {
+            vm: vm.name.clone(),
+        })
+    }
+}
+
+pub(crate) fn try_vm_lock(shared: &Shared, vm: uuid::Uuid) -> Result<Option<LockGuard>> {
+    shared
+        .storage
+        .try_lock(&layout::vm_lock(vm))
+        .map_err(Error::io("taking the VM lock"))
+}

@@ -1,0 +1,268 @@
+//! The read path: a disk restore point as a random-access image.
+//!
+//! Resolving a byte offset costs the same at any chain depth: block number → the point's own
+//! complete block map → pack → pack table (binary search) → block cache or one read + decode.
+//!
+//! Invariants: a read never returns bytes whose hash does not match the stored hash; a damaged
+//! block fails only the reads that touch it; holes read as zeros without touching storage. Pack
+//! handles are shared between images through [`PackRegistry`] so each pack is opened and its
+//! table parsed once per process while in use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+use rayon::prelude::*;
+use uuid::Uuid;
+
+use super::Shared;
+use super::cache::BlockKey;
+use super::error::{Error, Result};
+use crate::store::blockmap::BlockMap;
+use crate::store::layout;
+use crate::store::pack::{PackError, PackIndex};
+use crate::store::storage::Object;
+
+/// An open pack: its object and validated table.
+#[derive(Debug)]
+pub struct PackHandle {
+    pub key: String,
+    pub object: Arc<dyn Object>,
+    pub index: PackIndex,
+}
+
+/// Open packs, shared by every image that references them while any holds them.
+#[derive(Debug, Default)]
+pub struct PackRegistry {
+    open: Mutex<HashMap<Uuid, Weak<PackHandle>>>,
+}
+
+impl PackRegistry {
+    /// Forgets a pack (after it was replaced or removed) so the next user reopens it.
+    pub fn forget(&self, pack: Uuid) {
+        self.open.lock().remove(&pack);
+    }
+}
+
+/// Opens pack `pack` of disk chain `disk` of `vm`, sharing a live handle when there is one.
+pub(crate) fn open_pack(
+    shared: &Shared,
+    vm: Uuid,
+    disk: Uuid,
+    pack: Uuid,
+) -> Result<Arc<PackHandle>> {
+    if let Some(h) = shared.packs.open.lock().get(&pack).and_then(Weak::upgrade) {
+        return Ok(h);
+    }
+    let key = layout::pack(vm, disk, pack);
+    let object = shared
+        .storage
+        .open(&key)
+        .map_err(Error::io(format!("opening {key}")))?;
+    let index =
+        PackIndex::load(&*object, &key, pack, shared.header.block_size).map_err(|e| match e {
+            PackError::Io(source) => Error::Io {
+                context: format!("reading {key}"),
+                source,
+            },
+            PackError::Corrupt(c) => Error::Corrupt(c),
+        })?;
+    let handle = Arc::new(PackHandle { key, object, index });
+    shared
+        .packs
+        .open
+        .lock()
+        .insert(pack, Arc::downgrade(&handle));
+    Ok(handle)
+}
+
+/// One disk restore point, readable at any offset.
+pub struct DiskImage {
+    shared: Arc<Shared>,
+    /// "restore point C/P disk 'D'", for messages.
+    label: String,
+    vm: Uuid,
+    disk: Uuid,
+    map: BlockMap,
+    packs: Vec<OnceLock<Arc<PackHandle>>>,
+}
+
+impl std::fmt::Debug for DiskImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskImage")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl DiskImage {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        label: String,
+        vm: Uuid,
+        disk: Uuid,
+        map: BlockMap,
+    ) -> Self {
+        let packs = (0..map.packs.len()).map(|_| OnceLock::new()).collect();
+        DiskImage {
+            shared,
+            label,
+            vm,
+            disk,
+            map,
+            packs,
+        }
+    }
+
+    /// Size of the disk in bytes.
+    pub fn size(&self) -> u64 {
+        self.map.disk_size
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.map.block_size
+    }
+
+    /// The block map behind this image.
+    pub fn map(&self) -> &BlockMap {
+        &self.map
+    }
+
+    /// What this image is, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Bytes of the image that are not holes (whole blocks).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.map.data_blocks() * u64::from(self.map.block_size)
+    }
+
+    fn pack(&self, slot: usize) -> Result<Arc<PackHandle>> {
+        if let Some(h) = self.packs[slot].get() {
+            return Ok(h.clone());
+        }
+        let h = open_pack(&self.shared, self.vm, self.disk, self.map.packs[slot])?;
+        // Another thread may have set it first; both handles are equivalent.
+        let _ = self.packs[slot].set(h.clone());
+        Ok(h)
+    }
+
+    fn damaged(&self, block: u64, detail: String) -> Error {
+        Error::Damaged {
+            context: format!(
+                "{} block {block} (offset {})",
+                self.label,
+                block * u64::from(self.map.block_size)
+            ),
+            detail,
+        }
+    }
+
+    /// The decoded content of `block`, or `None` when it is a hole (reads as zeros).
+    pub fn block(&self, block: u64) -> Result<Option<Arc<[u8]>>> {
+        let Some(&entry) = usize::try_from(block)
+            .ok()
+            .and_then(|b| self.map.entries.get(b))
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: block {block} is past the end of the disk",
+                self.label
+            )));
+        };
+        if entry == 0 {
+            return Ok(None);
+        }
+        let slot = entry as usize - 1;
+        let key = BlockKey {
+            pack: self.map.packs[slot],
+            block,
+        };
+        if let Some(data) = self.shared.cache.get(&key) {
+            return Ok(Some(data));
+        }
+        let handle = self
+            .pack(slot)
+            .map_err(|e| self.damaged(block, e.to_string()))?;
+        let Some(pe) = handle.index.find(block) else {
+            return Err(self.damaged(block, format!("{} does not hold this block", handle.key)));
+        };
+        let mut out = vec![0u8; self.map.block_size as usize];
+        handle
+            .index
+            .read_block(&*handle.object, pe, &mut out)
+            .map_err(|e| self.damaged(block, format!("{}: {e}", handle.key)))?;
+        let data: Arc<[u8]> = Arc::from(out);
+        self.shared.cache.insert(key, data.clone());
+        Ok(Some(data))
+    }
+
+    /// Decodes blocks `first..first + count` on all cores.
+    pub fn blocks(&self, first: u64, count: u64) -> Result<Vec<Option<Arc<[u8]>>>> {
+        (first..first + count)
+            .into_par_iter()
+            .map(|b| self.block(b))
+            .collect()
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the disk.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.map.disk_size;
+        if offset >= size {
+            return Ok(0);
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
+        let bs = u64::from(self.map.block_size);
+        let first = offset / bs;
+        let last = (offset + len as u64 - 1) / bs;
+        // Decode in parallel when a read spans several blocks (large sequential reads).
+        let blocks = if last - first >= 3 {
+            self.blocks(first, last - first + 1)?
+        } else {
+            (first..=last)
+                .map(|b| self.block(b))
+                .collect::<Result<_>>()?
+        };
+        let mut done = 0usize;
+        for (i, data) in blocks.iter().enumerate() {
+            let block_start = (first + i as u64) * bs;
+            let from = (offset + done as u64 - block_start) as usize;
+            let n = (bs as usize - from).min(len - done);
+            match data {
+                Some(d) => buf[done..done + n].copy_from_slice(&d[from..from + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    /// The first offset at or after `offset` inside a data block (SEEK_DATA), or `None`.
+    pub fn next_data(&self, offset: u64) -> Option<u64> {
+        let bs = u64::from(self.map.block_size);
+        let start = offset / bs;
+        let i = self
+            .map
+            .entries
+            .iter()
+            .skip(usize::try_from(start).ok()?)
+            .position(|&e| e != 0)?;
+        let block = start + i as u64;
+        Some((block * bs).max(offset)).filter(|&o| o < self.map.disk_size)
+    }
+
+    /// The first offset at or after `offset` inside a hole, or the disk size (SEEK_HOLE).
+    pub fn next_hole(&self, offset: u64) -> u64 {
+        let bs = u64::from(self.map.block_size);
+        let start = offset / bs;
+        let skip = usize::try_from(start).unwrap_or(usize::MAX);
+        match self.map.entries.iter().skip(skip).position(|&e| e == 0) {
+            Some(i) => ((start + i as u64) * bs)
+                .max(offset)
+                .min(self.map.disk_size),
+            None => self.map.disk_size,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The envelope around every metadata file (JSON records, captured VM configurations).
+//!
+//! Format: one ASCII header line, then the body:
+//!
+//! ```text
+//! RPFS <kind> v<version> <body-length> <crc32c-of-body, 8 hex digits>\n<body>
+//! ```
+//!
+//! The header line stays human-readable (`tail -n +2 FILE` prints the JSON) while giving every file
+//! a magic, a version and a checksum. Invariants: the body length is checked against the file
+//! length before anything else is trusted; bodies are capped at [`MAX_BODY`]; a file of the wrong
+//! kind is rejected, so a point record can never be read as a VM record.
+
+use super::Corrupt;
+
+/// Format version of envelopes written by this build.
+pub const VERSION: u32 = 1;
+/// Upper bound on a metadata body; VM configurations (e.g. `virsh dumpxml`) are kilobytes.
+pub const MAX_BODY: usize = 16 << 20;
+const MAX_HEADER: usize = 96;
+const MAGIC: &str = "RPFS";
+
+/// Wraps `body` in an envelope of `kind`.
+pub fn seal(kind: &str, body: &[u8]) -> Vec<u8> {
+    let header = format!(
+        "{MAGIC} {kind} v{VERSION} {} {:08x}\n",
+        body.len(),
+        crc32c::crc32c(body)
+    );
+    let mut out = Vec::with_capacity(header.len() + body.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks the envelope of `bytes` (read from `file`) and returns its body.
+pub fn open<'a>(file: &str, kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], Corrupt> {
+    let corrupt = |detail: String| Corrupt::new(file, detail);
+    let end = bytes
+        .iter()
+        .take(MAX_HEADER)
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no envelope header line".into()))?;
+    let header = std::str::from_utf8(&bytes[..end])
+        .map_err(|_| corrupt("envelope header is not ASCII".into()))?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let [magic, found_kind, version, len, crc] = fields[..] else {
+        return Err(corrupt(format!("malformed envelope header {header:?}")));
+    };
+    if magic != MAGIC {
+        return Err(corrupt(format!("bad magic {magic:?}")));
+    }
+    if found_kind != kind {
+        return Err(corrupt(format!(
+            "holds a {found_kind:?} record, expected {kind:?}"
+        )));
+    }
+    if version != format!("v{VERSION}") {
+        return Err(corrupt(format!(
+            "unsupported metadata version {version:?} (this build reads v{VERSION})"
+        )));
+    }
+    let len: usize = len
+        .parse()
+        .map_err(|_| corrupt(format!("bad body length {len:?}")))?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| corrupt(format!("bad checksum {crc:?}")))?;
+    let body = &bytes[end + 1..];
+    if len > MAX_BODY {
+        return Err(corrupt(format!("body of {len} bytes exceeds the cap")));
+    }
+    if body.len() != len {
+        return Err(corrupt(format!(
+            "body is {} bytes, header says {len}",
+            body.len()
+        )));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let sealed = seal("vm", b"{\"a\":1}");
+        assert!(sealed.starts_with(b"RPFS vm v1 7 "));
+        assert_eq!(open("f", "vm", &sealed).expect("valid"), b"{\"a\":1}");
+    }
+
+    #[test]
+    fn each_corruption_is_named() {
+        let sealed = seal("point", b"hello world");
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (sealed[..5].to_vec(), "no envelope header"),
+            ([b"XXXX".as_slice(), &sealed[4..]].concat(), "bad magic"),
+            (seal("vm", b"hello world"), "expected \"point\""),
+            (
+                String::from_utf8_lossy(&sealed)
+                    .replace(" v1 ", " v9 ")
+                    .into_bytes(),
+                "unsupported metadata version",
+            ),
+            (sealed[..sealed.len() - 1].to_vec(), "header says 11"),
+            (
+                {
+                    let mut b = sealed.clone();
+                    let last = b.len() - 1;
+                    b[last] ^= 1;
+                    b
+                },
+                "checksum mismatch",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = open("f", "point", &bytes).expect_err(want);
+            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+        }
+    }
+}

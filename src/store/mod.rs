@@ -1,0 +1,96 @@
+//! The on-disk format and nothing else: layout, headers, packs, block maps, metadata records,
+//! atomic publish, and the [`storage::Storage`] trait all I/O goes through.
+//!
+//! Invariants: every file holding data carries a magic, a version and a checksum; files are
+//! published by write-temp, fsync, rename, fsync-directory and never modified in place; every
+//! length read from a file is checked before it is trusted.
+
+pub mod block;
+pub mod blockmap;
+pub mod envelope;
+pub mod layout;
+pub mod pack;
+pub mod records;
+pub mod storage;
+
+use std::io;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use storage::Storage;
+
+/// A file whose content fails validation. Names the file; the detail says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {detail}")]
+pub struct Corrupt {
+    pub file: String,
+    pub detail: String,
+}
+
+impl Corrupt {
+    pub fn new(file: &str, detail: impl Into<String>) -> Self {
+        Corrupt {
+            file: file.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Failure to read a metadata record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{key}: {source}")]
+    Io { key: String, source: io::Error },
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+impl RecordError {
+    /// True when the record does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RecordError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads and validates a JSON record of `kind` from `key`.
+pub fn read_record<T: DeserializeOwned>(
+    storage: &dyn Storage,
+    key: &str,
+    kind: &str,
+) -> Result<T, RecordError> {
+    let bytes = storage.read(key).map_err(|source| RecordError::Io {
+        key: key.to_string(),
+        source,
+    })?;
+    let body = envelope::open(key, kind, &bytes)?;
+    serde_json::from_slice(body)
+        .map_err(|e| RecordError::Corrupt(Corrupt::new(key, format!("invalid {kind} record: {e}"))))
+}
+
+/// Serialises `record` into a sealed envelope of `kind`.
+pub fn seal_record<T: Serialize>(kind: &str, record: &T) -> Vec<u8> {
+    // Serialising plain structs of strings, numbers and UUIDs into memory cannot fail.
+    let body = serde_json::to_vec_pretty(record).unwrap_or_default();
+    envelope::seal(kind, &body)
+}
+
+/// Publishes `record` under `key` atomically and durably.
+pub fn write_record<T: Serialize>(
+    storage: &dyn Storage,
+    key: &str,
+    kind: &str,
+    record: &T,
+) -> io::Result<()> {
+    storage.put(key, &seal_record(kind, record))
+}
+
+/// Record kinds, as written in envelopes.
+pub mod kind {
+    pub const STORE: &str = "store";
+    pub const VM: &str = "vm";
+    pub const COLLECTION: &str = "collection";
+    pub const POINT: &str = "point";
+    pub const CONFIG: &str = "config";
+    pub const PENDING: &str = "pending";
+}

@@ -1,0 +1,187 @@
+//! Metadata records, stored as JSON inside an envelope (see `envelope.rs`).
+//!
+//! Invariants: records are identified by UUIDs that never change; names are only labels, so a
+//! VM rename rewrites one record and breaks no link. A point record is the commit point of a
+//! restore point: it is published last, after every file it references is durable, and a point
+//! whose record exists is complete. Records are replaced whole, never edited in place.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The store's own header record (`rpfs.store`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreHeader {
+    /// Always "rpfs".
+    pub format: String,
+    /// On-disk format version.
+    pub version: u32,
+    pub store_id: Uuid,
+    /// Block size of every disk chain in the store, in bytes.
+    pub block_size: u32,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// How the VM is deployed; uniform scale sets cannot have restore points.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Orchestration {
+    #[default]
+    Standalone,
+    AvailabilitySet,
+    VmssFlexible,
+    VmssUniform,
+}
+
+/// Kind of disk; only `managed` disks can be captured.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskType {
+    #[default]
+    Managed,
+    Ultra,
+    Ephemeral,
+    Shared,
+}
+
+impl DiskType {
+    /// True for disk types restore points can include.
+    pub fn is_supported(self) -> bool {
+        self == DiskType::Managed
+    }
+}
+
+/// One disk of a source VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Identity of the disk's incremental chain.
+    pub id: Uuid,
+    pub name: String,
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    pub disk_type: DiskType,
+    /// `None` for the OS disk, else the data disk's LUN.
+    pub lun: Option<u32>,
+}
+
+/// Where the VM configuration captured at each point comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigSource {
+    #[default]
+    None,
+    File(PathBuf),
+    Command(String),
+}
+
+/// A source VM (`vms/<id>/vm.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub created: String,
+    pub orchestration: Orchestration,
+    /// OS disk first, then data disks in LUN order.
+    pub disks: Vec<DiskSpec>,
+    pub config: ConfigSource,
+    pub pre_script: Option<String>,
+    pub post_script: Option<String>,
+    pub script_timeout_secs: u64,
+}
+
+/// A restore point collection (`vms/<vm>/collections/<id>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CollectionRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub vm_id: Uuid,
+    pub location: String,
+    pub created: String,
+}
+
+/// Consistency a point was asked for, or achieved (Azure's `consistencyMode`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ConsistencyMode {
+    CrashConsistent,
+    FileSystemConsistent,
+    ApplicationConsistent,
+}
+
+impl ConsistencyMode {
+    /// Azure's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsistencyMode::CrashConsistent => "CrashConsistent",
+            ConsistencyMode::FileSystemConsistent => "FileSystemConsistent",
+            ConsistencyMode::ApplicationConsistent => "ApplicationConsistent",
+        }
+    }
+}
+
+/// One disk restore point inside a point record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskPointRecord {
+    /// Names the block map (`<drp_id>.map`) and, when blocks were stored, the pack.
+    pub drp_id: Uuid,
+    pub disk_id: Uuid,
+    pub name: String,
+    pub lun: Option<u32>,
+    /// Size of the disk at capture, in bytes.
+    pub size: u64,
+    /// The source path at capture.
+    pub source: PathBuf,
+    /// Blocks stored by this point (changed since the previous point, or all for a first one).
+    pub new_blocks: u64,
+    /// Bytes this point added to the store for this disk (pack and map).
+    pub stored_bytes: u64,
+    /// True when a pack `<drp_id>.pack` was written.
+    pub has_pack: bool,
+}
+
+/// A disk left out of a point.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExcludedDisk {
+    pub disk_id: Uuid,
+    pub name: String,
+}
+
+/// A VM restore point (`vms/<vm>/points/<id>.json`); its existence commits the point.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PointRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub collection_id: Uuid,
+    pub vm_id: Uuid,
+    /// Creation order among the VM's points; the chain follows it.
+    pub seq: u64,
+    pub created: String,
+    /// VM name when the point was taken.
+    pub vm_name: String,
+    pub consistency_mode: ConsistencyMode,
+    pub disks: Vec<DiskPointRecord>,
+    pub excluded: Vec<ExcludedDisk>,
+    /// Length of the captured configuration (`<id>.config`).
+    pub config_len: u64,
+    pub block_size: u32,
+}
+
+/// An operation in flight on a VM (`vms/<vm>/pending.json`); present only while one runs or
+/// after a crash, when recovery finishes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingOp {
+    pub op: PendingKind,
+    pub point_id: Uuid,
+    /// Reflink clones of source disks this operation may have made, removed by recovery.
+    pub clones: Vec<PathBuf>,
+    pub started: String,
+}
+
+/// What a pending operation was doing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PendingKind {
+    Create,
+    Delete,
+}

@@ -1,0 +1,382 @@
+//! The storage interface: every byte of the store is read and written through [`Storage`], so a
+//! fault-injecting or remote implementation can stand in for the local directory.
+//!
+//! Invariants every implementation keeps:
+//! - Keys are relative, `/`-separated paths checked by [`check_key`]: no empty, `.` or `..`
+//!   components, no leading `/`. Nothing outside the store root is ever touched.
+//! - [`Storage::put`] and [`ObjectWriter::commit`] publish atomically and durably: a reader sees
+//!   the old object or the new one, never a mix, and once the call returns the new object survives
+//!   a crash. Until then it does not exist under its key.
+//! - An object dropped without `commit` leaves nothing under its key (a temporary file may remain
+//!   after a crash; its name ends in [`TEMP_SUFFIX`] and recovery removes it).
+//! - [`Storage::remove`] is durable on return.
+//! - Published objects are never modified in place; they are only replaced whole or removed.
+//! - Locks are advisory, exclusive, and released by the OS when the holder dies.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Suffix of in-flight temporary objects; anything ending in it is garbage after a crash.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A published object opened for random-access reads.
+pub trait Object: Send + Sync + fmt::Debug {
+    /// Length in bytes, fixed for the lifetime of the handle.
+    fn len(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`; a short object is an `UnexpectedEof` error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// True when the object holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A streaming writer for one new object. Dropping it without [`ObjectWriter::commit`]
+/// discards what was written.
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object durable and publishes it under its key, replacing any previous object.
+    /// Returns the object's length.
+    fn commit(self: Box<Self>) -> io::Result<u64>;
+}
+
+/// An exclusive lock; released when dropped (or when the process dies).
+pub struct LockGuard {
+    _file: File,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+/// Capacity figures of the medium holding the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// The small set of operations the store needs from whatever holds its bytes.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Reads a whole (small) object.
+    fn read(&self, key: &str) -> io::Result<Vec<u8>>;
+    /// Opens an object for random-access reads.
+    fn open(&self, key: &str) -> io::Result<Arc<dyn Object>>;
+    /// Publishes `data` under `key` atomically and durably.
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()>;
+    /// Starts a new object under `key`; see [`ObjectWriter`].
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
+    /// Names directly under `dir` (objects and sub-directories), sorted; empty when `dir` is absent.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Removes one object durably. A missing object is `NotFound`.
+    fn remove(&self, key: &str) -> io::Result<()>;
+    /// Removes `dir` and everything below it. A missing directory is not an error.
+    fn remove_tree(&self, dir: &str) -> io::Result<()>;
+    /// Size of an object in bytes.
+    fn size(&self, key: &str) -> io::Result<u64>;
+    /// Takes the named exclusive lock if it is free, else returns `None` at once.
+    fn try_lock(&self, name: &str) -> io::Result<Option<LockGuard>>;
+    /// Takes the named exclusive lock, waiting for it.
+    fn lock(&self, name: &str) -> io::Result<LockGuard>;
+    /// Capacity of the medium.
+    fn space(&self) -> io::Result<Space>;
+}
+
+/// Rejects keys that could escape the store root or alias another key.
+pub fn check_key(key: &str) -> io::Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'));
+    if bad {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid storage key {key:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The store as a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Uses `root` as the store directory; it must exist.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStorage { root: root.into() }
+    }
+
+    /// The directory this storage lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// Creates the parent directories of `path` that are missing, fsyncing each new entry's
+    /// parent so the directories themselves survive a crash.
+    fn ensure_parent(&self, path: &Path) -> io::Result<()> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        if parent.is_dir() {
+            return Ok(());
+        }
+        self.ensure_parent(parent)?;
+        match fs::create_dir(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match parent.parent() {
+            Some(grand) => sync_dir(grand),
+            None => Ok(()),
+        }
+    }
+}
+
+/// fsyncs a directory so entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}{TEMP_SUFFIX}", uuid::Uuid::new_v4().simple()));
+    path.with_file_name(name)
+}
+
+/// Local file opened for reads.
+#[derive(Debug)]
+struct LocalObject {
+    file: File,
+    len: u64,
+}
+
+impl Object for LocalObject {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// Writes to `<key>.<random>.tmp`, then fsync, rename over the key, fsync the directory.
+struct LocalWriter {
+    file: Option<io::BufWriter<File>>,
+    temp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("writer already committed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>) -> io::Result<u64> {
+        let buffered = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("writer already committed"))?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let len = file.metadata()?.len();
+        drop(file);
+        fs::rename(&self.temp, &self.dest)?;
+        if let Some(dir) = self.dest.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(len)
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Not committed: the temporary is garbage. Failing to remove it is harmless, recovery
+            // removes `*.tmp` files.
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl Storage for LocalStorage {
+    fn read(&self, key: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(key)?)
+    }
+
+    fn open(&self, key: &str) -> io::Result<Arc<dyn Object>> {
+        let file = File::open(self.path(key)?)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(LocalObject { file, len }))
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        let mut w = self.create(key)?;
+        w.write_all(data)?;
+        w.commit().map(|_| ())
+    }
+
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
+        let dest = self.path(key)?;
+        self.ensure_parent(&dest)?;
+        let temp = temp_path(&dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        Ok(Box::new(LocalWriter {
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            temp,
+            dest,
+        }))
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let path = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir)?
+        };
+        let entries = match fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            // Names that are not UTF-8 cannot be ours; skip them rather than fail the listing.
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, key: &str) -> io::Result<()> {
+        let path = self.path(key)?;
+        fs::remove_file(&path)?;
+        match path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    fn remove_tree(&self, dir: &str) -> io::Result<()> {
+        let path = self.path(dir)?;
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match path.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        }
+    }
+
+    fn size(&self, key: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(key)?)?.len())
+    }
+
+    fn try_lock(&self, name: &str) -> io::Result<Option<LockGuard>> {
+        let file = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(LockGuard { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn lock(&self, name: &str) -> io::Result<LockGuard> {
+        let file = self.lock_file(name)?;
+        file.lock()?;
+        Ok(LockGuard { _file: file })
+    }
+
+    fn space(&self) -> io::Result<Space> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        let frag = st.fragment_size();
+        Ok(Space {
+            total_bytes: st.blocks().saturating_mul(frag),
+            free_bytes: st.blocks_available().saturating_mul(frag),
+        })
+    }
+}
+
+impl LocalStorage {
+    fn lock_file(&self, name: &str) -> io::Result<File> {
+        let path = self.path(&format!("locks/{name}.lock"))?;
+        self.ensure_parent(&path)?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/", "a\0b"] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["rpfs.store", "vms/x/vm.json", "a.b/c-d_e"] {
+            assert!(check_key(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn uncommitted_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::new(dir.path());
+        let mut w = s.create("a/b.bin").expect("create");
+        w.write_all(b"partial").expect("write");
+        drop(w);
+        assert!(s.list("a").expect("list").is_empty());
+        s.put("a/b.bin", b"whole").expect("put");
+        assert_eq!(s.read("a/b.bin").expect("read"), b"whole");
+        assert_eq!(s.list("a").expect("list"), vec!["b.bin".to_string()]);
+    }
+
+    #[test]
+    fn lock_is_exclusive_within_and_across_handles() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::new(dir.path());
+        let g = s.try_lock("vm-1").expect("lock").expect("free");
+        assert!(s.try_lock("vm-1").expect("lock").is_none());
+        assert!(s.try_lock("vm-2").expect("lock").is_some());
+        drop(g);
+        assert!(s.try_lock("vm-1").expect("lock").is_some());
+    }
+}

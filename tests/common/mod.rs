@@ -1,0 +1,296 @@
+//! Helpers shared by the integration tests: stores and images in temporary directories, real
+//! ext4 images made with `mkfs.ext4 -d`, and the `rpfs` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use rpfs::engine::create::CreateRequest;
+use rpfs::engine::progress::Silent;
+use rpfs::engine::vms::VmSpec;
+use rpfs::engine::{Engine, OpenOptions};
+use rpfs::store::records::PointRecord;
+use rpfs::store::storage::LocalStorage;
+use tempfile::TempDir;
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// A deterministic RNG; the seed is printed so a failure can be replayed.
+pub fn rng(seed: u64) -> StdRng {
+    eprintln!("rng seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// A seed from the environment (`RPFS_TEST_SEED`) or the clock.
+pub fn seed() -> u64 {
+    std::env::var("RPFS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// Panics (never skips) when a tool the tests rely on is missing.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is required by this test (scripts/test.sh installs it)"
+    );
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A store in a temporary directory, with a place for source images beside it.
+pub struct TestStore {
+    pub dir: TempDir,
+    pub engine: Engine,
+}
+
+impl TestStore {
+    pub fn new(block_size: u32) -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("store")).expect("store dir");
+        let engine = Engine::init(
+            Arc::new(LocalStorage::new(dir.path().join("store"))),
+            block_size,
+        )
+        .expect("init store");
+        TestStore { dir, engine }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Opens the store again, as a new process would (running recovery).
+    pub fn reopen(&self) -> Engine {
+        open(&self.store_path())
+    }
+
+    /// Adds a VM with the given disks and one collection named `coll` for it.
+    pub fn vm(&self, name: &str, disks: &[(&str, &Path)], coll: &str) {
+        self.engine
+            .add_vm(&VmSpec {
+                name: name.into(),
+                disks: disks
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                    .collect(),
+                ..VmSpec::default()
+            })
+            .expect("add vm");
+        self.engine
+            .create_collection(coll, name, None)
+            .expect("collection");
+    }
+
+    pub fn create(&self, coll: &str, name: &str) -> PointRecord {
+        create(&self.engine, coll, name)
+    }
+
+    /// The `rpfs` binary pointed at this store.
+    pub fn cli(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("rpfs").expect("rpfs binary");
+        c.env("RPFS_STORE", self.store_path())
+            .env_remove("RPFS_LOG");
+        c
+    }
+
+    /// Every file of the store with its content, locks excluded (they are not data).
+    pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        snapshot(&self.store_path())
+    }
+
+    /// Total bytes of the store's files.
+    pub fn size(&self) -> u64 {
+        self.snapshot().values().map(|v| v.len() as u64).sum()
+    }
+}
+
+pub fn open(store: &Path) -> Engine {
+    Engine::open(Arc::new(LocalStorage::new(store)), OpenOptions::default()).expect("open store")
+}
+
+pub fn create(engine: &Engine, coll: &str, name: &str) -> PointRecord {
+    engine
+        .create_point(
+            &CreateRequest {
+                collection: coll.into(),
+                name: name.into(),
+                exclude: vec![],
+                consistency: None,
+            },
+            &Silent,
+        )
+        .unwrap_or_else(|e| panic!("create {coll}/{name}: {e}"))
+        .point
+}
+
+pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            if rel.starts_with("locks") {
+                continue;
+            }
+            if e.file_type().expect("type").is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// Reads a whole disk restore point through `read_at`, in uneven chunks.
+pub fn read_image(engine: &Engine, coll: &str, point: &str, disk: &str) -> Vec<u8> {
+    let cat = engine.catalog().expect("catalog");
+    let (_, p) = cat.point(coll, point).expect("point");
+    let image = engine.open_disk(coll, p, disk).expect("open disk");
+    let mut out = vec![0u8; image.size() as usize];
+    let mut off = 0usize;
+    let mut chunk = 4096 * 3 + 17;
+    while off < out.len() {
+        let end = (off + chunk).min(out.len());
+        let n = image
+            .read_at(off as u64, &mut out[off..end])
+            .expect("read_at");
+        assert_eq!(n, end - off, "short read at {off}");
+        off = end;
+        chunk = chunk * 2 % (3 * MIB as usize) + 511;
+    }
+    out
+}
+
+/// Writes a sparse image of `size` bytes: random extents separated by holes and zeros.
+pub fn mixed_image(path: &Path, size: u64, rng: &mut StdRng) -> Vec<u8> {
+    let mut content = vec![0u8; size as usize];
+    let mut off = 0u64;
+    while off < size {
+        let len = rng.random_range(16 * KIB..2 * MIB).min(size - off);
+        if rng.random_bool(0.5) {
+            rng.fill_bytes(&mut content[off as usize..(off + len) as usize]);
+        }
+        off += len;
+    }
+    write_sparse(path, &content);
+    content
+}
+
+/// Writes `content` to `path`, leaving all-zero 4 KiB pages as holes.
+pub fn write_sparse(path: &Path, content: &[u8]) {
+    let f = File::create(path).expect("create image");
+    f.set_len(content.len() as u64).expect("size");
+    for (i, page) in content.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            f.write_all_at(page, i as u64 * 4096).expect("write");
+        }
+    }
+    f.sync_all().expect("sync");
+}
+
+/// Overwrites `fraction` of the `block_size` blocks of `content` with random bytes, writing the
+/// changes to `path` too. Returns the changed block numbers.
+pub fn change_blocks(
+    path: &Path,
+    content: &mut [u8],
+    block_size: u64,
+    fraction: f64,
+    rng: &mut StdRng,
+) -> Vec<u64> {
+    let blocks = (content.len() as u64).div_ceil(block_size);
+    let n = ((blocks as f64 * fraction).round() as u64).max(1);
+    let mut chosen: Vec<u64> = rand::seq::index::sample(rng, blocks as usize, n as usize)
+        .into_iter()
+        .map(|b| b as u64)
+        .collect();
+    chosen.sort();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open image");
+    for &b in &chosen {
+        let start = (b * block_size) as usize;
+        let end = (start + block_size as usize).min(content.len());
+        rng.fill_bytes(&mut content[start..end]);
+        f.write_all_at(&content[start..end], start as u64)
+            .expect("write");
+    }
+    f.sync_all().expect("sync");
+    chosen
+}
+
+/// Fills `dir` with a small tree of files of random content.
+pub fn file_tree(dir: &Path, files: usize, rng: &mut StdRng) {
+    for i in 0..files {
+        let sub = dir.join(format!("d{}", i % 5));
+        fs::create_dir_all(&sub).expect("mkdir");
+        let len = rng.random_range(0..200 * KIB as usize);
+        let mut data = vec![0u8; len];
+        // Half random, half text: a realistic mix of compressible and incompressible data.
+        if i % 2 == 0 {
+            rng.fill_bytes(&mut data);
+        } else {
+            for (j, b) in data.iter_mut().enumerate() {
+                *b = b"the quick brown fox jumps over the lazy dog\n"[j % 44];
+            }
+        }
+        fs::write(sub.join(format!("f{i}.bin")), data).expect("write file");
+    }
+}
+
+/// Makes a real ext4 image of `size` bytes from the files in `tree` (`mkfs.ext4 -d`).
+pub fn ext4_image(tree: &Path, image: &Path, size: u64) {
+    require_tool("mkfs.ext4");
+    let _ = fs::remove_file(image);
+    sh(&format!(
+        "mkfs.ext4 -q -F -b 4096 -E root_owner=0:0 -d '{}' '{}' {}k",
+        tree.display(),
+        image.display(),
+        size / KIB
+    ));
+}
