@@ -87,6 +87,15 @@ pub fn default_store() -> PathBuf {
     data.join("rpfs")
 }
 
+/// A catalog snapshot; damaged records are named on standard error and left out.
+fn load_catalog(engine: &Engine) -> Result<rpfs::engine::Catalog, Failure> {
+    let cat = engine.catalog()?;
+    for d in &cat.damaged {
+        eprintln!("warning: skipping damaged record: {d}");
+    }
+    Ok(cat)
+}
+
 fn open_store(dir: &Path) -> Result<Engine, Failure> {
     if !dir.join("rpfs.store").exists() {
         return Err(failure(
@@ -228,7 +237,7 @@ fn vm(engine: &Engine, cmd: VmCommand) -> Result<(), Failure> {
             Ok(())
         }
         VmCommand::List { json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             if json {
                 return print_json(&cat.vms);
             }
@@ -236,7 +245,7 @@ fn vm(engine: &Engine, cmd: VmCommand) -> Result<(), Failure> {
             Ok(())
         }
         VmCommand::Show { name, json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             let vm = cat.vm(&name)?;
             if json {
                 return print_json(vm);
@@ -266,7 +275,7 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
             Ok(())
         }
         CollectionCommand::List { json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             if json {
                 let all: Vec<_> = cat
                     .collections
@@ -279,7 +288,7 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
             Ok(())
         }
         CollectionCommand::Show { name, json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             let c = cat.collection(&name)?;
             if json {
                 return print_json(&resource::collection(store_id, &cat, c));
@@ -342,7 +351,7 @@ fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {
             Ok(())
         }
         PointCommand::List { collection, json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             let coll_id = match &collection {
                 Some(c) => Some(cat.collection(c)?.id),
                 None => None,
@@ -366,7 +375,7 @@ fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {
             Ok(())
         }
         PointCommand::Show { point, json } => {
-            let cat = engine.catalog()?;
+            let cat = load_catalog(engine)?;
             let (c, n) = split_point_path(&point)?;
             let (coll, p) = cat.point(c, n)?;
             if json {
@@ -395,7 +404,7 @@ fn cat(engine: &Engine, point: &str, disk: &str) -> Result<(), Failure> {
             "refusing to write a disk image to a terminal; redirect standard output",
         ));
     }
-    let catalog = engine.catalog()?;
+    let catalog = load_catalog(engine)?;
     let (c, n) = split_point_path(point)?;
     let (_, p) = catalog.point(c, n)?;
     let image = engine.open_disk(c, p, disk)?;

@@ -2,9 +2,11 @@
 //! name.
 //!
 //! Invariants: a snapshot is read without locks and may be stale by the time it is used;
-//! operations that change a VM reload what they decide on after taking that VM's lock. Loading is
-//! strict: one unreadable record fails the load (naming the file), because acting on a partial
-//! view could delete data that an unreadable record still references.
+//! operations that change a VM reload what they decide on after taking that VM's lock, with the
+//! strict [`load_points`]: one unreadable record fails it (naming the file), because acting on a
+//! partial view could delete data that an unreadable record still references. A [`Catalog`]
+//! snapshot, used to list and read, skips damaged records and names them in
+//! [`Catalog::damaged`], so one damaged record does not hide every other point.
 
 use uuid::Uuid;
 
@@ -21,6 +23,8 @@ pub struct Catalog {
     pub collections: Vec<CollectionRecord>,
     /// Sorted by VM, then creation order.
     pub points: Vec<PointRecord>,
+    /// Records that could not be read, with the reason; left out of the lists above.
+    pub damaged: Vec<String>,
 }
 
 fn list_records(storage: &dyn Storage, dir: &str) -> Result<Vec<Uuid>> {
@@ -77,16 +81,55 @@ pub fn load_collections(storage: &dyn Storage, vm: Uuid) -> Result<Vec<Collectio
     Ok(out)
 }
 
+/// Reads the records `<id>.json` of `kind` in `dir`, keeping what is readable and naming the
+/// rest in `damaged`. I/O errors other than damage still fail.
+fn load_lenient<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    dir: &str,
+    kind: &str,
+    damaged: &mut Vec<String>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for id in list_records(storage, dir)? {
+        match read_record(storage, &format!("{dir}/{id}.json"), kind) {
+            Ok(r) => out.push(r),
+            Err(crate::store::RecordError::Corrupt(c)) => damaged.push(c.to_string()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 impl Catalog {
-    /// Reads every record in the store.
+    /// Reads every record in the store, skipping (and naming) damaged ones.
     pub fn load(storage: &dyn Storage) -> Result<Catalog> {
         let mut cat = Catalog::default();
         for id in vm_ids(storage)? {
-            let Some(vm) = load_vm(storage, id)? else {
-                continue;
+            let vm = match load_vm(storage, id) {
+                Ok(Some(vm)) => vm,
+                Ok(None) => continue,
+                Err(Error::Corrupt(c)) => {
+                    cat.damaged.push(c.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
-            cat.collections.extend(load_collections(storage, id)?);
-            cat.points.extend(load_points(storage, id)?);
+            let collections = load_lenient(
+                storage,
+                &layout::collections_dir(id),
+                kind::COLLECTION,
+                &mut cat.damaged,
+            )?;
+            let mut points: Vec<PointRecord> = load_lenient(
+                storage,
+                &layout::points_dir(id),
+                kind::POINT,
+                &mut cat.damaged,
+            )?;
+            points.sort_by_key(|p| p.seq);
+            cat.collections.extend(collections);
+            cat.points.extend(points);
             cat.vms.push(vm);
         }
         cat.vms.sort_by(|a, b| a.name.cmp(&b.name));

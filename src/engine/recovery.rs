@@ -11,7 +11,8 @@
 //!
 //! Invariants: recovery never touches a committed point; it is idempotent, so a crash during
 //! recovery is recovered by the next open; in the common case (nothing to do) it costs one
-//! listing per VM.
+//! listing per VM. A VM whose records cannot all be read is not collected (its marker stays, and
+//! `check` reports it), and does not stop the store from opening.
 
 use super::error::{Error, Result};
 use super::{Shared, catalog, delete, try_vm_lock};
@@ -49,7 +50,12 @@ pub(crate) fn recover(shared: &Shared) -> Result<()> {
             let key = layout::pending(vm);
             // An unreadable marker still means "collect garbage"; only the clone list is lost.
             let pending: Option<PendingOp> = read_record(storage, &key, kind::PENDING).ok();
-            delete::collect_garbage(shared, vm)?;
+            if let Err(e) = delete::collect_garbage(shared, vm) {
+                // Most likely a damaged record of this VM: collecting now could delete what it
+                // references. Leave the marker (so `check` reports it) and let the store open.
+                tracing::warn!("recovery of VM {vm} postponed: {e}");
+                continue;
+            }
             for clone in pending.iter().flat_map(|p| &p.clones) {
                 if clone
                     .file_name()

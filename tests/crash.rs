@@ -1,0 +1,211 @@
+//! Crash tests: the `rpfs` CLI is killed with SIGKILL at random moments while it creates or
+//! deletes a point. After every kill the store must open (running recovery), pass
+//! `check --read-data` with no leftovers, show no partial point, and still hold every committed
+//! point byte for byte.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rpfs::engine::Engine;
+use rpfs::engine::progress::Silent;
+
+const KILLS: usize = 24;
+
+struct Fixture {
+    ts: TestStore,
+    disk: std::path::PathBuf,
+    content: Vec<u8>,
+    /// Committed points and their content hash.
+    committed: BTreeMap<String, u128>,
+}
+
+fn hash(data: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(data)
+}
+
+impl Fixture {
+    fn new(rng: &mut StdRng) -> Fixture {
+        let ts = TestStore::new(64 * KIB as u32);
+        let disk = ts.path("disk.img");
+        let mut content = vec![0u8; 24 * MIB as usize];
+        rand::RngCore::fill_bytes(rng, &mut content[..16 * MIB as usize]);
+        write_sparse(&disk, &content);
+        ts.vm("vm", &[("disk", &disk)], "c1");
+        Fixture {
+            ts,
+            disk,
+            content,
+            committed: BTreeMap::new(),
+        }
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(assert_cmd::cargo::cargo_bin("rpfs"))
+            .args(args)
+            .env("RPFS_STORE", self.ts.store_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rpfs")
+    }
+
+    /// Runs `args` to completion and returns how long it took.
+    fn timed(&self, args: &[&str]) -> Duration {
+        let start = Instant::now();
+        let status = self.spawn(args).wait().expect("wait");
+        assert!(status.success(), "{args:?} failed");
+        start.elapsed()
+    }
+
+    /// Runs `args`, killing it after a random delay within `window`. Returns whether it
+    /// finished by itself and whether it left an operation marker (killed mid-operation).
+    fn kill_during(
+        &self,
+        args: &[&str],
+        window: (Duration, Duration),
+        rng: &mut StdRng,
+    ) -> (bool, bool) {
+        let mut child = self.spawn(args);
+        let delay =
+            window.0 + (window.1.saturating_sub(window.0)).mul_f64(rng.random_range(0.0..1.0));
+        std::thread::sleep(delay);
+        let finished = matches!(child.try_wait(), Ok(Some(_)));
+        let _ = child.kill();
+        let _ = child.wait();
+        let pending = self
+            .ts
+            .snapshot()
+            .keys()
+            .any(|k| k.ends_with("pending.json"));
+        (finished, pending)
+    }
+
+    /// The span in which kills land inside the operation: from the time a command that only
+    /// opens the store takes, to a little past the time the operation took.
+    fn window(&self, op: Duration) -> (Duration, Duration) {
+        let startup = self.timed(&["point", "list"]);
+        (startup.mul_f64(0.8), op.mul_f64(1.1).max(startup))
+    }
+
+    /// Opens the store (recovery runs), checks it and verifies every committed point.
+    fn verify(&self, maybe: Option<(&str, u128)>) -> Engine {
+        let engine = self.ts.reopen();
+        let report = engine.check(true, &Silent).expect("check runs");
+        assert!(
+            report.problems.is_empty(),
+            "check after crash: {:#?}",
+            report.problems
+        );
+        let cat = engine.catalog().expect("catalog");
+        for p in &cat.points {
+            let want = match self.committed.get(&p.name) {
+                Some(h) => *h,
+                None => match maybe {
+                    Some((name, h)) if name == p.name => h,
+                    _ => panic!("point {} is visible but was never committed", p.name),
+                },
+            };
+            let got = hash(&read_image(&engine, "c1", &p.name, "disk"));
+            assert_eq!(got, want, "point {} changed", p.name);
+        }
+        for name in self.committed.keys() {
+            assert!(
+                cat.points.iter().any(|p| &p.name == name) || maybe.is_some_and(|(m, _)| m == name),
+                "committed point {name} was lost"
+            );
+        }
+        engine
+    }
+
+    fn names(engine: &Engine) -> Vec<String> {
+        engine
+            .catalog()
+            .expect("catalog")
+            .points
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    }
+}
+
+#[test]
+fn killed_creations_never_expose_or_lose_a_point() {
+    let mut rng = rng(seed());
+    let mut f = Fixture::new(&mut rng);
+    let disk = f.disk.clone();
+    let op = f.timed(&["point", "create", "c1", "timing"]);
+    f.committed.insert("timing".into(), hash(&f.content));
+    let window = f.window(op);
+    let (mut survived, mut mid) = (0, 0);
+    for i in 0..KILLS {
+        change_blocks(&disk, &mut f.content, 64 * KIB, 0.3, &mut rng);
+        let name = format!("k{i}");
+        let (finished, pending) =
+            f.kill_during(&["point", "create", "c1", &name], window, &mut rng);
+        mid += usize::from(pending);
+        let h = hash(&f.content);
+        let engine = f.verify(Some((&name, h)));
+        if Fixture::names(&engine).contains(&name) {
+            f.committed.insert(name, h);
+            survived += 1;
+        } else {
+            assert!(!finished, "{name} finished but is not there");
+        }
+    }
+    eprintln!(
+        "{survived} of {KILLS} creations committed before the kill, {mid} killed mid-operation"
+    );
+    assert!(mid > 0, "no kill landed inside a creation");
+}
+
+#[test]
+fn killed_deletions_never_change_the_other_points() {
+    let mut rng = rng(seed());
+    let mut f = Fixture::new(&mut rng);
+    let disk = f.disk.clone();
+    for i in 0..6 {
+        change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
+        let name = format!("base{i}");
+        f.ts.create("c1", &name);
+        f.committed.insert(name, hash(&f.content));
+    }
+    let probe = f.committed.keys().next().cloned().expect("a point");
+    let op = f.timed(&["point", "delete", &format!("c1/{probe}")]);
+    f.committed.remove(&probe);
+    let window = f.window(op);
+    let (mut deleted, mut mid) = (0, 0);
+    for i in 0..KILLS {
+        // Keep the chain long enough, with new data in every point.
+        change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
+        let name = format!("n{i}");
+        common::create(&f.ts.reopen(), "c1", &name);
+        f.committed.insert(name, hash(&f.content));
+        let names: Vec<String> = f.committed.keys().cloned().collect();
+        // Alternate first, middle and last of the chain.
+        let victim = match i % 3 {
+            0 => names[0].clone(),
+            1 => names[names.len() / 2].clone(),
+            _ => names[names.len() - 1].clone(),
+        };
+        let target = format!("c1/{victim}");
+        let (_, pending) = f.kill_during(&["point", "delete", &target], window, &mut rng);
+        mid += usize::from(pending);
+        let h = f.committed.remove(&victim).expect("victim");
+        let engine = f.verify(Some((&victim, h)));
+        if Fixture::names(&engine).contains(&victim) {
+            f.committed.insert(victim, h);
+        } else {
+            deleted += 1;
+        }
+    }
+    eprintln!(
+        "{deleted} of {KILLS} deletions committed before the kill, {mid} killed mid-operation"
+    );
+    assert!(mid > 0, "no kill landed inside a deletion");
+}
