@@ -119,6 +119,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init { block_size } => {
             let bs = rpfs::engine::validate_block_size(block_size)?;
+            if dir.join("rpfs.store").exists() {
+                return Err(failure(
+                    exit::EXISTS,
+                    format!("a store already exists at {}", dir.display()),
+                ));
+            }
             std::fs::create_dir_all(&dir).map_err(|e| {
                 failure(
                     exit::FAILURE,

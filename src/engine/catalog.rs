@@ -144,6 +144,7 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound {
                 what: "VM",
                 name: name.to_string(),
+                hint: String::new(),
             })
     }
 
@@ -158,6 +159,7 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound {
                 what: "collection",
                 name: name.to_string(),
+                hint: String::new(),
             })
     }
 
@@ -186,6 +188,7 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound {
                 what: "restore point",
                 name: format!("{collection}/{name}"),
+                hint: String::new(),
             })?;
         Ok((c, p))
     }

@@ -124,6 +124,7 @@ impl Engine {
             .ok_or_else(|| Error::NotFound {
                 what: "VM of collection",
                 name: req.collection.clone(),
+                hint: String::new(),
             })?
             .clone();
         refuse_uniform_scale_set(&vm)?;
@@ -183,7 +184,8 @@ impl Engine {
             if !vm.disks.iter().any(|d| &d.name == name) {
                 return Err(Error::NotFound {
                     what: "disk to exclude",
-                    name: format!("{name} (VM '{}' has {})", vm.name, disk_names(vm)),
+                    name: name.clone(),
+                    hint: format!("; VM '{}' has disks {}", vm.name, disk_names(vm)),
                 });
             }
         }
@@ -279,6 +281,7 @@ impl Engine {
     ) -> Result<CreateOutcome> {
         let config = self.capture_config(plan)?;
         let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
+        flush_sources(plan);
         let mut warnings = Vec::new();
         let freeze_start = Instant::now();
 
@@ -475,6 +478,17 @@ impl Engine {
         let storage = &*self.shared.storage;
         let _ = storage.remove(&layout::point_config(plan.vm.id, plan.point_id));
         let _ = super::delete::collect_garbage(&self.shared, plan.vm.id);
+    }
+}
+
+/// Writes back what the host has cached dirty for each source, so that cloning it while the VM
+/// is frozen does not wait for that writeback (a reflink clone flushes its source first).
+/// Best effort: a source that cannot be flushed is captured all the same.
+fn flush_sources(plan: &Plan) {
+    for d in &plan.included {
+        if let Ok(f) = std::fs::File::open(&d.path) {
+            let _ = f.sync_data();
+        }
     }
 }
 

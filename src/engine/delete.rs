@@ -50,6 +50,7 @@ impl Engine {
         let vm = cat.vm_by_id(c.vm_id).ok_or_else(|| Error::NotFound {
             what: "VM of collection",
             name: collection.to_string(),
+            hint: String::new(),
         })?;
         let _lock = self.vm_lock(vm)?;
         // Re-read under the lock: the point may have gone meanwhile.
@@ -59,6 +60,7 @@ impl Engine {
             .ok_or_else(|| Error::NotFound {
                 what: "restore point",
                 name: format!("{collection}/{name}"),
+                hint: String::new(),
             })?;
         let freed_bytes = delete_locked(&self.shared, &point)?;
         Ok(DeleteOutcome { point, freed_bytes })

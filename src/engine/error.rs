@@ -24,8 +24,13 @@ pub enum SourceProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what} '{name}' not found")]
-    NotFound { what: &'static str, name: String },
+    /// `hint`, when not empty, follows the message (e.g. "; VM 'vm1' has disks os, data").
+    #[error("{what} '{name}' not found{hint}")]
+    NotFound {
+        what: &'static str,
+        name: String,
+        hint: String,
+    },
 
     #[error("{what} '{name}' already exists")]
     Exists { what: &'static str, name: String },

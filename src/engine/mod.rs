@@ -111,7 +111,7 @@ impl Engine {
         if existing.iter().any(|n| n == layout::STORE_HEADER) {
             return Err(Error::Exists {
                 what: "store",
-                name: "here".into(),
+                name: layout::STORE_HEADER.into(),
             });
         }
         if !existing.is_empty() {
@@ -139,7 +139,8 @@ impl Engine {
             Err(e) if e.is_not_found() => {
                 return Err(Error::NotFound {
                     what: "store",
-                    name: "(no rpfs.store here; create one with `rpfs init`)".into(),
+                    name: "rpfs.store".into(),
+                    hint: "; create a store with `rpfs init`".into(),
                 });
             }
             Err(e) => return Err(e.into()),
@@ -205,6 +206,7 @@ impl Engine {
             .ok_or_else(|| Error::NotFound {
                 what: "disk restore point",
                 name: format!("{collection}/{}/{disk}", point.name),
+                hint: String::new(),
             })?;
         let key = layout::map(point.vm_id, d.disk_id, d.drp_id);
         let bytes = self

@@ -197,8 +197,54 @@ impl DiskImage {
         Ok(Some(data))
     }
 
+    /// Asks storage to start fetching the stored bytes of the uncached data blocks in
+    /// `first..first + count`, one hint per run of adjacent stored bytes, so the reads that
+    /// follow find them on their way.
+    fn prefetch(&self, first: u64, count: u64) {
+        // (pack slot, start, end) of the run being gathered.
+        let mut run: Option<(usize, u64, u64)> = None;
+        let flush = |run: Option<(usize, u64, u64)>| {
+            if let Some((slot, start, end)) = run
+                && let Some(h) = self.packs[slot].get()
+            {
+                h.object.prefetch(start, end - start);
+            }
+        };
+        for b in first..first + count {
+            let Some(&e) = self.map.entries.get(b as usize) else {
+                break;
+            };
+            if e == 0 {
+                continue;
+            }
+            let slot = e as usize - 1;
+            let key = BlockKey {
+                pack: self.map.packs[slot],
+                block: b,
+            };
+            if self.shared.cache.contains(&key) {
+                continue;
+            }
+            let Some(pe) = self.pack(slot).ok().and_then(|h| h.index.find(b).copied()) else {
+                continue;
+            };
+            let end = pe.offset + u64::from(pe.stored_len);
+            run = match run {
+                Some((s, start, prev_end)) if s == slot && prev_end == pe.offset => {
+                    Some((s, start, end))
+                }
+                other => {
+                    flush(other);
+                    Some((slot, pe.offset, end))
+                }
+            };
+        }
+        flush(run);
+    }
+
     /// Decodes blocks `first..first + count` on all cores.
     pub fn blocks(&self, first: u64, count: u64) -> Result<Vec<Option<Arc<[u8]>>>> {
+        self.prefetch(first, count);
         (first..first + count)
             .into_par_iter()
             .map(|b| self.block(b))

@@ -77,7 +77,8 @@ impl Engine {
                     };
                     return Err(Error::NotFound {
                         what: "disk",
-                        name: format!("{d} ({why})"),
+                        name: d.clone(),
+                        hint: format!("; it {why}"),
                     });
                 }
                 vec![d.as_str()]

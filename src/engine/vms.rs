@@ -97,11 +97,30 @@ impl Engine {
         let config = match &spec.config {
             ConfigSource::File(p) => {
                 let p = absolute(p)?;
-                std::fs::metadata(&p).map_err(Error::io(format!(
-                    "configuration file {} of VM '{}'",
-                    p.display(),
-                    spec.name
-                )))?;
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "configuration file {} of VM '{}' is not a regular file",
+                            p.display(),
+                            spec.name
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Error::NotFound {
+                            what: "configuration file",
+                            name: p.display().to_string(),
+                            hint: format!(" (--config-file of VM '{}')", spec.name),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(Error::io(format!(
+                            "configuration file {} of VM '{}'",
+                            p.display(),
+                            spec.name
+                        ))(e));
+                    }
+                }
                 ConfigSource::File(p)
             }
             other => other.clone(),
@@ -223,6 +242,7 @@ impl Engine {
         let vm = cat.vm_by_id(c.vm_id).ok_or_else(|| Error::NotFound {
             what: "VM of collection",
             name: name.to_string(),
+            hint: String::new(),
         })?;
         let _vm_lock = self.vm_lock(vm)?;
         let storage = &*self.shared.storage;

@@ -33,6 +33,9 @@ pub trait Object: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Hints that `len` bytes at `offset` will be read soon, so the medium can start fetching
+    /// them; a hint only, that may do nothing.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 /// A streaming writer for one new object. Dropping it without [`ObjectWriter::commit`]
@@ -45,7 +48,16 @@ pub trait ObjectWriter: Write + Send {
 
 /// An exclusive lock; released when dropped (or when the process dies).
 pub struct LockGuard {
-    _file: File,
+    file: File,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Unlock explicitly rather than by closing: a child forked by another thread holds a
+        // copy of the descriptor until it execs, and closing ours would leave the lock held
+        // until then. Unlocking releases it for every copy. Failure leaves the close to do it.
+        let _ = self.file.unlock();
+    }
 }
 
 impl fmt::Debug for LockGuard {
@@ -171,6 +183,16 @@ impl Object for LocalObject {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        // Asynchronous readahead into the page cache: many reads in flight at once, which is
+        // what a cold read scattered over many packs needs. Failure only loses the hint.
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
 }
 
@@ -307,7 +329,7 @@ impl Storage for LocalStorage {
     fn try_lock(&self, name: &str) -> io::Result<Option<LockGuard>> {
         let file = self.lock_file(name)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(LockGuard { _file: file })),
+            Ok(()) => Ok(Some(LockGuard { file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
@@ -316,7 +338,7 @@ impl Storage for LocalStorage {
     fn lock(&self, name: &str) -> io::Result<LockGuard> {
         let file = self.lock_file(name)?;
         file.lock()?;
-        Ok(LockGuard { _file: file })
+        Ok(LockGuard { file })
     }
 
     fn space(&self) -> io::Result<Space> {

@@ -294,3 +294,96 @@ pub fn ext4_image(tree: &Path, image: &Path, size: u64) {
         size / KIB
     ));
 }
+
+/// Runs `cmd`, asserts its exit code, and returns (stdout, stderr). A refusal must come with an
+/// error message.
+pub fn expect_exit(cmd: &mut assert_cmd::Command, code: i32) -> (String, String) {
+    let out = cmd.output().expect("run rpfs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: expected exit {code}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    if code != 0 {
+        assert!(
+            stderr.contains("rpfs: error: ") || stderr.starts_with("error: "),
+            "{cmd:?}: refusal without an error message: {stderr:?}"
+        );
+    }
+    (stdout, stderr)
+}
+
+/// Asserts that `msg` contains every one of `parts`.
+pub fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message lacks {p:?}: {msg}");
+    }
+}
+
+/// Asserts two store snapshots are equal, naming the files that differ.
+pub fn assert_unchanged(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+    what: &str,
+) {
+    let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    let removed: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        added.is_empty() && removed.is_empty() && changed.is_empty(),
+        "{what} changed the store: added {added:?}, removed {removed:?}, changed {changed:?}"
+    );
+}
+
+/// A random raw image of `size` bytes at `path`; returns its content.
+pub fn random_image(path: &Path, size: usize, rng: &mut StdRng) -> Vec<u8> {
+    let mut content = vec![0u8; size];
+    rng.fill_bytes(&mut content);
+    write_sparse(path, &content);
+    content
+}
+
+pub fn is_root() -> bool {
+    sh("id -u").trim() == "0"
+}
+
+/// True when a test that needs root may run. Without root it is skipped with a note, unless
+/// `RPFS_REQUIRE_FUSE=1` (set by CI), which forbids skipping privileged tests.
+pub fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("RPFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("{test} needs root, and RPFS_REQUIRE_FUSE=1 forbids skipping it");
+    }
+    eprintln!("note: {test} skipped: it needs root");
+    false
+}
+
+/// Runs the CLI with `args`, expects success, and parses standard output as JSON.
+pub fn cli_json(ts: &TestStore, args: &[&str]) -> serde_json::Value {
+    let (out, _) = expect_exit(ts.cli().args(args), 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// "collection/name" of every point, from `point list --json`, in output order.
+pub fn point_names(ts: &TestStore) -> Vec<String> {
+    cli_json(ts, &["point", "list", "--json"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["rpfs"]["collection"].as_str().expect("collection"),
+                p["name"].as_str().expect("name")
+            )
+        })
+        .collect()
+}
