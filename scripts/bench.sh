@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
+RPFS_PACKAGES[hyperfine]=hyperfine
+RPFS_PACKAGES[python3]=python3
 rpfs_install_deps
-RPFS_PACKAGES[hyperfine]=hyperfine RPFS_PACKAGES[python3]=python3 rpfs_install_deps
-cargo build --release --quiet
+cargo build --release --quiet --bins --examples
 exec python3 scripts/bench.py "$@"

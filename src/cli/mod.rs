@@ -107,10 +107,10 @@ fn open_store(dir: &Path) -> Result<Engine, Failure> {
             ),
         ));
     }
-    Ok(Engine::open(
-        Arc::new(LocalStorage::new(dir)),
-        OpenOptions::default(),
-    )?)
+    // Every CLI command reads each block at most once (cat, restore, check, change detection),
+    // so a block cache would only cost memory and page faults.
+    let options = OpenOptions { cache_bytes: 0 };
+    Ok(Engine::open(Arc::new(LocalStorage::new(dir)), options)?)
 }
 
 /// Runs one command.

@@ -80,11 +80,6 @@ impl BlockCache {
         hit
     }
 
-    /// True when `key` is cached; does not count as a hit or refresh its recency.
-    pub fn contains(&self, key: &BlockKey) -> bool {
-        self.shard(key).lock().lru.contains(key)
-    }
-
     pub fn insert(&self, key: BlockKey, data: Arc<[u8]>) {
         if data.len() > self.shard_capacity {
             return;

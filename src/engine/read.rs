@@ -23,6 +23,11 @@ use crate::store::layout;
 use crate::store::pack::{PackError, PackIndex};
 use crate::store::storage::Object;
 
+thread_local! {
+    /// Scratch block for reads that cover only part of a block.
+    static PARTIAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// An open pack: its object and validated table.
 #[derive(Debug)]
 pub struct PackHandle {
@@ -159,8 +164,9 @@ impl DiskImage {
         }
     }
 
-    /// The decoded content of `block`, or `None` when it is a hole (reads as zeros).
-    pub fn block(&self, block: u64) -> Result<Option<Arc<[u8]>>> {
+    /// Writes the content of `block` into `out` (exactly one block): zeros for a hole, else the
+    /// decoded, hash-checked block, from the cache or decoded straight into `out`.
+    pub fn read_block(&self, block: u64, out: &mut [u8]) -> Result<()> {
         let Some(&entry) = usize::try_from(block)
             .ok()
             .and_then(|b| self.map.entries.get(b))
@@ -171,7 +177,8 @@ impl DiskImage {
             )));
         };
         if entry == 0 {
-            return Ok(None);
+            out.fill(0);
+            return Ok(());
         }
         let slot = entry as usize - 1;
         let key = BlockKey {
@@ -179,7 +186,8 @@ impl DiskImage {
             block,
         };
         if let Some(data) = self.shared.cache.get(&key) {
-            return Ok(Some(data));
+            out.copy_from_slice(&data);
+            return Ok(());
         }
         let handle = self
             .pack(slot)
@@ -187,71 +195,32 @@ impl DiskImage {
         let Some(pe) = handle.index.find(block) else {
             return Err(self.damaged(block, format!("{} does not hold this block", handle.key)));
         };
-        let mut out = vec![0u8; self.map.block_size as usize];
         handle
             .index
-            .read_block(&*handle.object, pe, &mut out)
+            .read_block(&*handle.object, pe, out)
             .map_err(|e| self.damaged(block, format!("{}: {e}", handle.key)))?;
-        let data: Arc<[u8]> = Arc::from(out);
-        self.shared.cache.insert(key, data.clone());
-        Ok(Some(data))
-    }
-
-    /// Asks storage to start fetching the stored bytes of the uncached data blocks in
-    /// `first..first + count`, one hint per run of adjacent stored bytes, so the reads that
-    /// follow find them on their way.
-    fn prefetch(&self, first: u64, count: u64) {
-        // (pack slot, start, end) of the run being gathered.
-        let mut run: Option<(usize, u64, u64)> = None;
-        let flush = |run: Option<(usize, u64, u64)>| {
-            if let Some((slot, start, end)) = run
-                && let Some(h) = self.packs[slot].get()
-            {
-                h.object.prefetch(start, end - start);
-            }
-        };
-        for b in first..first + count {
-            let Some(&e) = self.map.entries.get(b as usize) else {
-                break;
-            };
-            if e == 0 {
-                continue;
-            }
-            let slot = e as usize - 1;
-            let key = BlockKey {
-                pack: self.map.packs[slot],
-                block: b,
-            };
-            if self.shared.cache.contains(&key) {
-                continue;
-            }
-            let Some(pe) = self.pack(slot).ok().and_then(|h| h.index.find(b).copied()) else {
-                continue;
-            };
-            let end = pe.offset + u64::from(pe.stored_len);
-            run = match run {
-                Some((s, start, prev_end)) if s == slot && prev_end == pe.offset => {
-                    Some((s, start, end))
-                }
-                other => {
-                    flush(other);
-                    Some((slot, pe.offset, end))
-                }
-            };
+        if self.shared.cache.capacity() > 0 {
+            self.shared.cache.insert(key, Arc::from(&*out));
         }
-        flush(run);
+        Ok(())
     }
 
-    /// Decodes blocks `first..first + count` on all cores.
-    pub fn blocks(&self, first: u64, count: u64) -> Result<Vec<Option<Arc<[u8]>>>> {
-        self.prefetch(first, count);
-        (first..first + count)
-            .into_par_iter()
-            .map(|b| self.block(b))
-            .collect()
+    /// Copies `dest.len()` bytes of `block`, starting `from` bytes into it, into `dest`.
+    fn copy_from_block(&self, block: u64, from: usize, dest: &mut [u8]) -> Result<()> {
+        let bs = self.map.block_size as usize;
+        if from == 0 && dest.len() == bs {
+            return self.read_block(block, dest);
+        }
+        PARTIAL.with_borrow_mut(|tmp| {
+            tmp.resize(bs, 0);
+            self.read_block(block, tmp)?;
+            dest.copy_from_slice(&tmp[from..from + dest.len()]);
+            Ok(())
+        })
     }
 
-    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the disk.
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the disk. Whole
+    /// blocks are decoded straight into `buf`, on all cores when the read spans several.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let size = self.map.disk_size;
         if offset >= size {
@@ -261,26 +230,26 @@ impl DiskImage {
             .len()
             .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
         let bs = u64::from(self.map.block_size);
-        let first = offset / bs;
-        let last = (offset + len as u64 - 1) / bs;
-        // Decode in parallel when a read spans several blocks (large sequential reads).
-        let blocks = if last - first >= 3 {
-            self.blocks(first, last - first + 1)?
+        // Split the request at block boundaries: (block, offset into it, destination).
+        let mut pieces = Vec::new();
+        let mut rest = &mut buf[..len];
+        let mut pos = offset;
+        while !rest.is_empty() {
+            let from = (pos % bs) as usize;
+            let n = (bs as usize - from).min(rest.len());
+            let (head, tail) = rest.split_at_mut(n);
+            pieces.push((pos / bs, from, head));
+            rest = tail;
+            pos += n as u64;
+        }
+        if pieces.len() > 2 {
+            pieces
+                .into_par_iter()
+                .try_for_each(|(b, from, dest)| self.copy_from_block(b, from, dest))?;
         } else {
-            (first..=last)
-                .map(|b| self.block(b))
-                .collect::<Result<_>>()?
-        };
-        let mut done = 0usize;
-        for (i, data) in blocks.iter().enumerate() {
-            let block_start = (first + i as u64) * bs;
-            let from = (offset + done as u64 - block_start) as usize;
-            let n = (bs as usize - from).min(len - done);
-            match data {
-                Some(d) => buf[done..done + n].copy_from_slice(&d[from..from + n]),
-                None => buf[done..done + n].fill(0),
+            for (b, from, dest) in pieces {
+                self.copy_from_block(b, from, dest)?;
             }
-            done += n;
         }
         Ok(len)
     }

@@ -20,7 +20,7 @@ use super::{DiskImage, Engine, resource};
 use crate::store::block;
 use crate::store::storage::sync_dir;
 
-/// Blocks decoded per parallel batch while restoring.
+/// Blocks read (and decoded on all cores) per batch while restoring.
 const BATCH_BLOCKS: u64 = 64;
 
 /// What to restore.
@@ -170,24 +170,23 @@ fn write_and_verify(
     let blocks = image.map().entries.len() as u64;
     // Hash of what each block of the file must hold, for the verification pass.
     let mut expected = Vec::with_capacity(blocks as usize);
-    let zero = vec![0u8; bs as usize];
+    let mut buf = vec![0u8; (BATCH_BLOCKS * bs) as usize];
     let mut written = 0;
     let mut first = 0;
     while first < blocks {
         let count = BATCH_BLOCKS.min(blocks - first);
-        let decoded = image.blocks(first, count)?;
-        for (i, data) in decoded.iter().enumerate() {
-            let offset = (first + i as u64) * bs;
-            let len = bs.min(size - offset) as usize;
-            let bytes = data.as_deref().map_or(&zero[..len], |d| &d[..len]);
+        let start = first * bs;
+        let n = image.read_at(start, &mut buf[..(count * bs).min(size - start) as usize])?;
+        for (i, bytes) in buf[..n].chunks(bs as usize).enumerate() {
             expected.push(block::hash(bytes));
             if !block::is_zero(bytes) {
+                let offset = start + i as u64 * bs;
                 file.write_all_at(bytes, offset)
                     .map_err(write_error(path))?;
-                written += len as u64;
+                written += bytes.len() as u64;
             }
         }
-        progress.advance((count * bs).min(size - first * bs));
+        progress.advance(n as u64);
         first += count;
     }
     file.sync_all().map_err(write_error(path))?;

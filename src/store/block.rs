@@ -117,7 +117,12 @@ pub fn decode(
         }
         out.copy_from_slice(stored);
     }
-    let computed = hash(out);
+    verify(out, hash_want)
+}
+
+/// Checks that `data` hashes to `hash_want`.
+pub fn verify(data: &[u8], hash_want: u128) -> Result<(), DecodeError> {
+    let computed = hash(data);
     if computed != hash_want {
         return Err(DecodeError::Hash {
             stored: hash_want,

@@ -25,6 +25,11 @@ use super::block::{self, DecodeError};
 use super::storage::{Object, ObjectWriter};
 use uuid::Uuid;
 
+thread_local! {
+    /// Scratch space for the stored bytes of compressed blocks being read.
+    static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Format version of pack files written by this build.
 pub const VERSION: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"RPFSPACK";
@@ -285,15 +290,31 @@ impl PackIndex {
         Ok(buf)
     }
 
-    /// Reads, decodes and verifies one block into `out` (exactly one block long).
+    /// Reads, decodes and verifies one block into `out` (exactly one block long). Raw blocks
+    /// are read straight into `out`; compressed ones through a per-thread scratch buffer.
     pub fn read_block(
         &self,
         obj: &dyn Object,
         entry: &PackEntry,
         out: &mut [u8],
     ) -> Result<(), BlockReadError> {
-        let stored = self.read_stored(obj, entry).map_err(BlockReadError::Io)?;
-        block::decode(&stored, entry.compressed, entry.hash, out).map_err(BlockReadError::Decode)
+        if !entry.compressed {
+            if entry.stored_len as usize != out.len() {
+                return Err(BlockReadError::Decode(block::DecodeError::Length {
+                    got: entry.stored_len as usize,
+                    want: out.len(),
+                }));
+            }
+            obj.read_exact_at(out, entry.offset)
+                .map_err(BlockReadError::Io)?;
+            return block::verify(out, entry.hash).map_err(BlockReadError::Decode);
+        }
+        STORED.with_borrow_mut(|stored| {
+            stored.resize(entry.stored_len as usize, 0);
+            obj.read_exact_at(stored, entry.offset)
+                .map_err(BlockReadError::Io)?;
+            block::decode(stored, true, entry.hash, out).map_err(BlockReadError::Decode)
+        })
     }
 }
 

@@ -33,9 +33,6 @@ pub trait Object: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Hints that `len` bytes at `offset` will be read soon, so the medium can start fetching
-    /// them; a hint only, that may do nothing.
-    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 /// A streaming writer for one new object. Dropping it without [`ObjectWriter::commit`]
@@ -183,16 +180,6 @@ impl Object for LocalObject {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
-    }
-    fn prefetch(&self, offset: u64, len: u64) {
-        // Asynchronous readahead into the page cache: many reads in flight at once, which is
-        // what a cold read scattered over many packs needs. Failure only loses the hint.
-        let _ = nix::fcntl::posix_fadvise(
-            &self.file,
-            offset as i64,
-            len as i64,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
     }
 }
 
