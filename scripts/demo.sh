@@ -56,7 +56,7 @@ step "list and show"
 "$rpfs" vm list
 "$rpfs" point list
 "$rpfs" point show daily/rp2
-"$rpfs" collection show daily --json | head -n 12
+"$rpfs" collection show daily --json > collection.json && head -n 12 collection.json
 
 step "restore daily/rp2 and verify it"
 "$rpfs" restore daily/rp2 --to restored
@@ -64,10 +64,12 @@ cmp restored/os.img expected/os-2.img
 cmp restored/data.img expected/data-2.img
 cmp restored/vm-config domain.xml
 e2fsck -fn restored/os.img >/dev/null 2>&1
-debugfs -R "ls /srv" restored/os.img 2>/dev/null | tr -s ' ' '\n' | grep -x 'new2.bin'
-if debugfs -R "ls /srv" restored/os.img 2>/dev/null | tr -s ' ' '\n' | grep -qx 'new3.bin'; then
+listing=$(debugfs -R "ls /srv" restored/os.img 2>/dev/null | tr -s ' ' '\n')
+grep -qx 'new2.bin' <<<"$listing" || { echo "rp2 lacks /srv/new2.bin" >&2; exit 1; }
+if grep -qx 'new3.bin' <<<"$listing"; then
   echo "rp2 holds a file created after it" >&2; exit 1
 fi
+echo "/srv in the restored filesystem holds new2.bin and not new3.bin"
 du -h --apparent-size restored/os.img; du -h restored/os.img
 echo "restored images are byte-identical to generation 2; e2fsck finds the filesystem clean"
 
