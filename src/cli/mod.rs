@@ -304,6 +304,9 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
         }
         CollectionCommand::Delete { name, force } => {
             let out = engine.delete_collection(&name, force)?;
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
             say!(
                 "deleted collection {name} and {} restore points, freed {}",
                 out.points_deleted,
@@ -393,6 +396,9 @@ fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {
         PointCommand::Delete { point } => {
             let (c, n) = split_point_path(&point)?;
             let out = engine.delete_point(c, n)?;
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
             say!(
                 "deleted restore point {point}, freed {}",
                 human(out.freed_bytes)

@@ -70,13 +70,34 @@ impl Engine {
         let mut collection_names: HashMap<String, usize> = HashMap::new();
         let mut vm_names: HashMap<String, usize> = HashMap::new();
         for vm_id in catalog::vm_ids(storage)? {
-            let _lock = storage
-                .lock(&layout::vm_lock(vm_id))
-                .map_err(Error::io("taking a VM lock"))?;
+            // Without the lock (a read-only store) check still runs, but could meet an
+            // operation half done; the log says so.
+            let _lock = match storage.lock(&layout::vm_lock(vm_id)) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!("checking VM {vm_id} without its lock: {e}");
+                    None
+                }
+            };
             let vm: Option<VmRecord> =
                 match read_record(storage, &layout::vm_record(vm_id), kind::VM) {
                     Ok(v) => Some(v),
-                    Err(e) if e.is_not_found() => continue,
+                    Err(e) if e.is_not_found() => {
+                        let points = storage
+                            .list(&layout::points_dir(vm_id))
+                            .map_err(Error::io(format!("listing the points of VM {vm_id}")))?;
+                        let n = points
+                            .iter()
+                            .filter(|n| layout::parse_name(n, ".json").is_some())
+                            .count();
+                        if n > 0 {
+                            report.problems.push(format!(
+                            "{}: the VM record is missing, but {n} restore point records remain",
+                            layout::vm_dir(vm_id)
+                        ));
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         report.problems.push(e.to_string());
                         None

@@ -25,7 +25,7 @@ use super::ingest::{self, Previous};
 use super::names;
 use super::progress::Progress;
 use super::source::{self, Source, SourceKind};
-use super::{Engine, MAX_POINTS_PER_VM, catalog, now_rfc3339};
+use super::{Engine, MAX_POINTS_PER_VM, catalog, now_rfc3339, pending};
 use crate::store::records::{
     ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk, Orchestration,
     PendingKind, PendingOp, PointRecord, VmRecord,
@@ -98,14 +98,25 @@ fn clone_path(source: &Path, point: Uuid) -> Option<PathBuf> {
 }
 
 /// The environment scripts see.
-fn script_env(plan: &Plan, phase: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn script_env(
+    vm: &VmRecord,
+    collection: &str,
+    point: Uuid,
+    phase: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("RPFS_PHASE", phase.to_string()),
-        ("RPFS_VM", plan.vm.name.clone()),
-        ("RPFS_VM_ID", plan.vm.id.to_string()),
-        ("RPFS_COLLECTION", plan.collection.clone()),
-        ("RPFS_POINT", plan.point_id.to_string()),
+        ("RPFS_VM", vm.name.clone()),
+        ("RPFS_VM_ID", vm.id.to_string()),
+        ("RPFS_COLLECTION", collection.to_string()),
+        ("RPFS_POINT", point.to_string()),
     ]
+}
+
+impl Plan {
+    fn env(&self, phase: &str) -> Vec<(&'static str, String)> {
+        script_env(&self.vm, &self.collection, self.point_id, phase)
+    }
 }
 
 impl Engine {
@@ -129,9 +140,9 @@ impl Engine {
             .clone();
         refuse_uniform_scale_set(&vm)?;
         let _lock = self.vm_lock(&vm)?;
-        let plan = self.plan(req, &vm, coll.id)?;
+        let plan = self.plan(req, vm.id, coll.id)?;
 
-        let pending = PendingOp {
+        let mut op = PendingOp {
             op: PendingKind::Create,
             point_id: plan.point_id,
             clones: plan
@@ -140,29 +151,50 @@ impl Engine {
                 .filter_map(|d| clone_path(&d.path, plan.point_id))
                 .collect(),
             started: now_rfc3339(),
+            frozen: false,
+            collection: plan.collection.clone(),
+            gc_owed: false,
         };
-        let storage = &*self.shared.storage;
-        let pending_key = layout::pending(vm.id);
-        write_record(storage, &pending_key, kind::PENDING, &pending)
-            .map_err(Error::io(format!("writing {pending_key}")))?;
-
-        let result = self.capture_and_commit(&plan, progress, started);
-        for c in &pending.clones {
+        let earlier = pending::begin(&self.shared, vm.id, &mut op)?;
+        let result = self.capture_and_commit(&plan, &mut op, progress, started);
+        for c in &op.clones {
             let _ = std::fs::remove_file(c);
         }
-        if result.is_err() {
-            self.discard_attempt(&plan);
+        // A failed attempt may have left packs and maps: collect them. If that fails the marker
+        // stays, and the next operation on the VM or the next open finishes the job.
+        match result {
+            Ok(mut out) => {
+                out.warnings.splice(0..0, earlier.warnings);
+                if let Ok(done) = pending::end(&self.shared, vm.id, &mut op, false) {
+                    out.warnings.extend(done.warnings);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = pending::end(&self.shared, vm.id, &mut op, true);
+                Err(e)
+            }
         }
-        // With the attempt committed or discarded, the marker has done its job. If removing it
-        // fails, the next open runs recovery, which is harmless.
-        let _ = storage.remove(&pending_key);
-        result
     }
 
-    /// All checks; nothing is written.
-    fn plan(&self, req: &CreateRequest, vm: &VmRecord, collection_id: Uuid) -> Result<Plan> {
+    /// All checks, on records re-read under the VM's lock; nothing is written.
+    fn plan(&self, req: &CreateRequest, vm_id: Uuid, collection_id: Uuid) -> Result<Plan> {
         let storage = &*self.shared.storage;
-        // Reload under the VM lock: these are the facts the decision rests on.
+        // These are the facts the decision rests on: a `vm remove` or `collection delete` may
+        // have run between the catalog read and the lock.
+        let vm = &catalog::load_vm(storage, vm_id)?.ok_or_else(|| Error::NotFound {
+            what: "VM of collection",
+            name: req.collection.clone(),
+            hint: "; it was removed meanwhile".into(),
+        })?;
+        let collection_key = layout::collection(vm_id, collection_id);
+        if storage.size(&collection_key).is_err() {
+            return Err(Error::NotFound {
+                what: "collection",
+                name: req.collection.clone(),
+                hint: "; it was deleted meanwhile".into(),
+            });
+        }
         let points = catalog::load_points(storage, vm.id)?;
         if points
             .iter()
@@ -262,7 +294,7 @@ impl Engine {
             ))),
             ConfigSource::Command(cmd) => {
                 let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
-                match hooks::run(cmd, &script_env(plan, "config"), timeout) {
+                match hooks::run(cmd, &plan.env("config"), timeout) {
                     Outcome::Success(out) => Ok(out),
                     Outcome::Failed(why) => Err(Error::Script(format!(
                         "configuration command of VM '{}' {why}; nothing was committed",
@@ -276,6 +308,7 @@ impl Engine {
     fn capture_and_commit(
         &self,
         plan: &Plan,
+        op: &mut PendingOp,
         progress: &dyn Progress,
         started: Instant,
     ) -> Result<CreateOutcome> {
@@ -283,11 +316,15 @@ impl Engine {
         let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
         flush_sources(plan);
         let mut warnings = Vec::new();
+        if plan.vm.pre_script.is_some() && plan.vm.post_script.is_some() {
+            // From here until the post-script ran, a crash must not leave the VM frozen.
+            pending::set_frozen(&self.shared, plan.vm.id, op, true)?;
+        }
         let freeze_start = Instant::now();
 
         let pre_ok = match &plan.vm.pre_script {
             None => None,
-            Some(cmd) => match hooks::run(cmd, &script_env(plan, "pre"), timeout) {
+            Some(cmd) => match hooks::run(cmd, &plan.env("pre"), timeout) {
                 Outcome::Success(_) => Some(true),
                 Outcome::Failed(why) if plan.requested == Consistency::Crash => {
                     warnings.push(format!(
@@ -297,7 +334,7 @@ impl Engine {
                 }
                 Outcome::Failed(why) => {
                     // Thaw whatever the pre-script may have frozen before giving up.
-                    let _ = self.run_post(plan, timeout);
+                    let _ = self.run_post(plan, op, timeout);
                     return Err(Error::Script(format!(
                         "pre-script of VM '{}' {why}; nothing was committed",
                         plan.vm.name
@@ -314,7 +351,7 @@ impl Engine {
             .as_ref()
             .is_ok_and(|c| c.iter().all(|(_, cloned)| *cloned));
         if all_cloned || captured.is_err() {
-            post = Some(self.run_post(plan, timeout));
+            post = Some(self.run_post(plan, op, timeout));
             frozen = Some(freeze_start.elapsed());
         }
         let ingested = captured.and_then(|sources| {
@@ -325,7 +362,7 @@ impl Engine {
             r.map(|i| (i, sources))
         });
         if post.is_none() {
-            post = Some(self.run_post(plan, timeout));
+            post = Some(self.run_post(plan, op, timeout));
             frozen = Some(freeze_start.elapsed());
         }
         let (ingested, sources) = ingested?;
@@ -407,14 +444,20 @@ impl Engine {
         })
     }
 
-    fn run_post(&self, plan: &Plan, timeout: Duration) -> Result<(), String> {
-        match &plan.vm.post_script {
+    /// Runs the post-script (if any), then clears the marker's freeze record.
+    fn run_post(&self, plan: &Plan, op: &mut PendingOp, timeout: Duration) -> Result<(), String> {
+        let outcome = match &plan.vm.post_script {
             None => Ok(()),
-            Some(cmd) => match hooks::run(cmd, &script_env(plan, "post"), timeout) {
+            Some(cmd) => match hooks::run(cmd, &plan.env("post"), timeout) {
                 Outcome::Success(_) => Ok(()),
                 Outcome::Failed(why) => Err(why),
             },
+        };
+        if op.frozen {
+            // Failing to record the thaw only makes recovery run the post-script once more.
+            let _ = pending::set_frozen(&self.shared, plan.vm.id, op, false);
         }
+        outcome
     }
 
     /// Opens every included source, through a reflink clone where the filesystem allows one.
@@ -454,7 +497,13 @@ impl Engine {
         let mut out = Vec::new();
         for ((d, prev), (src, _)) in plan.included.iter().zip(&plan.previous).zip(sources) {
             let previous = match prev {
-                Some(drp) => Some(Previous::load(&self.shared, plan.vm.id, d.id, *drp)?),
+                Some(drp) => Some(Previous::load(
+                    &self.shared,
+                    plan.vm.id,
+                    d.id,
+                    &d.name,
+                    *drp,
+                )?),
                 None => None,
             };
             let drp = Uuid::new_v4();
@@ -470,14 +519,6 @@ impl Engine {
             out.push((drp, i));
         }
         Ok(out)
-    }
-
-    /// Removes whatever a failed attempt published. Anything left (a crash here) is found by
-    /// recovery through `pending.json`.
-    fn discard_attempt(&self, plan: &Plan) {
-        let storage = &*self.shared.storage;
-        let _ = storage.remove(&layout::point_config(plan.vm.id, plan.point_id));
-        let _ = super::delete::collect_garbage(&self.shared, plan.vm.id);
     }
 }
 

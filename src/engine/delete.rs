@@ -2,29 +2,34 @@
 //!
 //! How deletion works: every block map is complete, so no point depends on another point's map;
 //! points share only stored blocks. Deleting a point removes its record (the commit), then
-//! [`collect_garbage`] recomputes, for each disk chain, which stored blocks the remaining maps
-//! reference (reference counting by scan): packs nothing references are removed, and packs
-//! holding some unreferenced blocks are *repacked* — rewritten whole under the same id with only
-//! the referenced blocks, byte for byte, and atomically renamed over the old file. This frees
-//! exactly the space only the deleted point used, and every other point reads the same bytes.
+//! [`collect_garbage`] recounts, for each disk chain, which stored blocks the remaining maps
+//! reference (reference counting by scan): packs and maps nothing references are removed first,
+//! then packs holding some unreferenced blocks are *repacked* — rewritten whole under the same id
+//! with only the referenced blocks, byte for byte, and atomically renamed over the old file. This
+//! frees exactly the space only the deleted point used, and every other point reads the same
+//! bytes.
 //!
 //! Invariants: garbage collection runs under the VM's lock and only after every point record of
 //! the VM was read successfully (an unreadable record stops it, so nothing a damaged record
 //! references is ever collected). It is idempotent, so recovery can rerun it after a crash at
-//! any step.
+//! any step. A repack that cannot be done now (too little free space, or it fails) is deferred,
+//! never fatal: the old pack is a superset of what is needed, so the store stays sound, and the
+//! operation marker keeps the debt until a later collection pays it.
 
 use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
 use super::error::{Error, Result};
-use super::{Engine, Shared, catalog, now_rfc3339};
+use super::{Engine, Shared, catalog, now_rfc3339, pending};
 use crate::store::blockmap::BlockMap;
 use crate::store::layout;
 use crate::store::pack::{PackIndex, PackWriter};
 use crate::store::records::{PendingKind, PendingOp, PointRecord};
-use crate::store::storage::TEMP_SUFFIX;
-use crate::store::{kind, write_record};
+use crate::store::storage::{Object, TEMP_SUFFIX};
+
+/// Free space a repack leaves untouched on the medium, beyond the size of what it writes.
+const REPACK_MARGIN: u64 = 64 << 20;
 
 /// What a deletion did.
 #[derive(Debug, Clone)]
@@ -32,14 +37,18 @@ pub struct DeleteOutcome {
     pub point: PointRecord,
     /// Bytes of pack and map files freed.
     pub freed_bytes: u64,
+    /// Things the user should know that did not stop the deletion (space not freed yet).
+    pub warnings: Vec<String>,
 }
 
 /// What one garbage collection did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcStats {
     pub removed_files: u64,
     pub repacked: u64,
     pub freed_bytes: u64,
+    /// Repacks that could not be done now, each with the reason.
+    pub deferred: Vec<String>,
 }
 
 impl Engine {
@@ -62,31 +71,57 @@ impl Engine {
                 name: format!("{collection}/{name}"),
                 hint: String::new(),
             })?;
-        let freed_bytes = delete_locked(&self.shared, &point)?;
-        Ok(DeleteOutcome { point, freed_bytes })
+        let (freed_bytes, warnings) = delete_locked(&self.shared, &point, collection)?;
+        Ok(DeleteOutcome {
+            point,
+            freed_bytes,
+            warnings,
+        })
     }
 }
 
-/// Deletes a point whose VM lock the caller holds. Returns bytes freed.
-pub(crate) fn delete_locked(shared: &Shared, point: &PointRecord) -> Result<u64> {
-    let storage = &*shared.storage;
-    let pending_key = layout::pending(point.vm_id);
-    let pending = PendingOp {
+/// Deletes a point whose VM lock the caller holds. Returns bytes freed and warnings.
+pub(crate) fn delete_locked(
+    shared: &Shared,
+    point: &PointRecord,
+    collection: &str,
+) -> Result<(u64, Vec<String>)> {
+    let vm = point.vm_id;
+    let mut op = PendingOp {
         op: PendingKind::Delete,
         point_id: point.id,
         clones: Vec::new(),
         started: now_rfc3339(),
+        frozen: false,
+        collection: collection.to_string(),
+        gc_owed: false,
     };
-    write_record(storage, &pending_key, kind::PENDING, &pending)
-        .map_err(Error::io(format!("writing {pending_key}")))?;
-    let point_key = layout::point(point.vm_id, point.id);
-    storage
+    let earlier = pending::begin(shared, vm, &mut op)?;
+    let point_key = layout::point(vm, point.id);
+    shared
+        .storage
         .remove(&point_key)
         .map_err(Error::io(format!("removing {point_key}")))?;
-    let stats = collect_garbage(shared, point.vm_id)?;
-    // Removing the marker can fail harmlessly: recovery would rerun an idempotent collection.
-    let _ = storage.remove(&pending_key);
-    Ok(stats.freed_bytes)
+    // The point is gone. From here a failure only delays freeing its space: the marker stays and
+    // the next operation on the VM, or the next open of the store, finishes the collection.
+    let mut warnings = earlier.warnings;
+    match pending::end(shared, vm, &mut op, true) {
+        Ok(done) => {
+            warnings.extend(
+                done.warnings
+                    .into_iter()
+                    .map(|w| format!("space not freed yet: {w}")),
+            );
+            Ok((earlier.freed_bytes + done.freed_bytes, warnings))
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "the point is deleted, but freeing its space failed ({e}); rpfs retries when it \
+                 next opens the store"
+            ));
+            Ok((earlier.freed_bytes, warnings))
+        }
+    }
 }
 
 fn is_temp(name: &str) -> bool {
@@ -154,15 +189,23 @@ fn remove(shared: &Shared, key: &str, stats: &mut GcStats) -> Result<()> {
     }
 }
 
+/// A pack of the chain with its table and, per table entry, whether a live map references it.
+struct PackUse {
+    object: std::sync::Arc<dyn Object>,
+    index: PackIndex,
+    live: Vec<bool>,
+}
+
 /// Garbage collection of one disk chain, given the disk restore points still committed.
 fn collect_disk(
     shared: &Shared,
     vm: Uuid,
     disk: Uuid,
-    live: HashSet<Uuid>,
+    live_maps: HashSet<Uuid>,
     stats: &mut GcStats,
 ) -> Result<()> {
     let storage = &*shared.storage;
+    let bs = shared.header.block_size;
     let dir = layout::disk_dir(vm, disk);
     let names = storage
         .list(&dir)
@@ -179,78 +222,118 @@ fn collect_disk(
         }
     }
 
-    // Which blocks of which pack the live maps reference, as bitsets.
-    let mut referenced: HashMap<Uuid, Vec<u64>> = HashMap::new();
-    for drp in &live {
+    // The live maps, and the packs they reference.
+    let mut live = Vec::new();
+    for drp in &live_maps {
         let key = layout::map(vm, disk, *drp);
         let bytes = storage
             .read(&key)
             .map_err(Error::io(format!("reading {key} of a committed point")))?;
-        let map = BlockMap::decode(&key, &bytes, shared.header.block_size)?;
-        let words = map.entries.len().div_ceil(64);
-        let mut slots: Vec<Vec<u64>> = map.packs.iter().map(|_| vec![0u64; words]).collect();
-        for (b, &e) in map.entries.iter().enumerate() {
-            if e != 0 {
-                slots[e as usize - 1][b / 64] |= 1 << (b % 64);
-            }
-        }
-        for (pack, bits) in map.packs.iter().zip(slots) {
-            let acc = referenced.entry(*pack).or_default();
-            if acc.len() < bits.len() {
-                acc.resize(bits.len(), 0);
-            }
-            for (a, b) in acc.iter_mut().zip(bits) {
-                *a |= b;
-            }
-        }
+        live.push(BlockMap::decode(&key, &bytes, bs)?);
+    }
+    let referenced: HashSet<Uuid> = live.iter().flat_map(|m| m.packs.iter().copied()).collect();
+
+    // Free what nothing references first: it needs no space, and it makes room for repacks.
+    for &pack in packs.iter().filter(|p| !referenced.contains(p)) {
+        remove(shared, &layout::pack(vm, disk, pack), stats)?;
+        shared.packs.forget(pack);
+    }
+    for drp in maps.iter().filter(|m| !live_maps.contains(m)) {
+        remove(shared, &layout::map(vm, disk, *drp), stats)?;
     }
 
-    for pack in packs {
+    // Which entries of each referenced pack a live map uses. Maps and tables are both sorted by
+    // block, so one cursor per pack walks each table once per map: memory grows with the blocks
+    // stored, time with maps times blocks.
+    let mut uses: HashMap<Uuid, PackUse> = HashMap::new();
+    for &pack in packs.iter().filter(|p| referenced.contains(p)) {
         let key = layout::pack(vm, disk, pack);
-        let Some(bits) = referenced.get(&pack) else {
-            remove(shared, &key, stats)?;
-            shared.packs.forget(pack);
-            continue;
-        };
-        let is_live = |b: u64| {
-            bits.get((b / 64) as usize)
-                .is_some_and(|w| w & (1 << (b % 64)) != 0)
-        };
         let object = storage
             .open(&key)
             .map_err(Error::io(format!("opening {key}")))?;
-        let index = match PackIndex::load(&*object, &key, pack, shared.header.block_size) {
-            Ok(i) => i,
-            // A damaged pack is left as it is for `check` to report; repacking it could only
-            // copy or lose the damage.
-            Err(_) => continue,
-        };
-        if index.entries.iter().all(|e| is_live(e.block)) {
-            continue;
+        // A damaged pack is left as it is for `check` to report; repacking it could only copy or
+        // lose the damage.
+        if let Ok(index) = PackIndex::load(&*object, &key, pack, bs) {
+            let live = vec![false; index.entries.len()];
+            uses.insert(
+                pack,
+                PackUse {
+                    object,
+                    index,
+                    live,
+                },
+            );
         }
-        let old_size = object.len();
-        let out = storage
-            .create(&key)
-            .map_err(Error::io(format!("repacking {key}")))?;
-        let mut w = PackWriter::new(out, pack, shared.header.block_size)
-            .map_err(Error::io(format!("repacking {key}")))?;
-        for e in index.entries.iter().filter(|e| is_live(e.block)) {
-            let stored = index
-                .read_stored(&*object, e)
-                .map_err(Error::io(format!("reading {key}")))?;
-            w.append(e.block, &stored, e.compressed, e.hash)
-                .map_err(Error::io(format!("repacking {key}")))?;
+    }
+    for map in &live {
+        let mut cursors = vec![0usize; map.packs.len()];
+        for (b, &e) in map.entries.iter().enumerate() {
+            if e == 0 {
+                continue;
+            }
+            let slot = e as usize - 1;
+            let Some(u) = uses.get_mut(&map.packs[slot]) else {
+                continue;
+            };
+            let c = &mut cursors[slot];
+            while *c < u.index.entries.len() && u.index.entries[*c].block < b as u64 {
+                *c += 1;
+            }
+            if *c < u.index.entries.len() && u.index.entries[*c].block == b as u64 {
+                u.live[*c] = true;
+            }
         }
-        let new_size = w
-            .finish()
-            .map_err(Error::io(format!("publishing repacked {key}")))?;
-        shared.packs.forget(pack);
-        stats.repacked += 1;
-        stats.freed_bytes += old_size.saturating_sub(new_size);
     }
 
-    for drp in maps.into_iter().filter(|m| !live.contains(m)) {
-        remove(shared, &layout::map(vm, disk, drp), stats)?;
+    for (pack, u) in uses {
+        if u.live.iter().all(|&l| l) {
+            continue;
+        }
+        let key = layout::pack(vm, disk, pack);
+        match repack(shared, &key, pack, &u) {
+            Ok(new_size) => {
+                shared.packs.forget(pack);
+                stats.repacked += 1;
+                stats.freed_bytes += u.object.len().saturating_sub(new_size);
+            }
+            Err(why) => stats.deferred.push(format!("repacking {key}: {why}")),
+        }
     }
     Ok(())
+}
+
+/// Rewrites a pack with only its live entries; returns the new size. Refuses when the medium
+/// lacks room for the new copy plus a margin.
+fn repack(shared: &Shared, key: &str, pack: Uuid, u: &PackUse) -> std::result::Result<u64, String> {
+    let live_bytes: u64 = u
+        .index
+        .entries
+        .iter()
+        .zip(&u.live)
+        .filter(|(_, l)| **l)
+        .map(|(e, _)| u64::from(e.stored_len))
+        .sum();
+    let free = shared
+        .storage
+        .space()
+        .map_err(|e| e.to_string())?
+        .free_bytes;
+    if free < live_bytes + REPACK_MARGIN {
+        return Err(format!(
+            "needs {} MiB free to copy the blocks still in use, the store has {} MiB",
+            (live_bytes + REPACK_MARGIN) >> 20,
+            free >> 20
+        ));
+    }
+    let out = shared.storage.create(key).map_err(|e| e.to_string())?;
+    let mut w = PackWriter::new(out, pack, shared.header.block_size).map_err(|e| e.to_string())?;
+    for (e, _) in u.index.entries.iter().zip(&u.live).filter(|(_, l)| **l) {
+        let stored = u
+            .index
+            .read_stored(&*u.object, e)
+            .map_err(|e| e.to_string())?;
+        w.append(e.block, &stored, e.compressed, e.hash)
+            .map_err(|e| e.to_string())?;
+    }
+    w.finish().map_err(|e| e.to_string())
 }

@@ -36,13 +36,23 @@ pub(crate) struct Previous {
 
 impl Previous {
     /// Loads the map of disk restore point `drp` and the tables of the packs it references.
-    pub(crate) fn load(shared: &Shared, vm: Uuid, disk: Uuid, drp: Uuid) -> Result<Previous> {
+    pub(crate) fn load(
+        shared: &Shared,
+        vm: Uuid,
+        disk: Uuid,
+        disk_name: &str,
+        drp: Uuid,
+    ) -> Result<Previous> {
         let key = layout::map(vm, disk, drp);
-        let bytes = shared
-            .storage
-            .read(&key)
-            .map_err(Error::io(format!("reading {key}")))?;
-        let map = BlockMap::decode(&key, &bytes, shared.header.block_size)?;
+        let context =
+            || format!("the previous restore point of disk '{disk_name}' (block map {key})");
+        let bytes = shared.storage.read(&key).map_err(Error::io(context()))?;
+        let map = BlockMap::decode(&key, &bytes, shared.header.block_size).map_err(|c| {
+            Error::Damaged {
+                context: context(),
+                detail: c.to_string(),
+            }
+        })?;
         let packs = map
             .packs
             .iter()

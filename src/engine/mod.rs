@@ -23,6 +23,7 @@ pub mod error;
 mod hooks;
 pub mod ingest;
 pub mod names;
+mod pending;
 pub mod progress;
 pub mod read;
 mod recovery;
@@ -208,17 +209,28 @@ impl Engine {
                 name: format!("{collection}/{}/{disk}", point.name),
                 hint: String::new(),
             })?;
+        let label = format!("restore point {collection}/{} disk '{disk}'", point.name);
         let key = layout::map(point.vm_id, d.disk_id, d.drp_id);
-        let bytes = self
+        let map = self
             .shared
             .storage
             .read(&key)
-            .map_err(Error::io(format!("reading {key}")))?;
-        let map =
-            crate::store::blockmap::BlockMap::decode(&key, &bytes, self.shared.header.block_size)?;
+            .map_err(Error::io(format!("{label}: reading its block map {key}")))
+            .and_then(|bytes| {
+                crate::store::blockmap::BlockMap::decode(
+                    &key,
+                    &bytes,
+                    self.shared.header.block_size,
+                )
+                .map_err(|c| Error::Damaged {
+                    context: label.clone(),
+                    detail: format!("block map {c}"),
+                })
+            })?;
         Ok(DiskImage::new(
             self.shared.clone(),
-            format!("restore point {collection}/{} disk '{disk}'", point.name),
+            label,
+            layout::point(point.vm_id, point.id),
             point.vm_id,
             d.disk_id,
             map,
@@ -234,9 +246,17 @@ impl Engine {
 
     /// Takes the VM's lock or refuses at once as busy.
     pub(crate) fn vm_lock(&self, vm: &crate::store::records::VmRecord) -> Result<LockGuard> {
-        try_vm_lock(&self.shared, vm.id)?.ok_or_else(|| Error::Busy {
-            vm: vm.name.clone(),
-        })
+        try_vm_lock(&self.shared, vm.id)
+            .map_err(|e| match e {
+                Error::Io { source, .. } => Error::Io {
+                    context: format!("taking the lock of VM '{}'", vm.name),
+                    source,
+                },
+                other => other,
+            })?
+            .ok_or_else(|| Error::Busy {
+                vm: vm.name.clone(),
+            })
     }
 }
 

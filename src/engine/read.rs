@@ -86,6 +86,8 @@ pub struct DiskImage {
     shared: Arc<Shared>,
     /// "restore point C/P disk 'D'", for messages.
     label: String,
+    /// Key of the point's record, to tell a point deleted while being read from damage.
+    point_key: String,
     vm: Uuid,
     disk: Uuid,
     map: BlockMap,
@@ -104,6 +106,7 @@ impl DiskImage {
     pub(crate) fn new(
         shared: Arc<Shared>,
         label: String,
+        point_key: String,
         vm: Uuid,
         disk: Uuid,
         map: BlockMap,
@@ -112,6 +115,7 @@ impl DiskImage {
         DiskImage {
             shared,
             label,
+            point_key,
             vm,
             disk,
             map,
@@ -154,6 +158,17 @@ impl DiskImage {
     }
 
     fn damaged(&self, block: u64, detail: String) -> Error {
+        // Packs are opened on first use: one the point needed may have been removed or repacked
+        // because the point itself was deleted meanwhile. That is not damage.
+        if let Err(e) = self.shared.storage.size(&self.point_key)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            return Error::NotFound {
+                what: "restore point",
+                name: self.label.clone(),
+                hint: "; it was deleted while being read".into(),
+            };
+        }
         Error::Damaged {
             context: format!(
                 "{} block {block} (offset {})",

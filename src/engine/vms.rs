@@ -42,6 +42,8 @@ pub struct CollectionDeleted {
     pub collection: CollectionRecord,
     pub points_deleted: usize,
     pub freed_bytes: u64,
+    /// Things the user should know that did not stop the deletion.
+    pub warnings: Vec<String>,
 }
 
 fn absolute(path: &std::path::Path) -> Result<PathBuf> {
@@ -258,8 +260,11 @@ impl Engine {
             )));
         }
         let mut freed_bytes = 0;
+        let mut warnings = Vec::new();
         for p in points.iter().rev() {
-            freed_bytes += delete_locked(&self.shared, p)?;
+            let (freed, w) = delete_locked(&self.shared, p, name)?;
+            freed_bytes += freed;
+            warnings.extend(w);
         }
         let _store = self.store_lock()?;
         let key = layout::collection(vm.id, c.id);
@@ -270,6 +275,7 @@ impl Engine {
             collection: c,
             points_deleted: points.len(),
             freed_bytes,
+            warnings,
         })
     }
 }

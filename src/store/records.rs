@@ -176,6 +176,17 @@ pub struct PendingOp {
     /// Reflink clones of source disks this operation may have made, removed by recovery.
     pub clones: Vec<PathBuf>,
     pub started: String,
+    /// Set while the VM may be frozen (its pre-script was started and its post-script has not
+    /// finished): recovery then runs the post-script, so a crash never leaves the VM frozen.
+    #[serde(default)]
+    pub frozen: bool,
+    /// Collection of the point, for the environment of a post-script run by recovery.
+    #[serde(default)]
+    pub collection: String,
+    /// Garbage collection still owes work (a repack deferred for lack of space): whoever ends
+    /// the operation runs it again before removing the marker.
+    #[serde(default)]
+    pub gc_owed: bool,
 }
 
 /// What a pending operation was doing.

@@ -156,6 +156,14 @@ impl LocalStorage {
     }
 }
 
+/// Removes `key` durably; an object already gone is not an error (cleanup is idempotent).
+pub fn remove_if_present(storage: &dyn Storage, key: &str) -> io::Result<()> {
+    match storage.remove(key) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// fsyncs a directory so entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -341,13 +349,28 @@ impl Storage for LocalStorage {
 impl LocalStorage {
     fn lock_file(&self, name: &str) -> io::Result<File> {
         let path = self.path(&format!("locks/{name}.lock"))?;
-        self.ensure_parent(&path)?;
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+        let writable = self.ensure_parent(&path).and_then(|()| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        });
+        match writable {
+            Ok(f) => Ok(f),
+            // A read-only store (or a reader without write permission) can still lock an
+            // existing lock file: flock needs only a read descriptor.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
+                File::open(&path).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -142,6 +142,13 @@ impl TestStore {
     }
 }
 
+/// The `rpfs` binary pointed at the store in `store`, with logging off.
+pub fn rpfs_at(store: &Path) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("rpfs").expect("rpfs binary");
+    c.env("RPFS_STORE", store).env_remove("RPFS_LOG");
+    c
+}
+
 pub fn open(store: &Path) -> Engine {
     Engine::open(Arc::new(LocalStorage::new(store)), OpenOptions::default()).expect("open store")
 }
@@ -368,13 +375,22 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// Runs the CLI with `args`, expects success, and parses standard output as JSON.
 pub fn cli_json(ts: &TestStore, args: &[&str]) -> serde_json::Value {
-    let (out, _) = expect_exit(ts.cli().args(args), 0);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    json_of(ts.cli().args(args))
+}
+
+fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    let (out, _) = expect_exit(cmd, 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd:?}: not JSON ({e}): {out}"))
 }
 
 /// "collection/name" of every point, from `point list --json`, in output order.
 pub fn point_names(ts: &TestStore) -> Vec<String> {
-    cli_json(ts, &["point", "list", "--json"])
+    point_names_at(&ts.store_path())
+}
+
+/// Like [`point_names`], for the store in `store`.
+pub fn point_names_at(store: &Path) -> Vec<String> {
+    json_of(rpfs_at(store).args(["point", "list", "--json"]))
         .as_array()
         .expect("array")
         .iter()

@@ -1,0 +1,367 @@
+//! Recovery and cleanup under adverse conditions: a full store, a crash while the VM is frozen,
+//! a read-only store, a point deleted while it is read, and records that went missing.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rpfs::engine::ErrorKind;
+use rpfs::engine::vms::VmSpec;
+use rpfs::store::records::{PendingKind, PendingOp};
+use rpfs::store::{kind, layout, write_record};
+
+/// A loop-mounted filesystem of its own, unmounted (and its image removed) on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> SmallFs {
+        require_tool("mkfs.xfs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("mkdir");
+        sh(&format!(
+            "truncate -s {mib}M '{}' && mkfs.xfs -q '{}'",
+            img.display(),
+            img.display()
+        ));
+        sh(&format!(
+            "mount -o loop '{}' '{}'",
+            img.display(),
+            mnt.display()
+        ));
+        SmallFs { dir, mnt }
+    }
+
+    fn free(&self) -> u64 {
+        let out = sh(&format!(
+            "df -B1 --output=avail '{}' | tail -1",
+            self.mnt.display()
+        ));
+        out.trim().parse().expect("df")
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = self.dir.path();
+    }
+}
+
+#[test]
+fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
+    if !root_or_skip("a_delete_on_a_full_store_succeeds_and_frees_the_space_later") {
+        return;
+    }
+    let mut rng = rng(seed());
+    let small = SmallFs::new(400);
+    let store = small.mnt.join("store");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.img");
+    let mut content = random_image(&disk, 48 * MIB as usize, &mut rng);
+    expect_exit(rpfs_at(&store).arg("init"), 0);
+    expect_exit(
+        rpfs_at(&store)
+            .args(["vm", "add", "vm"])
+            .arg(format!("--disk=d={}", disk.display())),
+        0,
+    );
+    expect_exit(
+        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
+        0,
+    );
+    expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 0);
+    change_blocks(&disk, &mut content, 64 * KIB, 0.5, &mut rng);
+    expect_exit(rpfs_at(&store).args(["point", "create", "c", "p2"]), 0);
+    let p2 = content.clone();
+
+    // Leave too little room to repack p1's pack (24 MiB still used by p2, plus a margin).
+    let filler = small.mnt.join("filler");
+    let leave = 40 * MIB;
+    sh(&format!(
+        "fallocate -l {} '{}'",
+        small.free() - leave,
+        filler.display()
+    ));
+    let (_, err) = expect_exit(rpfs_at(&store).args(["point", "delete", "c/p1"]), 0);
+    assert_mentions(&err, &["warning: space not freed yet", "repacking"]);
+    assert_eq!(point_names_at(&store), vec!["c/p2"]);
+    // The debt is visible, not hidden...
+    let (_, err) = expect_exit(rpfs_at(&store).arg("check"), 10);
+    assert_mentions(&err, &["pending.json", "referenced by no committed point"]);
+    // ...and a creation meanwhile neither loses it nor fails.
+    expect_exit(rpfs_at(&store).args(["point", "create", "c", "p3"]), 0);
+    assert!(
+        small
+            .mnt
+            .join("store")
+            .join(layout::pending(vm_id(&store)))
+            .exists()
+    );
+
+    // With room again, the next open pays the debt.
+    let before = dir_size(&store);
+    fs::remove_file(&filler).expect("remove filler");
+    // XFS frees a removed file's blocks in the background; wait until they are free.
+    let start = Instant::now();
+    while small.free() < 100 * MIB {
+        sh(&format!("sync -f '{}'", small.mnt.display()));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "space never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    expect_exit(rpfs_at(&store).args(["check", "--read-data"]), 0);
+    assert!(
+        dir_size(&store) + 20 * MIB < before,
+        "the repack freed nothing"
+    );
+    assert!(!store.join(layout::pending(vm_id(&store))).exists());
+    let engine = open(&store);
+    assert!(read_image(&engine, "c", "p2", "d") == p2);
+    assert!(read_image(&engine, "c", "p3", "d") == p2);
+}
+
+fn vm_id(store: &Path) -> uuid::Uuid {
+    open(store).catalog().expect("catalog").vms[0].id
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    sh(&format!("du -sb '{}'", dir.display()))
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("du")
+}
+
+#[test]
+fn a_creation_killed_while_the_vm_is_frozen_is_thawed_by_recovery() {
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
+    let frozen = ts.path("frozen");
+    let pid = ts.path("pre.pid");
+    let log = ts.path("thaw.log");
+    ts.engine
+        .add_vm(&VmSpec {
+            name: "vm".into(),
+            disks: vec![("d".into(), disk.clone())],
+            pre_script: Some(format!(
+                "echo $$ > '{}'; touch '{}'; sleep 30",
+                pid.display(),
+                frozen.display()
+            )),
+            post_script: Some(format!(
+                "echo \"thawed $RPFS_PHASE $RPFS_VM\" >> '{}'",
+                log.display()
+            )),
+            script_timeout_secs: Some(60),
+            ..VmSpec::default()
+        })
+        .expect("add vm");
+    ts.engine
+        .create_collection("c", "vm", None)
+        .expect("collection");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rpfs"))
+        .args(["point", "create", "c", "p1"])
+        .env("RPFS_STORE", ts.store_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while !frozen.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pre-script never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    // The pre-script's sleep is an orphan now; it does not hold the VM's lock.
+    assert!(!log.exists(), "post-script ran before recovery");
+    let mut list = ts.cli();
+    list.env("RPFS_LOG", "warn").args(["point", "list"]);
+    let (_, err) = expect_exit(&mut list, 0);
+    assert_mentions(&err, &["left frozen", "post-script was run"]);
+    assert_eq!(
+        fs::read_to_string(&log).expect("thaw log"),
+        "thawed post vm\n"
+    );
+    // Exactly once: a second open does nothing more.
+    expect_exit(ts.cli().args(["check", "--read-data"]), 0);
+    assert_eq!(
+        fs::read_to_string(&log).expect("thaw log"),
+        "thawed post vm\n"
+    );
+    // The pre-script runs in its own process group: end its orphaned sleep.
+    sh(&format!(
+        "kill -9 -- -$(cat '{}') 2>/dev/null || true",
+        pid.display()
+    ));
+}
+
+#[test]
+fn a_point_deleted_while_it_is_read_is_not_found_not_damaged() {
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let mut rng = rng(seed());
+    let mut content = random_image(&disk, 256 * KIB as usize, &mut rng);
+    ts.vm("vm", &[("d", &disk)], "c");
+    ts.create("c", "p1");
+    change_blocks(&disk, &mut content, 4096, 0.5, &mut rng);
+    ts.create("c", "p2");
+    let reader = ts.reopen();
+    let cat = reader.catalog().expect("catalog");
+    let (_, p2) = cat.point("c", "p2").expect("p2");
+    let image = reader.open_disk("c", p2, "d").expect("open");
+    // Another process deletes p2; its own pack goes away before the reader opened it.
+    ts.engine.delete_point("c", "p2").expect("delete");
+    let mut buf = vec![0u8; 256 * KIB as usize];
+    let err = image.read_at(0, &mut buf).expect_err("p2 is gone");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains("deleted while being read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_read_only_store_with_a_pending_marker_still_lists_and_restores() {
+    if !root_or_skip("a_read_only_store_with_a_pending_marker_still_lists_and_restores") {
+        return;
+    }
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let content = random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
+    ts.vm("vm", &[("d", &disk)], "c");
+    let p = ts.create("c", "p1");
+    let marker = PendingOp {
+        op: PendingKind::Create,
+        point_id: uuid::Uuid::new_v4(),
+        clones: vec![],
+        started: "now".into(),
+        frozen: false,
+        collection: "c".into(),
+        gc_owed: false,
+    };
+    write_record(
+        &**ts.engine.storage(),
+        &layout::pending(p.vm_id),
+        kind::PENDING,
+        &marker,
+    )
+    .expect("marker");
+    let ro = ts.path("ro");
+    fs::create_dir(&ro).expect("mkdir");
+    sh(&format!(
+        "mount --bind '{}' '{}' && mount -o remount,ro,bind '{}'",
+        ts.store_path().display(),
+        ro.display(),
+        ro.display()
+    ));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(ro.clone());
+    let (out, _) = expect_exit(rpfs_at(&ro).args(["point", "list"]), 0);
+    assert!(out.contains("c/p1"), "{out}");
+    let to = ts.path("restored");
+    expect_exit(rpfs_at(&ro).args(["restore", "c/p1", "--to"]).arg(&to), 0);
+    assert!(fs::read(to.join("d.img")).expect("restored") == content);
+    // It cannot be recovered read-only, and check says so rather than pretending.
+    let (_, err) = expect_exit(rpfs_at(&ro).arg("check"), 10);
+    assert_mentions(&err, &["pending.json"]);
+}
+
+#[test]
+fn recovery_never_removes_a_vm_directory_that_holds_points() {
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
+    ts.vm("vm", &[("d", &disk)], "c");
+    let p = ts.create("c", "p1");
+    // A lost VM record (damage, or a bug): the points must not be swept away as remains.
+    fs::remove_file(ts.store_path().join(layout::vm_record(p.vm_id))).expect("remove vm.json");
+    let (_, err) = expect_exit(ts.cli().arg("check"), 10);
+    assert_mentions(
+        &err,
+        &["the VM record is missing, but 1 restore point records remain"],
+    );
+    assert!(ts.store_path().join(layout::point(p.vm_id, p.id)).exists());
+}
+
+#[test]
+fn creations_racing_collection_deletes_never_orphan_a_point() {
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
+    ts.vm("vm", &[("d", &disk)], "keep");
+    let (mut created, mut refused) = (0, 0);
+    let mut rng = rng(seed());
+    for i in 0..40 {
+        let coll = format!("r{i}");
+        ts.engine
+            .create_collection(&coll, "vm", None)
+            .expect("collection");
+        let creator = {
+            let engine = ts.reopen();
+            let coll = coll.clone();
+            std::thread::spawn(move || create_result(&engine, &coll))
+        };
+        // Delete the collection around the time the creation runs; busy means the creation holds
+        // the VM.
+        std::thread::sleep(Duration::from_micros(rand::Rng::random_range(
+            &mut rng,
+            0..300,
+        )));
+        loop {
+            match ts.engine.delete_collection(&coll, true) {
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Busy => std::thread::yield_now(),
+                Err(e) => panic!("delete {coll}: {e}"),
+            }
+        }
+        match creator.join().expect("creator") {
+            Ok(()) => created += 1,
+            Err(kind) => {
+                assert_eq!(kind, ErrorKind::NotFound, "creation in {coll}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{created} creations won, {refused} found the collection gone");
+    let report = ts
+        .reopen()
+        .check(true, &rpfs::engine::progress::Silent)
+        .expect("check");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(ts.engine.catalog().expect("catalog").points.is_empty());
+}
+
+fn create_result(engine: &rpfs::engine::Engine, coll: &str) -> Result<(), ErrorKind> {
+    let req = rpfs::engine::create::CreateRequest {
+        collection: coll.into(),
+        name: "p".into(),
+        exclude: vec![],
+        consistency: None,
+    };
+    match engine.create_point(&req, &rpfs::engine::progress::Silent) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Busy => create_result(engine, coll),
+        Err(e) => Err(e.kind()),
+    }
+}
