@@ -54,12 +54,42 @@ pub enum Command {
         #[arg(long, value_name = "DISK")]
         disk: String,
     },
+    /// Mount the store as a filesystem of collections, restore points and disk images
+    Mount(MountArgs),
+    /// Unmount a mounted store (also when its daemon died)
+    Umount {
+        /// Where the store is mounted
+        mountpoint: PathBuf,
+    },
     /// Verify the store's structure and indexes (and every block with --read-data)
     Check {
         /// Also read every stored block and verify its hash
         #[arg(long)]
         read_data: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing, empty directory to mount on
+    pub mountpoint: PathBuf,
+    /// Memory for decoded blocks, shared by all readers (K, M, G are binary)
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    pub cache_size: u64,
+    /// Let other users use the mount; the kernel then enforces permissions, and only root or
+    /// the mounting user may create or delete points
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Let `rmdir MOUNT/<collection>/<point>` delete the point
+    #[arg(long)]
+    pub allow_delete: bool,
+    /// Stay attached and unmount on SIGINT/SIGTERM, instead of returning once mounted
+    #[arg(long)]
+    pub foreground: bool,
+    /// Where the background daemon logs [default: /var/log/rpfs/mount.log as root, else
+    /// $XDG_STATE_HOME/rpfs/mount.log or ~/.local/state/rpfs/mount.log]
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,12 +183,38 @@ pub enum CollectionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a collection's defaults for new points (what `mkdir` in the mount uses)
+    Set {
+        name: String,
+        /// Leave this disk out of new points unless told otherwise; repeat for several
+        #[arg(
+            long = "exclude-disk",
+            value_name = "DISK",
+            conflicts_with = "include_all_disks"
+        )]
+        exclude: Vec<String>,
+        /// Include every disk by default again
+        #[arg(long)]
+        include_all_disks: bool,
+        /// Consistency new points aim for; `default` returns to application with a
+        /// pre-script, else crash
+        #[arg(long, value_enum)]
+        consistency: Option<DefaultConsistencyArg>,
+    },
     /// Delete a collection; refused unless empty, or with --force, which deletes its points
     Delete {
         name: String,
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DefaultConsistencyArg {
+    Application,
+    Filesystem,
+    Crash,
+    Default,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

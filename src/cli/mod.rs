@@ -2,6 +2,7 @@
 //! errors to documented exit codes. Results go to standard output, diagnostics to standard error.
 
 pub mod args;
+mod mount;
 mod output;
 mod progress;
 
@@ -14,12 +15,12 @@ use rpfs::engine::create::{Consistency, CreateRequest};
 use rpfs::engine::restore::RestoreRequest;
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource};
-use rpfs::store::records::{ConfigSource, DiskType, Orchestration};
+use rpfs::store::records::{ConfigSource, ConsistencyMode, DiskType, Orchestration};
 use rpfs::store::storage::LocalStorage;
 
 use args::{
-    Cli, CollectionCommand, Command, ConsistencyArg, DiskTypeArg, OrchestrationArg, PointCommand,
-    VmCommand,
+    Cli, CollectionCommand, Command, ConsistencyArg, DefaultConsistencyArg, DiskTypeArg,
+    OrchestrationArg, PointCommand, VmCommand,
 };
 use output::{human, print_json, say};
 use progress::Bar;
@@ -97,6 +98,12 @@ fn load_catalog(engine: &Engine) -> Result<rpfs::engine::Catalog, Failure> {
 }
 
 fn open_store(dir: &Path) -> Result<Engine, Failure> {
+    // Every CLI command but the mount reads each block at most once (cat, restore, check,
+    // change detection), so a block cache would only cost memory and page faults.
+    open_store_with(dir, OpenOptions { cache_bytes: 0 })
+}
+
+fn open_store_with(dir: &Path, options: OpenOptions) -> Result<Engine, Failure> {
     if !dir.join("rpfs.store").exists() {
         return Err(failure(
             exit::NOT_FOUND,
@@ -107,9 +114,6 @@ fn open_store(dir: &Path) -> Result<Engine, Failure> {
             ),
         ));
     }
-    // Every CLI command reads each block at most once (cat, restore, check, change detection),
-    // so a block cache would only cost memory and page faults.
-    let options = OpenOptions { cache_bytes: 0 };
     Ok(Engine::open(Arc::new(LocalStorage::new(dir)), options)?)
 }
 
@@ -164,6 +168,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cat { point, disk } => cat(&open_store(&dir)?, &point, &disk),
+        Command::Mount(args) => mount::mount(&dir, args),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Check { read_data } => {
             let engine = open_store(&dir)?;
             let started = Instant::now();
@@ -300,6 +306,34 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
                 return print_json(&resource::collection(store_id, &cat, c));
             }
             output::collection_details(&cat, c);
+            Ok(())
+        }
+        CollectionCommand::Set {
+            name,
+            exclude,
+            include_all_disks,
+            consistency,
+        } => {
+            let exclude = if include_all_disks {
+                Some(Vec::new())
+            } else if exclude.is_empty() {
+                None
+            } else {
+                Some(exclude)
+            };
+            let consistency = consistency.map(|c| match c {
+                DefaultConsistencyArg::Application => Some(ConsistencyMode::ApplicationConsistent),
+                DefaultConsistencyArg::Filesystem => Some(ConsistencyMode::FileSystemConsistent),
+                DefaultConsistencyArg::Crash => Some(ConsistencyMode::CrashConsistent),
+                DefaultConsistencyArg::Default => None,
+            });
+            let c = engine.set_collection_defaults(&name, exclude, consistency)?;
+            say!(
+                "collection {}: new points exclude [{}], consistency {}",
+                c.name,
+                c.defaults.exclude_disks.join(", "),
+                c.defaults.consistency.map_or("default", |m| m.as_str())
+            );
             Ok(())
         }
         CollectionCommand::Delete { name, force } => {

@@ -27,10 +27,10 @@ use super::progress::Progress;
 use super::source::{self, Source, SourceKind};
 use super::{Engine, MAX_POINTS_PER_VM, catalog, now_rfc3339, pending};
 use crate::store::records::{
-    ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk, Orchestration,
-    PendingKind, PendingOp, PointRecord, VmRecord,
+    CollectionRecord, ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk,
+    Orchestration, PendingKind, PendingOp, PointRecord, VmRecord,
 };
-use crate::store::{envelope, kind, layout, write_record};
+use crate::store::{envelope, kind, layout, read_record, write_record};
 
 /// The consistency a user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,17 @@ pub enum Consistency {
 }
 
 impl Consistency {
-    fn mode(self) -> ConsistencyMode {
+    /// The request matching a recorded mode.
+    pub fn from_mode(mode: ConsistencyMode) -> Consistency {
+        match mode {
+            ConsistencyMode::ApplicationConsistent => Consistency::Application,
+            ConsistencyMode::FileSystemConsistent => Consistency::FileSystem,
+            ConsistencyMode::CrashConsistent => Consistency::Crash,
+        }
+    }
+
+    /// The mode this request asks for.
+    pub fn mode(self) -> ConsistencyMode {
         match self {
             Consistency::Application => ConsistencyMode::ApplicationConsistent,
             Consistency::FileSystem => ConsistencyMode::FileSystemConsistent,
@@ -55,9 +65,10 @@ impl Consistency {
 pub struct CreateRequest {
     pub collection: String,
     pub name: String,
-    /// Names of disks to leave out.
+    /// Names of disks to leave out; empty: the collection's default exclusions.
     pub exclude: Vec<String>,
-    /// `None`: application consistency when the VM has a pre-script, else crash consistency.
+    /// `None`: the collection's default, else application consistency when the VM has a
+    /// pre-script, else crash consistency.
     pub consistency: Option<Consistency>,
 }
 
@@ -187,14 +198,30 @@ impl Engine {
             name: req.collection.clone(),
             hint: "; it was removed meanwhile".into(),
         })?;
-        let collection_key = layout::collection(vm_id, collection_id);
-        if storage.size(&collection_key).is_err() {
-            return Err(Error::NotFound {
-                what: "collection",
-                name: req.collection.clone(),
-                hint: "; it was deleted meanwhile".into(),
-            });
-        }
+        let collection: CollectionRecord = match read_record(
+            storage,
+            &layout::collection(vm_id, collection_id),
+            kind::COLLECTION,
+        ) {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotFound {
+                    what: "collection",
+                    name: req.collection.clone(),
+                    hint: "; it was deleted meanwhile".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // What the request leaves unsaid, the collection's defaults say.
+        let exclude = if req.exclude.is_empty() {
+            &collection.defaults.exclude_disks
+        } else {
+            &req.exclude
+        };
+        let consistency = req
+            .consistency
+            .or(collection.defaults.consistency.map(Consistency::from_mode));
         let points = catalog::load_points(storage, vm.id)?;
         if points
             .iter()
@@ -212,7 +239,7 @@ impl Engine {
                 limit: MAX_POINTS_PER_VM,
             });
         }
-        for name in &req.exclude {
+        for name in exclude {
             if !vm.disks.iter().any(|d| &d.name == name) {
                 return Err(Error::NotFound {
                     what: "disk to exclude",
@@ -225,7 +252,7 @@ impl Engine {
             .disks
             .iter()
             .cloned()
-            .partition(|d| !req.exclude.contains(&d.name));
+            .partition(|d| !exclude.contains(&d.name));
         if included.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "every disk of VM '{}' is excluded; a restore point needs at least one disk",
@@ -239,7 +266,7 @@ impl Engine {
                 d.name, vm.name, d.disk_type, d.name
             )));
         }
-        let requested = match req.consistency {
+        let requested = match consistency {
             Some(c) => c,
             None if vm.pre_script.is_some() => Consistency::Application,
             None => Consistency::Crash,

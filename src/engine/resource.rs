@@ -118,5 +118,19 @@ pub fn collection(store_id: uuid::Uuid, cat: &Catalog, c: &CollectionRecord) -> 
             "provisioningState": "Succeeded",
             "restorePoints": cat.points_in(c.id).map(|p| point(store_id, c, vm, p)).collect::<Vec<_>>(),
         },
+        "rpfs": {
+            "vmName": vm_name,
+            "defaults": {
+                "excludeDisks": c.defaults.exclude_disks,
+                "consistencyMode": c.defaults.consistency.map(|m| m.as_str()),
+            },
+            "lastOperation": c.last_operation.as_ref().map(|o| json!({
+                "operation": o.operation,
+                "restorePoint": o.point,
+                "finished": o.finished,
+                "status": o.status,
+                "error": o.error,
+            })),
+        },
     })
 }

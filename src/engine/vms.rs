@@ -11,7 +11,8 @@ use super::delete::delete_locked;
 use super::error::{Error, Result};
 use super::{Engine, catalog, create::refuse_uniform_scale_set, names, now_rfc3339, source};
 use crate::store::records::{
-    CollectionRecord, ConfigSource, DiskSpec, DiskType, Orchestration, VmRecord,
+    CollectionRecord, ConfigSource, ConsistencyMode, DiskSpec, DiskType, LastOperation,
+    Orchestration, PointDefaults, VmRecord,
 };
 use crate::store::{kind, layout, write_record};
 
@@ -229,8 +230,72 @@ impl Engine {
             vm_id: vm.id,
             location: location.unwrap_or(DEFAULT_LOCATION).to_string(),
             created: now_rfc3339(),
+            defaults: PointDefaults::default(),
+            last_operation: None,
         };
         let key = layout::collection(vm.id, c.id);
+        write_record(&*self.shared.storage, &key, kind::COLLECTION, &c)
+            .map_err(Error::io(format!("writing {key}")))?;
+        Ok(c)
+    }
+
+    /// Changes a collection's defaults for new points. Excluded disks must be disks of its VM.
+    pub fn set_collection_defaults(
+        &self,
+        name: &str,
+        exclude_disks: Option<Vec<String>>,
+        consistency: Option<Option<ConsistencyMode>>,
+    ) -> Result<CollectionRecord> {
+        self.update_collection(name, |c, vm| {
+            if let Some(disks) = exclude_disks {
+                if let Some(d) = disks
+                    .iter()
+                    .find(|d| !vm.disks.iter().any(|x| &x.name == *d))
+                {
+                    return Err(Error::NotFound {
+                        what: "disk",
+                        name: d.clone(),
+                        hint: format!("; VM '{}' of collection '{name}' has no such disk", vm.name),
+                    });
+                }
+                c.defaults.exclude_disks = disks;
+            }
+            if let Some(mode) = consistency {
+                c.defaults.consistency = mode;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records the outcome of a creation or deletion in the collection (best effort for the
+    /// caller: the operation itself is already decided).
+    pub fn record_operation(
+        &self,
+        collection: &str,
+        op: LastOperation,
+    ) -> Result<CollectionRecord> {
+        self.update_collection(collection, |c, _| {
+            c.last_operation = Some(op);
+            Ok(())
+        })
+    }
+
+    /// Re-reads a collection under the store lock, changes it, and publishes it.
+    fn update_collection(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut CollectionRecord, &VmRecord) -> Result<()>,
+    ) -> Result<CollectionRecord> {
+        let _store = self.store_lock()?;
+        let cat = self.catalog()?;
+        let mut c = cat.collection(name)?.clone();
+        let vm = cat.vm_by_id(c.vm_id).ok_or_else(|| Error::NotFound {
+            what: "VM of collection",
+            name: name.to_string(),
+            hint: String::new(),
+        })?;
+        change(&mut c, vm)?;
+        let key = layout::collection(c.vm_id, c.id);
         write_record(&*self.shared.storage, &key, kind::COLLECTION, &c)
             .map_err(Error::io(format!("writing {key}")))?;
         Ok(c)

@@ -99,6 +99,35 @@ pub struct CollectionRecord {
     pub vm_id: Uuid,
     pub location: String,
     pub created: String,
+    /// What a creation applies when it does not say otherwise (`mkdir` never does).
+    #[serde(default)]
+    pub defaults: PointDefaults,
+    /// The outcome of the last creation or deletion made through the mount.
+    #[serde(default)]
+    pub last_operation: Option<LastOperation>,
+}
+
+/// Defaults of a collection for new points (`rpfs collection set`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PointDefaults {
+    /// Disks left out unless a creation names its own exclusions.
+    pub exclude_disks: Vec<String>,
+    /// Consistency asked for unless a creation names one; `None`: the engine's default.
+    pub consistency: Option<ConsistencyMode>,
+}
+
+/// The outcome of one creation or deletion, kept so a user can read why `mkdir` failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastOperation {
+    /// "create" or "delete".
+    pub operation: String,
+    /// The restore point's name.
+    pub point: String,
+    pub finished: String,
+    /// "Succeeded" or "Failed".
+    pub status: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
 }
 
 /// Consistency a point was asked for, or achieved (Azure's `consistencyMode`).

@@ -19,6 +19,8 @@ use rpfs::store::records::PointRecord;
 use rpfs::store::storage::LocalStorage;
 use tempfile::TempDir;
 
+pub mod mount;
+
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 

@@ -1,0 +1,245 @@
+//! `rpfs mount` and `rpfs umount`: the mount daemon's life.
+//!
+//! Without `--foreground`, `rpfs mount` starts a copy of itself as the daemon (a fresh process,
+//! so no thread is ever forked), in its own session, logging to a file, and returns once the
+//! daemon says the mount is ready or reports why it failed. The daemon (or a foreground mount)
+//! serves until the mount is unmounted from outside or it gets SIGINT, SIGTERM or SIGHUP, which
+//! unmount it cleanly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpfs::engine::OpenOptions;
+use rpfs::fuse::{self, MountOptions};
+use rpfs::vfs::{Vfs, VfsOptions};
+
+use super::args::MountArgs;
+use super::{Failure, exit, failure};
+
+/// Set in the environment of the daemon a background mount starts.
+const DAEMON_ENV: &str = "RPFS_DAEMON";
+/// The line the daemon prints on standard output once the mount is ready.
+const READY: &str = "ready";
+/// Threads serving kernel requests: enough that a long `mkdir` and many readers never wait.
+const THREADS: usize = 8;
+/// Kernel readahead for the mount, in KiB.
+const READAHEAD_KB: u32 = 1024;
+/// How stale a listing may be: a point made elsewhere shows within this time.
+const CATALOG_MAX_AGE: Duration = Duration::from_millis(500);
+
+fn default_log_file() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/log/rpfs/mount.log");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("rpfs/mount.log")
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf, Failure> {
+    let mp = std::path::absolute(mp)
+        .map_err(|e| failure(exit::FAILURE, format!("mount point {}: {e}", mp.display())))?;
+    if fuse::find_mount(&mp).ok().flatten().is_some() {
+        return Err(failure(
+            exit::EXISTS,
+            format!(
+                "{} is already an rpfs mount; unmount it first (`rpfs umount`)",
+                mp.display()
+            ),
+        ));
+    }
+    match std::fs::metadata(&mp) {
+        Ok(m) if m.is_dir() => Ok(mp),
+        Ok(_) => Err(failure(
+            exit::USAGE,
+            format!("mount point {} is not a directory", mp.display()),
+        )),
+        Err(e) => Err(failure(
+            exit::NOT_FOUND,
+            format!(
+                "mount point {}: {e}; create the directory first",
+                mp.display()
+            ),
+        )),
+    }
+}
+
+/// `rpfs mount`.
+pub fn mount(store: &Path, args: MountArgs) -> Result<(), Failure> {
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let daemon = std::env::var_os(DAEMON_ENV).is_some();
+    if !args.foreground && !daemon {
+        return start_daemon(store, &mountpoint, &args);
+    }
+    if daemon {
+        // Leave the caller's session so closing its terminal does not hang us up.
+        let _ = nix::unistd::setsid();
+    }
+    let result = serve(store, &mountpoint, &args, daemon);
+    if daemon && let Err(f) = &result {
+        // The parent reads our standard output until it says ready or why not.
+        println!("error {} {}", f.code, f.message);
+    }
+    result
+}
+
+fn serve(store: &Path, mountpoint: &Path, args: &MountArgs, daemon: bool) -> Result<(), Failure> {
+    let engine = super::open_store_with(
+        store,
+        OpenOptions {
+            cache_bytes: usize::try_from(args.cache_size).unwrap_or(usize::MAX),
+        },
+    )?;
+    let vfs = Vfs::new(
+        engine,
+        VfsOptions {
+            allow_delete: args.allow_delete,
+            allow_other: args.allow_other,
+            owner_uid: nix::unistd::getuid().as_raw(),
+            owner_gid: nix::unistd::getgid().as_raw(),
+            catalog_max_age: CATALOG_MAX_AGE,
+        },
+    )
+    .map_err(|e| failure(exit::FAILURE, format!("reading the store: {e}")))?;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| failure(exit::FAILURE, format!("installing signal handlers: {e}")))?;
+    let mounted = fuse::mount(
+        Arc::new(vfs),
+        &MountOptions {
+            mountpoint: mountpoint.to_path_buf(),
+            allow_other: args.allow_other,
+            threads: THREADS,
+            readahead_kb: READAHEAD_KB,
+        },
+    )
+    .map_err(|e| {
+        failure(
+            exit::FAILURE,
+            format!("mounting at {}: {e}", mountpoint.display()),
+        )
+    })?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: unmounting");
+            let _ = stop_tx.send(());
+        }
+    });
+    tracing::info!("mounted {} at {}", store.display(), mountpoint.display());
+    if daemon {
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!(
+            "rpfs: mounted {} at {}; Ctrl-C or `rpfs umount {}` unmounts",
+            store.display(),
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    mounted.wait(&stop_rx).map_err(|e| {
+        failure(
+            exit::FAILURE,
+            format!("serving {}: {e}", mountpoint.display()),
+        )
+    })?;
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn start_daemon(store: &Path, mountpoint: &Path, args: &MountArgs) -> Result<(), Failure> {
+    let log = args.log_file.clone().unwrap_or_else(default_log_file);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            failure(
+                exit::FAILURE,
+                format!("log directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| failure(exit::FAILURE, format!("log file {}: {e}", log.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| failure(exit::FAILURE, format!("finding the rpfs executable: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(store)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--foreground")
+        .arg("--cache-size")
+        .arg(args.cache_size.to_string());
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    if args.allow_delete {
+        cmd.arg("--allow-delete");
+    }
+    if std::env::var_os("RPFS_LOG").is_none() {
+        cmd.env("RPFS_LOG", "info");
+    }
+    let mut child = cmd
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| failure(exit::FAILURE, format!("starting the mount daemon: {e}")))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let line = line.trim();
+    if line == READY {
+        super::output::write_line(format_args!(
+            "mounted {} at {} (daemon pid {}, log {})",
+            store.display(),
+            mountpoint.display(),
+            child.id(),
+            log.display()
+        ));
+        return Ok(());
+    }
+    let _ = child.wait();
+    match line.strip_prefix("error ").and_then(|r| r.split_once(' ')) {
+        Some((code, message)) => Err(failure(code.parse().unwrap_or(exit::FAILURE), message)),
+        None => Err(failure(
+            exit::FAILURE,
+            format!(
+                "the mount daemon stopped before the mount was ready; see {}",
+                log.display()
+            ),
+        )),
+    }
+}
+
+/// `rpfs umount`.
+pub fn umount(mountpoint: &Path) -> Result<(), Failure> {
+    match fuse::unmount(mountpoint) {
+        Ok(()) => {
+            super::output::write_line(format_args!("unmounted {}", mountpoint.display()));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(failure(exit::NOT_FOUND, e.to_string()))
+        }
+        Err(e) if e.to_string().contains("is busy") => Err(failure(exit::BUSY, e.to_string())),
+        Err(e) => Err(failure(
+            exit::FAILURE,
+            format!("unmounting {}: {e}", mountpoint.display()),
+        )),
+    }
+}

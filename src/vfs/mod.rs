@@ -1,0 +1,722 @@
+//! The filesystem users see, as plain Rust: the tree of collections, points and disk images;
+//! attributes; listings; `mkdir` creating points and `rmdir` deleting them. Knows nothing of
+//! FUSE (the adapter in `fuse/` translates), so every behaviour is testable without a kernel.
+//!
+//! Invariants:
+//! - The tree is read-only except for `mkdir` (a new point directly inside a collection) and,
+//!   when allowed, `rmdir` (of a point). Every other change is refused.
+//! - Names resolve against a catalog snapshot at most [`VfsOptions::catalog_max_age`] old, so a
+//!   point created or deleted by another process shows within that time; `mkdir` and `rmdir`
+//!   refresh it at once.
+//! - What a committed point holds never changes: its disk images and configuration are served
+//!   with long cache lifetimes; what changes (collection listings, `latest`, JSON resources) is
+//!   served with short ones.
+//! - Locks: `inodes`, `snapshot`, `handles` and `images` are each held only for a lookup or an
+//!   insert, never across I/O or a creation, so a long `mkdir` blocks no read.
+
+mod errno;
+mod node;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+pub use errno::{FsError, Level};
+pub use node::{Attr, DirEntry, Entry, Kind, Node, ROOT_INO};
+
+use crate::engine::create::CreateRequest;
+use crate::engine::progress::Silent;
+use crate::engine::{Catalog, DiskImage, Engine, now_rfc3339, resource};
+use crate::store::records::{CollectionRecord, LastOperation, PointRecord};
+use node::{COLLECTION_JSON, DISKS, IMAGE_SUFFIX, Inodes, LATEST, POINT_JSON, VM_CONFIG};
+
+/// Cache lifetime of what changes: listings, `latest`, JSON resources.
+pub const CHANGING_TTL: Duration = Duration::from_secs(1);
+/// Cache lifetime of what never changes: the content of a committed point.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
+const SEEK_DATA: i32 = 3;
+const SEEK_HOLE: i32 = 4;
+const BLOCK: u32 = 4096;
+
+/// How the tree behaves; built by the CLI from its flags.
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// `rmdir` of a point deletes it; otherwise refused.
+    pub allow_delete: bool,
+    /// Other users may use the mount; then only root and `owner_uid` may `mkdir`/`rmdir`.
+    pub allow_other: bool,
+    /// Owner of every node: the mounting user.
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// Oldest a catalog snapshot may be when a name is resolved or a directory listed.
+    pub catalog_max_age: Duration,
+}
+
+/// A file opened through the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Keep the kernel's page cache across opens (the content never changes).
+    pub keep_cache: bool,
+    /// Bypass the page cache (generated content whose size may change).
+    pub direct_io: bool,
+}
+
+/// Capacity figures for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStat {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+enum Handle {
+    Image(Arc<DiskImage>),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// A catalog with indexes by id.
+struct Snapshot {
+    loaded: Instant,
+    cat: Catalog,
+    points: HashMap<Uuid, usize>,
+    collections: HashMap<Uuid, usize>,
+}
+
+impl Snapshot {
+    fn new(cat: Catalog) -> Snapshot {
+        let points = cat
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id, i))
+            .collect();
+        let collections = cat
+            .collections
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id, i))
+            .collect();
+        Snapshot {
+            loaded: Instant::now(),
+            cat,
+            points,
+            collections,
+        }
+    }
+
+    fn point(&self, id: Uuid) -> Result<&PointRecord, FsError> {
+        self.points
+            .get(&id)
+            .map(|&i| &self.cat.points[i])
+            .ok_or(FsError::NotFound)
+    }
+
+    fn collection(&self, id: Uuid) -> Result<&CollectionRecord, FsError> {
+        self.collections
+            .get(&id)
+            .map(|&i| &self.cat.collections[i])
+            .ok_or(FsError::NotFound)
+    }
+
+    fn latest(&self, collection: Uuid) -> Option<&PointRecord> {
+        self.cat.points_in(collection).max_by_key(|p| p.seq)
+    }
+}
+
+/// The tree over one store.
+pub struct Vfs {
+    engine: Engine,
+    options: VfsOptions,
+    inodes: Mutex<Inodes>,
+    snapshot: Mutex<Arc<Snapshot>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// Open disk images, shared by the handles that read them.
+    images: Mutex<HashMap<(Uuid, Uuid), Weak<DiskImage>>>,
+    /// (size, allocated bytes) of disk images: immutable, and costly to count.
+    image_sizes: Mutex<HashMap<(Uuid, Uuid), (u64, u64)>>,
+    store_created: SystemTime,
+}
+
+fn parse_time(t: &str) -> SystemTime {
+    humantime::parse_rfc3339_weak(t).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn utf8(name: &OsStr) -> Result<&str, FsError> {
+    name.to_str().ok_or(FsError::BadName)
+}
+
+impl Vfs {
+    /// A tree over `engine`'s store.
+    pub fn new(engine: Engine, options: VfsOptions) -> Result<Vfs, FsError> {
+        let snapshot = Snapshot::new(engine.catalog()?);
+        let store_created = parse_time(&engine.header().created);
+        Ok(Vfs {
+            engine,
+            options,
+            inodes: Mutex::new(Inodes::default()),
+            snapshot: Mutex::new(Arc::new(snapshot)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            images: Mutex::new(HashMap::new()),
+            image_sizes: Mutex::new(HashMap::new()),
+            store_created,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The current snapshot, reloaded when older than the configured age.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, FsError> {
+        let current = self.snapshot.lock().clone();
+        if current.loaded.elapsed() <= self.options.catalog_max_age {
+            return Ok(current);
+        }
+        self.refresh()
+    }
+
+    /// Reloads the snapshot now. Loading happens outside the lock; the newest load wins.
+    fn refresh(&self) -> Result<Arc<Snapshot>, FsError> {
+        let fresh = Arc::new(Snapshot::new(self.engine.catalog()?));
+        let mut slot = self.snapshot.lock();
+        if slot.loaded < fresh.loaded {
+            *slot = fresh.clone();
+        }
+        Ok(fresh)
+    }
+
+    fn ino(&self, node: Node) -> u64 {
+        self.inodes.lock().ino(node)
+    }
+
+    fn node(&self, ino: u64) -> Result<Node, FsError> {
+        self.inodes.lock().node(ino).ok_or(FsError::Stale(ino))
+    }
+
+    // ----- attributes -----
+
+    fn attr(&self, snap: &Snapshot, node: Node) -> Result<Attr, FsError> {
+        let dir = |perm: u16, nlink: u32, time| (Kind::Directory, 0, 0, perm, nlink, time);
+        let file = |size: u64, time| (Kind::File, size, size.div_ceil(512), 0o444, 1, time);
+        let (kind, size, blocks, perm, nlink, time) = match node {
+            Node::Root => dir(
+                0o755,
+                2 + snap.cat.collections.len() as u32,
+                self.store_created,
+            ),
+            Node::Collection(c) => {
+                let coll = snap.collection(c)?;
+                let points = snap.cat.points_in(c).count() as u32;
+                dir(0o755, 2 + points, self.collection_time(snap, coll))
+            }
+            Node::CollectionJson(c) => {
+                let coll = snap.collection(c)?;
+                file(
+                    self.collection_json(snap, coll)?.len() as u64,
+                    self.collection_time(snap, coll),
+                )
+            }
+            Node::Latest(c) => {
+                let p = snap.latest(c).ok_or(FsError::NotFound)?;
+                (
+                    Kind::Symlink,
+                    p.name.len() as u64,
+                    0,
+                    0o777,
+                    1,
+                    parse_time(&p.created),
+                )
+            }
+            Node::Point(p) => dir(0o555, 3, parse_time(&snap.point(p)?.created)),
+            Node::Disks(p) => dir(0o555, 2, parse_time(&snap.point(p)?.created)),
+            Node::PointJson(p) => {
+                let point = snap.point(p)?;
+                file(
+                    self.point_json(snap, point)?.len() as u64,
+                    parse_time(&point.created),
+                )
+            }
+            Node::VmConfig(p) => {
+                let point = snap.point(p)?;
+                file(point.config_len, parse_time(&point.created))
+            }
+            Node::DiskImage(p, d) => {
+                let point = snap.point(p)?;
+                let (size, allocated) = self.image_size(point, d)?;
+                (
+                    Kind::File,
+                    size,
+                    allocated.div_ceil(512),
+                    0o444,
+                    1,
+                    parse_time(&point.created),
+                )
+            }
+        };
+        Ok(Attr {
+            ino: self.ino(node),
+            kind,
+            size,
+            blocks,
+            perm,
+            nlink,
+            uid: self.options.owner_uid,
+            gid: self.options.owner_gid,
+            time,
+        })
+    }
+
+    /// A collection's directory changes when a point is added: its time is its newest point's.
+    fn collection_time(&self, snap: &Snapshot, c: &CollectionRecord) -> SystemTime {
+        let created = parse_time(&c.created);
+        snap.latest(c.id)
+            .map_or(created, |p| parse_time(&p.created).max(created))
+    }
+
+    fn ttl(node: Node) -> Duration {
+        if node.is_immutable() {
+            IMMUTABLE_TTL
+        } else {
+            CHANGING_TTL
+        }
+    }
+
+    fn entry(&self, snap: &Snapshot, node: Node) -> Result<Entry, FsError> {
+        Ok(Entry {
+            attr: self.attr(snap, node)?,
+            ttl: Self::ttl(node),
+        })
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
+        let node = self.node(ino)?;
+        let snap = self.snapshot()?;
+        self.entry(&snap, node)
+    }
+
+    // ----- names -----
+
+    fn child(&self, snap: &Snapshot, parent: Node, name: &str) -> Result<Node, FsError> {
+        match parent {
+            Node::Root => snap
+                .cat
+                .collections
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| Node::Collection(c.id))
+                .ok_or(FsError::NotFound),
+            Node::Collection(c) => match name {
+                COLLECTION_JSON => Ok(Node::CollectionJson(c)),
+                LATEST if snap.latest(c).is_some() => Ok(Node::Latest(c)),
+                _ => snap
+                    .cat
+                    .points_in(c)
+                    .find(|p| p.name == name)
+                    .map(|p| Node::Point(p.id))
+                    .ok_or(FsError::NotFound),
+            },
+            Node::Point(p) => {
+                snap.point(p)?;
+                match name {
+                    POINT_JSON => Ok(Node::PointJson(p)),
+                    VM_CONFIG => Ok(Node::VmConfig(p)),
+                    DISKS => Ok(Node::Disks(p)),
+                    _ => Err(FsError::NotFound),
+                }
+            }
+            Node::Disks(p) => {
+                let point = snap.point(p)?;
+                let disk = name.strip_suffix(IMAGE_SUFFIX).ok_or(FsError::NotFound)?;
+                point
+                    .disks
+                    .iter()
+                    .find(|d| d.name == disk)
+                    .map(|d| Node::DiskImage(p, d.disk_id))
+                    .ok_or(FsError::NotFound)
+            }
+            Node::CollectionJson(_)
+            | Node::Latest(_)
+            | Node::PointJson(_)
+            | Node::VmConfig(_)
+            | Node::DiskImage(..) => Err(FsError::NotDir),
+        }
+    }
+
+    /// Resolves `name` inside directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        let parent = self.node(parent)?;
+        // No rpfs name is anything but UTF-8, so such a name simply does not exist.
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let snap = self.snapshot()?;
+        let node = self.child(&snap, parent, name)?;
+        self.entry(&snap, node)
+    }
+
+    /// The entries of directory `ino`, with `.` and `..` first.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let node = self.node(ino)?;
+        let snap = self.snapshot()?;
+        let entry = |node: Node, kind: Kind, name: &str| DirEntry {
+            ino: self.ino(node),
+            kind,
+            name: name.to_string(),
+        };
+        let (parent, children): (Node, Vec<DirEntry>) = match node {
+            Node::Root => (
+                Node::Root,
+                snap.cat
+                    .collections
+                    .iter()
+                    .map(|c| entry(Node::Collection(c.id), Kind::Directory, &c.name))
+                    .collect(),
+            ),
+            Node::Collection(c) => {
+                snap.collection(c)?;
+                let mut out = vec![entry(Node::CollectionJson(c), Kind::File, COLLECTION_JSON)];
+                if snap.latest(c).is_some() {
+                    out.push(entry(Node::Latest(c), Kind::Symlink, LATEST));
+                }
+                out.extend(
+                    snap.cat
+                        .points_in(c)
+                        .map(|p| entry(Node::Point(p.id), Kind::Directory, &p.name)),
+                );
+                (Node::Root, out)
+            }
+            Node::Point(p) => {
+                let point = snap.point(p)?;
+                (
+                    Node::Collection(point.collection_id),
+                    vec![
+                        entry(Node::PointJson(p), Kind::File, POINT_JSON),
+                        entry(Node::VmConfig(p), Kind::File, VM_CONFIG),
+                        entry(Node::Disks(p), Kind::Directory, DISKS),
+                    ],
+                )
+            }
+            Node::Disks(p) => {
+                let point = snap.point(p)?;
+                (
+                    Node::Point(p),
+                    point
+                        .disks
+                        .iter()
+                        .map(|d| {
+                            entry(
+                                Node::DiskImage(p, d.disk_id),
+                                Kind::File,
+                                &format!("{}{IMAGE_SUFFIX}", d.name),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            Node::CollectionJson(_)
+            | Node::Latest(_)
+            | Node::PointJson(_)
+            | Node::VmConfig(_)
+            | Node::DiskImage(..) => return Err(FsError::NotDir),
+        };
+        let mut out = vec![
+            entry(node, Kind::Directory, "."),
+            entry(parent, Kind::Directory, ".."),
+        ];
+        out.extend(children);
+        Ok(out)
+    }
+
+    /// The target of symlink `ino` (`latest`: the newest point's name).
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        match self.node(ino)? {
+            Node::Latest(c) => {
+                let snap = self.snapshot()?;
+                let p = snap.latest(c).ok_or(FsError::NotFound)?;
+                Ok(p.name.clone().into_bytes())
+            }
+            _ => Err(FsError::Invalid("not a symbolic link".into())),
+        }
+    }
+
+    // ----- content -----
+
+    fn collection_json(&self, snap: &Snapshot, c: &CollectionRecord) -> Result<Vec<u8>, FsError> {
+        let v = resource::collection(self.engine.header().store_id, &snap.cat, c);
+        Ok(json_bytes(&v))
+    }
+
+    fn point_json(&self, snap: &Snapshot, p: &PointRecord) -> Result<Vec<u8>, FsError> {
+        let coll = snap.collection(p.collection_id)?;
+        let v = resource::point(
+            self.engine.header().store_id,
+            coll,
+            snap.cat.vm_by_id(p.vm_id),
+            p,
+        );
+        Ok(json_bytes(&v))
+    }
+
+    fn image(
+        &self,
+        snap: &Snapshot,
+        point: &PointRecord,
+        disk: Uuid,
+    ) -> Result<Arc<DiskImage>, FsError> {
+        let key = (point.id, disk);
+        if let Some(img) = self.images.lock().get(&key).and_then(Weak::upgrade) {
+            return Ok(img);
+        }
+        let coll = snap.collection(point.collection_id)?;
+        let name = &point
+            .disks
+            .iter()
+            .find(|d| d.disk_id == disk)
+            .ok_or(FsError::NotFound)?
+            .name;
+        let img = Arc::new(self.engine.open_disk(&coll.name, point, name)?);
+        self.images.lock().insert(key, Arc::downgrade(&img));
+        Ok(img)
+    }
+
+    fn image_size(&self, point: &PointRecord, disk: Uuid) -> Result<(u64, u64), FsError> {
+        if let Some(&s) = self.image_sizes.lock().get(&(point.id, disk)) {
+            return Ok(s);
+        }
+        let snap = self.snapshot()?;
+        let img = self.image(&snap, point, disk)?;
+        let s = (img.size(), img.allocated_bytes());
+        self.image_sizes.lock().insert((point.id, disk), s);
+        Ok(s)
+    }
+
+    /// Opens file `ino` for reading; any write access is refused.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(FsError::ReadOnly("open for writing"));
+        }
+        let node = self.node(ino)?;
+        let snap = self.snapshot()?;
+        let (handle, keep_cache, direct_io) = match node {
+            Node::DiskImage(p, d) => (
+                Handle::Image(self.image(&snap, snap.point(p)?, d)?),
+                true,
+                false,
+            ),
+            Node::VmConfig(p) => {
+                let config = self.engine.point_config(snap.point(p)?)?;
+                (Handle::Bytes(Arc::new(config)), true, false)
+            }
+            Node::PointJson(p) => (
+                Handle::Bytes(Arc::new(self.point_json(&snap, snap.point(p)?)?)),
+                false,
+                true,
+            ),
+            Node::CollectionJson(c) => (
+                Handle::Bytes(Arc::new(self.collection_json(&snap, snap.collection(c)?)?)),
+                false,
+                true,
+            ),
+            Node::Root | Node::Collection(_) | Node::Point(_) | Node::Disks(_) => {
+                return Err(FsError::IsDir);
+            }
+            Node::Latest(_) => {
+                return Err(FsError::Invalid("a symbolic link cannot be opened".into()));
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle);
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle, FsError> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Image(i)) => Ok(Handle::Image(i.clone())),
+            Some(Handle::Bytes(b)) => Ok(Handle::Bytes(b.clone())),
+            None => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`: exactly `size` unless the file ends first.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        match self.handle(fh)? {
+            Handle::Image(img) => {
+                let len = (size as u64).min(img.size().saturating_sub(offset)) as usize;
+                let mut buf = vec![0u8; len];
+                let n = img.read_at(offset, &mut buf)?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Handle::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+        }
+    }
+
+    /// Closes a handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over the image's real holes (generated files have none).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
+        let offset =
+            u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset".into()))?;
+        let (size, data, hole) = match self.handle(fh)? {
+            Handle::Image(img) => (img.size(), img.next_data(offset), img.next_hole(offset)),
+            Handle::Bytes(b) => {
+                let size = b.len() as u64;
+                (size, (offset < size).then_some(offset), size)
+            }
+        };
+        if offset >= size {
+            return Err(FsError::NoData(offset));
+        }
+        let at = match whence {
+            SEEK_DATA => data.ok_or(FsError::NoData(offset))?,
+            SEEK_HOLE => hole,
+            other => return Err(FsError::Invalid(format!("lseek whence {other}"))),
+        };
+        i64::try_from(at).map_err(|_| FsError::Invalid("offset too large".into()))
+    }
+
+    /// Capacity of the store's medium, for `df`.
+    pub fn statfs(&self) -> Result<FsStat, FsError> {
+        let space = self
+            .engine
+            .storage()
+            .space()
+            .map_err(|e| FsError::Engine(crate::engine::Error::io("statfs of the store")(e)))?;
+        let b = u64::from(BLOCK);
+        Ok(FsStat {
+            blocks: space.total_bytes / b,
+            bfree: space.free_bytes / b,
+            bavail: space.free_bytes / b,
+            files: self.inodes.lock().len() as u64,
+            bsize: BLOCK,
+            namelen: 255,
+        })
+    }
+
+    // ----- changes -----
+
+    fn check_caller(&self, uid: u32, what: &str) -> Result<(), FsError> {
+        if self.options.allow_other && uid != 0 && uid != self.options.owner_uid {
+            return Err(FsError::AccessDenied(format!(
+                "{what}: only root and the user who mounted (uid {}) may create or delete restore \
+                 points",
+                self.options.owner_uid
+            )));
+        }
+        Ok(())
+    }
+
+    /// `mkdir PARENT/NAME`: creates restore point NAME of the collection PARENT, with the
+    /// collection's defaults; returns once it is committed.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<Entry, FsError> {
+        let parent = self.node(parent)?;
+        let Node::Collection(cid) = parent else {
+            return Err(FsError::NotPermitted(
+                "mkdir creates restore points, and only directly inside a collection directory \
+                 (MOUNT/<collection>/<point>)"
+                    .into(),
+            ));
+        };
+        self.check_caller(uid, "mkdir")?;
+        let name = utf8(name)?;
+        let coll = self.snapshot()?.collection(cid)?.name.clone();
+        let req = CreateRequest {
+            collection: coll.clone(),
+            name: name.to_string(),
+            exclude: Vec::new(),
+            consistency: None,
+        };
+        let result = self.engine.create_point(&req, &Silent);
+        self.record(&coll, "create", name, result.as_ref().err());
+        // Refreshed either way: the collection now shows the outcome.
+        let snap = self.refresh()?;
+        let out = result?;
+        for w in &out.warnings {
+            tracing::warn!("mkdir {coll}/{name}: {w}");
+        }
+        self.entry(&snap, Node::Point(out.point.id))
+    }
+
+    /// `rmdir PARENT/NAME`: deletes restore point NAME, when deletion is allowed.
+    pub fn rmdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), FsError> {
+        let parent = self.node(parent)?;
+        if !self.options.allow_delete {
+            return Err(FsError::NotPermitted(
+                "rmdir deletes restore points only when mounted with --allow-delete".into(),
+            ));
+        }
+        let Node::Collection(cid) = parent else {
+            return Err(FsError::NotPermitted(
+                "rmdir deletes restore points (MOUNT/<collection>/<point>) and nothing else".into(),
+            ));
+        };
+        self.check_caller(uid, "rmdir")?;
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let snap = self.snapshot()?;
+        let coll = snap.collection(cid)?.name.clone();
+        if matches!(name, COLLECTION_JSON | LATEST) {
+            return Err(FsError::NotDir);
+        }
+        let result = self.engine.delete_point(&coll, name);
+        self.record(&coll, "delete", name, result.as_ref().err());
+        self.refresh()?;
+        let out = result?;
+        for w in &out.warnings {
+            tracing::warn!("rmdir {coll}/{name}: {w}");
+        }
+        Ok(())
+    }
+
+    /// Keeps the outcome in `collection.json`, so a user can read why `mkdir` failed.
+    fn record(
+        &self,
+        collection: &str,
+        operation: &str,
+        point: &str,
+        error: Option<&crate::engine::Error>,
+    ) {
+        let op = LastOperation {
+            operation: operation.into(),
+            point: point.into(),
+            finished: now_rfc3339(),
+            status: if error.is_some() {
+                "Failed"
+            } else {
+                "Succeeded"
+            }
+            .into(),
+            error: error.map(ToString::to_string),
+        };
+        if let Err(e) = self.engine.record_operation(collection, op) {
+            tracing::warn!("recording the {operation} of {collection}/{point}: {e}");
+        }
+    }
+}
+
+fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
+    // Serialising a JSON value into memory cannot fail.
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}

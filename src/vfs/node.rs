@@ -1,0 +1,160 @@
+//! What the mount shows, as nodes, and the inode numbers that name them.
+//!
+//! ```text
+//! /                                         Root
+//! /<collection>/                            Collection
+//! /<collection>/collection.json             CollectionJson
+//! /<collection>/latest -> <point>           Latest
+//! /<collection>/<point>/                    Point
+//! /<collection>/<point>/restore-point.json  PointJson
+//! /<collection>/<point>/vm-config           VmConfig
+//! /<collection>/<point>/disks/              Disks
+//! /<collection>/<point>/disks/<disk>.img    DiskImage
+//! ```
+//!
+//! Invariants: a node is identified by the UUIDs of what it shows, never by a name, so renames
+//! cannot alias nodes; an inode number, once given to a node, names that node for the life of
+//! the mount and is never reused (a deleted point's inodes simply stop resolving).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use uuid::Uuid;
+
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// Names inside a point directory.
+pub const POINT_JSON: &str = "restore-point.json";
+pub const VM_CONFIG: &str = "vm-config";
+pub const DISKS: &str = "disks";
+/// Names inside a collection directory besides its points.
+pub const COLLECTION_JSON: &str = "collection.json";
+pub const LATEST: &str = "latest";
+/// Suffix of disk image files.
+pub const IMAGE_SUFFIX: &str = ".img";
+
+/// A node of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    Root,
+    Collection(Uuid),
+    CollectionJson(Uuid),
+    Latest(Uuid),
+    /// A restore point, by point id.
+    Point(Uuid),
+    PointJson(Uuid),
+    VmConfig(Uuid),
+    Disks(Uuid),
+    /// A disk restore point: (point id, disk id).
+    DiskImage(Uuid, Uuid),
+}
+
+impl Node {
+    /// True for what never changes once it exists (the content of a committed point).
+    pub fn is_immutable(self) -> bool {
+        matches!(
+            self,
+            Node::VmConfig(_) | Node::Disks(_) | Node::DiskImage(..)
+        )
+    }
+}
+
+/// Kind of a node, as `stat` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+    Symlink,
+}
+
+/// Attributes of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// Allocated 512-byte blocks: only stored (non-hole) data counts.
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub time: SystemTime,
+}
+
+/// A resolved name: its attributes and how long the kernel may cache them and the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// The two-way map between nodes and inode numbers.
+#[derive(Debug)]
+pub struct Inodes {
+    by_node: HashMap<Node, u64>,
+    by_ino: Vec<Node>,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Inodes {
+            by_node: HashMap::from([(Node::Root, ROOT_INO)]),
+            by_ino: vec![Node::Root],
+        }
+    }
+}
+
+impl Inodes {
+    /// The inode number of `node`, assigning the next one on first sight.
+    pub fn ino(&mut self, node: Node) -> u64 {
+        if let Some(&ino) = self.by_node.get(&node) {
+            return ino;
+        }
+        self.by_ino.push(node);
+        let ino = self.by_ino.len() as u64;
+        self.by_node.insert(node, ino);
+        ino
+    }
+
+    /// The node an inode number names, if it was ever given out.
+    pub fn node(&self, ino: u64) -> Option<Node> {
+        let i = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.by_ino.get(i).copied()
+    }
+
+    /// How many inode numbers were given out (never zero: the root has one from the start).
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_are_stable_and_never_reused() {
+        let mut t = Inodes::default();
+        assert_eq!(t.ino(Node::Root), ROOT_INO);
+        let p = Uuid::new_v4();
+        let a = t.ino(Node::Point(p));
+        let b = t.ino(Node::PointJson(p));
+        assert_ne!(a, b);
+        assert_eq!(t.ino(Node::Point(p)), a);
+        assert_eq!(t.node(a), Some(Node::Point(p)));
+        assert_eq!(t.node(0), None);
+        assert_eq!(t.node(u64::MAX), None);
+        assert_eq!(t.node(b + 1), None);
+    }
+}
