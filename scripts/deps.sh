@@ -9,6 +9,9 @@ declare -A RPFS_PACKAGES=(
   [qemu-img]=qemu-utils
   [mkfs.xfs]=xfsprogs
   [losetup]=mount [mount]=mount
+  [fusermount3]=fuse3
+  [setpriv]=util-linux
+  [python3]=python3
 )
 
 rpfs_install_deps() {

@@ -585,13 +585,16 @@ impl Vfs {
                 (size, (offset < size).then_some(offset), size)
             }
         };
+        if whence != SEEK_DATA && whence != SEEK_HOLE {
+            return Err(FsError::Invalid(format!("lseek whence {whence}")));
+        }
         if offset >= size {
             return Err(FsError::NoData(offset));
         }
-        let at = match whence {
-            SEEK_DATA => data.ok_or(FsError::NoData(offset))?,
-            SEEK_HOLE => hole,
-            other => return Err(FsError::Invalid(format!("lseek whence {other}"))),
+        let at = if whence == SEEK_DATA {
+            data.ok_or(FsError::NoData(offset))?
+        } else {
+            hole
         };
         i64::try_from(at).map_err(|_| FsError::Invalid("offset too large".into()))
     }
@@ -649,9 +652,11 @@ impl Vfs {
         };
         let result = self.engine.create_point(&req, &Silent);
         self.record(&coll, "create", name, result.as_ref().err());
-        // Refreshed either way: the collection now shows the outcome.
-        let snap = self.refresh()?;
+        // Refreshed either way: the collection now shows the outcome. The operation's own error
+        // comes first.
+        let snap = self.refresh();
         let out = result?;
+        let snap = snap?;
         for w in &out.warnings {
             tracing::warn!("mkdir {coll}/{name}: {w}");
         }
@@ -680,8 +685,9 @@ impl Vfs {
         }
         let result = self.engine.delete_point(&coll, name);
         self.record(&coll, "delete", name, result.as_ref().err());
-        self.refresh()?;
+        let refreshed = self.refresh();
         let out = result?;
+        refreshed?;
         for w in &out.warnings {
             tracing::warn!("rmdir {coll}/{name}: {w}");
         }
