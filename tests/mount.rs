@@ -965,3 +965,183 @@ fn a_long_mkdir_blocks_no_reader_and_odd_requests_get_answers() {
     assert!(status.success(), "daemon after umount: {status}");
     assert!(!is_mounted(&m.mountpoint));
 }
+
+// ----- the daemon under stress: regressions found in review -----
+
+/// A store with one VM and a point, plus the disk's content.
+fn small_store(bytes: usize) -> (TestStore, Vec<u8>) {
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let content = random_image(&disk, bytes, &mut rng(seed()));
+    ts.vm("vm", &[("d", &disk)], "c");
+    ts.create("c", "p");
+    (ts, content)
+}
+
+#[test]
+fn a_signal_on_a_busy_mount_keeps_serving_until_it_can_unmount() {
+    if !fuse_or_skip("a_signal_on_a_busy_mount_keeps_serving_until_it_can_unmount") {
+        return;
+    }
+    let (ts, content) = small_store(64 * KIB as usize);
+    let mut m = MountGuard::new(&ts.store_path(), &[]);
+    let open = fs::File::open(m.path("c/p/disks/d.img")).expect("open");
+    sh(&format!("kill -TERM {}", m.pid()));
+    std::thread::sleep(Duration::from_millis(500));
+    // Busy: still mounted, still serving, the daemon alive.
+    assert!(is_mounted(&m.mountpoint));
+    let mut buf = vec![0u8; content.len()];
+    open.read_exact_at(&mut buf, 0).expect("read while busy");
+    assert!(buf == content);
+    assert!(matches!(
+        m.child.as_mut().expect("daemon").try_wait(),
+        Ok(None)
+    ));
+    // Once nothing holds it, the next signal unmounts.
+    drop(open);
+    sh(&format!("kill -INT {}", m.pid()));
+    let status = m.child.take().expect("daemon").wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&m.mountpoint));
+}
+
+#[test]
+fn remounting_at_once_is_not_undone_by_the_old_daemon() {
+    if !fuse_or_skip("remounting_at_once_is_not_undone_by_the_old_daemon") {
+        return;
+    }
+    let (ts, content) = small_store(64 * KIB as usize);
+    let mut first = MountGuard::new(&ts.store_path(), &[]);
+    let mp = first.mountpoint.clone();
+    expect_exit(ts.cli().arg("umount").arg(&mp), 0);
+    let log = ts.path("mount.log");
+    let (out, _) = expect_exit(
+        ts.cli().arg("mount").arg(&mp).arg("--log-file").arg(&log),
+        0,
+    );
+    let _ = first.child.take().expect("first daemon").wait();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        is_mounted(&mp),
+        "the first daemon unmounted the second mount"
+    );
+    assert!(fs::read(mp.join("c/p/disks/d.img")).expect("read") == content);
+    // The background daemon left the caller's working directory.
+    let pid = out
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .expect("the daemon's pid in the output");
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    assert_eq!(cwd, Path::new("/"));
+    // A symlink to the mount point is the same mount point: no second mount stacks there.
+    let link = ts.path("link");
+    std::os::unix::fs::symlink(&mp, &link).expect("symlink");
+    expect_exit(
+        ts.cli().arg("mount").arg(&link).arg("--log-file").arg(&log),
+        4,
+    );
+    expect_exit(ts.cli().arg("umount").arg(&link), 0);
+    let start = Instant::now();
+    while is_mounted(&mp) {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn slow_creations_do_not_take_the_request_threads() {
+    if !fuse_or_skip("slow_creations_do_not_take_the_request_threads") {
+        return;
+    }
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let content = random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
+    let started = ts.path("started");
+    fs::create_dir(&started).expect("mkdir");
+    // More VMs than the daemon has request threads, each with a slow pre-script.
+    for i in 0..10 {
+        ts.engine
+            .add_vm(&VmSpec {
+                name: format!("vm{i}"),
+                disks: vec![("d".into(), disk.clone())],
+                pre_script: Some(format!("touch '{}/{i}'; sleep 3", started.display())),
+                ..VmSpec::default()
+            })
+            .expect("vm");
+        ts.engine
+            .create_collection(&format!("c{i}"), &format!("vm{i}"), None)
+            .expect("collection");
+    }
+    ts.vm("fast", &[("d", &disk)], "fast");
+    ts.create("fast", "p");
+    let m = MountGuard::new(&ts.store_path(), &[]);
+    let slow: Vec<_> = (0..10)
+        .map(|i| {
+            let dir = m.path(&format!("c{i}/slow"));
+            std::thread::spawn(move || fs::create_dir(dir))
+        })
+        .collect();
+    let start = Instant::now();
+    while fs::read_dir(&started).expect("ls").count() < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the creations did not all start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let json = fs::read(m.path("fast/p/restore-point.json")).expect("json");
+    assert!(!json.is_empty());
+    assert!(fs::read(m.path("fast/p/disks/d.img")).expect("read") == content);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "served after {:?}",
+        t.elapsed()
+    );
+    for s in slow {
+        s.join().expect("thread").expect("mkdir");
+    }
+}
+
+#[test]
+fn a_deep_chain_reads_within_a_small_descriptor_limit() {
+    if !fuse_or_skip("a_deep_chain_reads_within_a_small_descriptor_limit") {
+        return;
+    }
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let mut rng = rng(seed());
+    let mut content = random_image(&disk, 512 * KIB as usize, &mut rng);
+    ts.vm("vm", &[("d", &disk)], "c");
+    for i in 0..100 {
+        change_blocks(&disk, &mut content, 4096, 0.02, &mut rng);
+        ts.create("c", &format!("p{i}"));
+    }
+    // The newest point references ~100 packs; the daemon starts with a soft limit of 64.
+    let m = MountGuard::wrapped(&ts.store_path(), &[], "ulimit -Sn 64;");
+    assert!(fs::read(m.path("c/p99/disks/d.img")).expect("read the deep point") == content);
+}
+
+#[test]
+fn a_point_deleted_while_open_keeps_reading() {
+    if !fuse_or_skip("a_point_deleted_while_open_keeps_reading") {
+        return;
+    }
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    let mut rng = rng(seed());
+    let mut content = random_image(&disk, 256 * KIB as usize, &mut rng);
+    ts.vm("vm", &[("d", &disk)], "c");
+    ts.create("c", "p1");
+    change_blocks(&disk, &mut content, 4096, 0.5, &mut rng);
+    ts.create("c", "p2");
+    let m = MountGuard::new(&ts.store_path(), &["--allow-delete"]);
+    let open = fs::File::open(m.path("c/p2/disks/d.img")).expect("open");
+    fs::remove_dir(m.path("c/p2")).expect("rmdir p2");
+    assert!(!m.path("c/p2").exists());
+    let mut buf = vec![0u8; content.len()];
+    open.read_exact_at(&mut buf, 0)
+        .expect("read after the delete");
+    assert!(buf == content);
+}

@@ -1509,3 +1509,53 @@ fn statfs_reports_the_stores_medium() {
     resolve(&v, "c1/p1/disks/os.img");
     assert!(v.statfs().expect("statfs").files >= 5);
 }
+
+/// Regression: offsets of a directory listing stay valid while the directory changes, because
+/// the listing is taken at `opendir` and served from that handle.
+#[test]
+fn a_listing_stays_consistent_while_the_directory_changes() {
+    let mut rng = rng(seed());
+    let ts = TestStore::new(4096);
+    let disk = ts.path("d.img");
+    random_image(&disk, 16 * KIB as usize, &mut rng);
+    ts.vm("vm", &[("d", &disk)], "c");
+    for i in 0..60 {
+        create(&ts.engine, "c", &format!("point-{i:03}"));
+    }
+    let v = mount(&ts, false, false, Duration::from_millis(50));
+    let dir = ino(&v, "c");
+    let fh = v.opendir(dir).expect("opendir");
+    let first: Vec<(u64, rpfs::vfs::DirEntry)> = v
+        .readdir_at(fh, 0)
+        .expect("readdir")
+        .into_iter()
+        .take(20)
+        .collect();
+    let resume = first.last().expect("entries").0;
+    // Elsewhere, a listed point is deleted and a new one created; the catalog is reloaded.
+    let other = ts.reopen();
+    other.delete_point("c", "point-005").expect("delete");
+    create(&other, "c", "point-new");
+    std::thread::sleep(Duration::from_millis(120));
+    let rest = v.readdir_at(fh, resume).expect("readdir");
+    let mut seen: Vec<String> = first.into_iter().chain(rest).map(|(_, e)| e.name).collect();
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "an entry was listed twice");
+    for i in 0..60 {
+        assert!(
+            seen.contains(&format!("point-{i:03}")),
+            "point-{i:03} was skipped"
+        );
+    }
+    v.release(fh);
+    fails(
+        v.readdir_at(fh, 0),
+        libc::EBADF,
+        "readdir of a released handle",
+    );
+    // A new opendir sees the change.
+    let names = names(&v, dir);
+    assert!(names.contains(&"point-new".to_string()) && !names.contains(&"point-005".to_string()));
+}

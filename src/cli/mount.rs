@@ -72,24 +72,57 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf, Failure> {
 
 /// `rpfs mount`.
 pub fn mount(store: &Path, args: MountArgs) -> Result<(), Failure> {
+    let store = std::path::absolute(store)
+        .map_err(|e| failure(exit::FAILURE, format!("store {}: {e}", store.display())))?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     let daemon = std::env::var_os(DAEMON_ENV).is_some();
     if !args.foreground && !daemon {
-        return start_daemon(store, &mountpoint, &args);
+        return start_daemon(&store, &mountpoint, &args);
     }
     if daemon {
-        // Leave the caller's session so closing its terminal does not hang us up.
+        // Leave the caller's session (closing its terminal must not hang us up) and its
+        // working directory (which would stay busy).
         let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
     }
-    let result = serve(store, &mountpoint, &args, daemon);
-    if daemon && let Err(f) = &result {
-        // The parent reads our standard output until it says ready or why not.
-        println!("error {} {}", f.code, f.message);
+    let mut ready = false;
+    let result = serve(&store, &mountpoint, &args, daemon, &mut ready);
+    if daemon
+        && !ready
+        && let Err(f) = &result
+    {
+        // The parent reads our standard output until it says ready or why not; after ready
+        // nobody reads it, and the log has the error.
+        let _ = writeln!(
+            std::io::stdout(),
+            "error {} {}",
+            f.code,
+            f.message.replace('\n', " ")
+        );
     }
     result
 }
 
-fn serve(store: &Path, mountpoint: &Path, args: &MountArgs, daemon: bool) -> Result<(), Failure> {
+/// Held while checking a mount point and mounting on it, so two mounts cannot stack there.
+fn lock_mountpoint(mp: &Path) -> Result<std::fs::File, Failure> {
+    let dir = std::fs::File::open(mp)
+        .map_err(|e| failure(exit::FAILURE, format!("mount point {}: {e}", mp.display())))?;
+    dir.lock().map_err(|e| {
+        failure(
+            exit::FAILURE,
+            format!("locking mount point {}: {e}", mp.display()),
+        )
+    })?;
+    Ok(dir)
+}
+
+fn serve(
+    store: &Path,
+    mountpoint: &Path,
+    args: &MountArgs,
+    daemon: bool,
+    ready: &mut bool,
+) -> Result<(), Failure> {
     let engine = super::open_store_with(
         store,
         OpenOptions {
@@ -114,6 +147,8 @@ fn serve(store: &Path, mountpoint: &Path, args: &MountArgs, daemon: bool) -> Res
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| failure(exit::FAILURE, format!("installing signal handlers: {e}")))?;
+    let mount_lock = lock_mountpoint(mountpoint)?;
+    check_mountpoint(mountpoint)?;
     let mounted = fuse::mount(
         Arc::new(vfs),
         &MountOptions {
@@ -129,16 +164,23 @@ fn serve(store: &Path, mountpoint: &Path, args: &MountArgs, daemon: bool) -> Res
             format!("mounting at {}: {e}", mountpoint.display()),
         )
     })?;
+    drop(mount_lock);
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
             tracing::info!("signal {sig}: unmounting");
-            let _ = stop_tx.send(());
+            let _ = stop_tx.try_send(());
         }
     });
     tracing::info!("mounted {} at {}", store.display(), mountpoint.display());
     if daemon {
-        println!("{READY}");
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{READY}").and_then(|()| out.flush());
+        // Nobody reads standard output any more: point it at /dev/null so a stray write can
+        // never fail.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+        *ready = true;
     } else {
         eprintln!(
             "rpfs: mounted {} at {}; Ctrl-C or `rpfs umount {}` unmounts",

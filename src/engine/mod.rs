@@ -215,7 +215,17 @@ impl Engine {
             .shared
             .storage
             .read(&key)
-            .map_err(Error::io(format!("{label}: reading its block map {key}")))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound {
+                        what: "restore point",
+                        name: label.clone(),
+                        hint: "; it was deleted meanwhile".into(),
+                    }
+                } else {
+                    Error::io(format!("{label}: reading its block map {key}"))(e)
+                }
+            })
             .and_then(|bytes| {
                 crate::store::blockmap::BlockMap::decode(
                     &key,

@@ -20,12 +20,18 @@ use super::cache::BlockKey;
 use super::error::{Error, Result};
 use crate::store::blockmap::BlockMap;
 use crate::store::layout;
-use crate::store::pack::{PackError, PackIndex};
+use crate::store::pack::{BlockReadError, PackError, PackIndex};
 use crate::store::storage::Object;
 
 thread_local! {
     /// Scratch block for reads that cover only part of a block.
     static PARTIAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Why a block could not be read.
+enum BlockCause {
+    Io(std::io::Error),
+    Damage(String),
 }
 
 /// An open pack: its object and validated table.
@@ -157,9 +163,10 @@ impl DiskImage {
         Ok(h)
     }
 
-    fn damaged(&self, block: u64, detail: String) -> Error {
-        // Packs are opened on first use: one the point needed may have been removed or repacked
-        // because the point itself was deleted meanwhile. That is not damage.
+    /// The error for a block that could not be read: not found when the point was deleted
+    /// meanwhile (its packs may be gone), an I/O error when storage failed (a full descriptor
+    /// table is not damage), damage otherwise.
+    fn block_error(&self, block: u64, cause: BlockCause) -> Error {
         if let Err(e) = self.shared.storage.size(&self.point_key)
             && e.kind() == std::io::ErrorKind::NotFound
         {
@@ -169,14 +176,25 @@ impl DiskImage {
                 hint: "; it was deleted while being read".into(),
             };
         }
-        Error::Damaged {
-            context: format!(
-                "{} block {block} (offset {})",
-                self.label,
-                block * u64::from(self.map.block_size)
-            ),
-            detail,
+        let context = format!(
+            "{} block {block} (offset {})",
+            self.label,
+            block * u64::from(self.map.block_size)
+        );
+        match cause {
+            BlockCause::Io(source) => Error::Io { context, source },
+            BlockCause::Damage(detail) => Error::Damaged { context, detail },
         }
+    }
+
+    /// Opens every pack the image references now. Open packs outlive a deletion of the point
+    /// (a removed or repacked file stays readable through its descriptor), so a reader that
+    /// opened the image keeps reading it.
+    pub fn open_all_packs(&self) -> Result<()> {
+        for slot in 0..self.packs.len() {
+            self.pack(slot)?;
+        }
+        Ok(())
     }
 
     /// Writes the content of `block` into `out` (exactly one block): zeros for a hole, else the
@@ -204,16 +222,23 @@ impl DiskImage {
             out.copy_from_slice(&data);
             return Ok(());
         }
-        let handle = self
-            .pack(slot)
-            .map_err(|e| self.damaged(block, e.to_string()))?;
+        let handle = self.pack(slot).map_err(|e| match e {
+            Error::Io { source, .. } => self.block_error(block, BlockCause::Io(source)),
+            other => self.block_error(block, BlockCause::Damage(other.to_string())),
+        })?;
         let Some(pe) = handle.index.find(block) else {
-            return Err(self.damaged(block, format!("{} does not hold this block", handle.key)));
+            let why = format!("{} does not hold this block", handle.key);
+            return Err(self.block_error(block, BlockCause::Damage(why)));
         };
         handle
             .index
             .read_block(&*handle.object, pe, out)
-            .map_err(|e| self.damaged(block, format!("{}: {e}", handle.key)))?;
+            .map_err(|e| match e {
+                BlockReadError::Io(source) => self.block_error(block, BlockCause::Io(source)),
+                BlockReadError::Decode(d) => {
+                    self.block_error(block, BlockCause::Damage(format!("{}: {d}", handle.key)))
+                }
+            })?;
         if self.shared.cache.capacity() > 0 {
             self.shared.cache.insert(key, Arc::from(&*out));
         }

@@ -70,6 +70,17 @@ fn fail(op: &str, e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Runs a tree change (`mkdir`, `rmdir`) on a thread of its own. Should the thread not start,
+/// its reply is dropped unsent, which fuser answers with EIO.
+fn spawn_change(what: &str, work: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("rpfs-{what}"))
+        .spawn(work)
+    {
+        tracing::error!("{what}: cannot start a thread: {e}");
+    }
+}
+
 fn read_only(op: &'static str) -> Errno {
     fail(op, &FsError::ReadOnly(op))
 }
@@ -108,19 +119,27 @@ impl Filesystem for RpfsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _s = tracing::info_span!("mkdir", parent = parent.0, ?name, uid = req.uid()).entered();
-        match self.vfs.mkdir(parent.0, name, req.uid()) {
-            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-            Err(e) => reply.error(fail("mkdir", &e)),
-        }
+        // A creation can take minutes: it runs on its own thread, so the request threads keep
+        // serving everything else. The reply travels with it.
+        let (vfs, name, uid) = (self.vfs.clone(), name.to_os_string(), req.uid());
+        spawn_change("mkdir", move || {
+            let _s = tracing::info_span!("mkdir", parent = parent.0, ?name, uid).entered();
+            match vfs.mkdir(parent.0, &name, uid) {
+                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(fail("mkdir", &e)),
+            }
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = tracing::info_span!("rmdir", parent = parent.0, ?name, uid = req.uid()).entered();
-        match self.vfs.rmdir(parent.0, name, req.uid()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("rmdir", &e)),
-        }
+        let (vfs, name, uid) = (self.vfs.clone(), name.to_os_string(), req.uid());
+        spawn_change("rmdir", move || {
+            let _s = tracing::info_span!("rmdir", parent = parent.0, ?name, uid).entered();
+            match vfs.rmdir(parent.0, &name, uid) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("rmdir", &e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -197,11 +216,8 @@ impl Filesystem for RpfsFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("opendir", ino = ino.0).entered();
-        match self.vfs.getattr(ino.0) {
-            Ok(e) if e.attr.kind == Kind::Directory => {
-                reply.opened(FileHandle(0), FopenFlags::empty())
-            }
-            Ok(_) => reply.error(fail("opendir", &FsError::NotDir)),
+        match self.vfs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
@@ -210,23 +226,20 @@ impl Filesystem for RpfsFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _s = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        match self.vfs.readdir(ino.0) {
+        match self.vfs.readdir_at(fh.0, offset) {
             Ok(entries) => {
-                // Offsets are positions in the listing: entry i carries i + 1, the offset of
-                // the entry after it.
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                for (i, e) in entries.iter().enumerate().skip(start) {
+                for (next, e) in entries {
                     let kind = match e.kind {
                         Kind::Directory => FileType::Directory,
                         Kind::File => FileType::RegularFile,
                         Kind::Symlink => FileType::Symlink,
                     };
-                    if reply.add(INodeNo(e.ino), i as u64 + 1, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
                         break;
                     }
                 }
@@ -234,6 +247,18 @@ impl Filesystem for RpfsFs {
             }
             Err(e) => reply.error(fail("readdir", &e)),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.release(fh.0);
+        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

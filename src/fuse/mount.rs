@@ -49,6 +49,7 @@ pub fn mount(vfs: Arc<Vfs>, opts: &MountOptions) -> io::Result<Mounted> {
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
+    raise_open_file_limit();
     let session = fuser::Session::new(RpfsFs::new(vfs), &opts.mountpoint, &config)?;
     let session = session.spawn()?;
     if let Err(e) = raise_readahead(&opts.mountpoint, opts.readahead_kb) {
@@ -58,6 +59,18 @@ pub fn mount(vfs: Arc<Vfs>, opts: &MountOptions) -> io::Result<Mounted> {
         session,
         mountpoint: opts.mountpoint.clone(),
     })
+}
+
+/// An image of a deep point holds a descriptor per pack it references (up to 500 per disk):
+/// let the daemon use all the descriptors the system allows it.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("open file limit stays at {soft}: {e}");
+    }
 }
 
 /// The kernel offers FUSE 128 KiB of readahead and fuser can only lower it; raising the mount's
@@ -79,18 +92,31 @@ impl Mounted {
         &self.mountpoint
     }
 
-    /// Serves until the mount goes away, or until `stop` says to unmount.
+    /// Serves until the mount goes away. Each message on `stop` asks to unmount: a busy mount
+    /// (open files, a request in flight) is not torn down but keeps being served, and the
+    /// refusal is logged; the next message tries again.
     pub fn wait(self, stop: &crossbeam_channel::Receiver<()>) -> io::Result<()> {
+        let Mounted {
+            session,
+            mountpoint,
+        } = self;
         loop {
-            if self.session.guard.is_finished() {
-                return self.session.join();
+            if session.guard.is_finished() {
+                // The kernel ended the session (the mount is gone). Dropping the session would
+                // make fuser unmount the mount point once more, and so whatever was mounted
+                // there since: forget it instead. The process is about to exit.
+                std::mem::forget(session);
+                return Ok(());
             }
-            match stop.recv_timeout(Duration::from_millis(200)) {
-                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    tracing::info!("unmounting {}", self.mountpoint.display());
-                    return self.session.umount_and_join();
-                }
+            match stop.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => match unmount(&mountpoint) {
+                    Ok(()) => tracing::info!("unmounting {}", mountpoint.display()),
+                    Err(e) => tracing::warn!("still serving: {e}"),
+                },
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }
@@ -128,7 +154,8 @@ fn unescape(field: &str) -> String {
 /// The rpfs mount at `mountpoint`, if there is one.
 pub fn find_mount(mountpoint: &Path) -> io::Result<Option<MountEntry>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let want = std::path::absolute(mountpoint)?;
+    // Symlinks and `..` resolve to the directory the kernel mounted on.
+    let want = std::fs::canonicalize(mountpoint).or_else(|_| std::path::absolute(mountpoint))?;
     for line in info.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;

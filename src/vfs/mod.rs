@@ -81,18 +81,24 @@ pub struct FsStat {
 enum Handle {
     Image(Arc<DiskImage>),
     Bytes(Arc<Vec<u8>>),
+    /// A directory listing, taken at `opendir`, so offsets stay valid while the directory
+    /// changes.
+    Dir(Arc<Vec<DirEntry>>),
 }
 
 /// A catalog with indexes by id.
 struct Snapshot {
+    /// When the load that produced it started: anything committed before then is in it.
     loaded: Instant,
     cat: Catalog,
     points: HashMap<Uuid, usize>,
     collections: HashMap<Uuid, usize>,
+    /// Generated JSON of this snapshot's collections and points, made on first use.
+    json: Mutex<HashMap<Node, Arc<Vec<u8>>>>,
 }
 
 impl Snapshot {
-    fn new(cat: Catalog) -> Snapshot {
+    fn new(cat: Catalog, loaded: Instant) -> Snapshot {
         let points = cat
             .points
             .iter()
@@ -106,10 +112,11 @@ impl Snapshot {
             .map(|(i, c)| (c.id, i))
             .collect();
         Snapshot {
-            loaded: Instant::now(),
+            loaded,
             cat,
             points,
             collections,
+            json: Mutex::new(HashMap::new()),
         }
     }
 
@@ -138,6 +145,8 @@ pub struct Vfs {
     options: VfsOptions,
     inodes: Mutex<Inodes>,
     snapshot: Mutex<Arc<Snapshot>>,
+    /// Held while the catalog is reloaded: one reload at a time.
+    reloading: Mutex<()>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// Open disk images, shared by the handles that read them.
@@ -158,13 +167,14 @@ fn utf8(name: &OsStr) -> Result<&str, FsError> {
 impl Vfs {
     /// A tree over `engine`'s store.
     pub fn new(engine: Engine, options: VfsOptions) -> Result<Vfs, FsError> {
-        let snapshot = Snapshot::new(engine.catalog()?);
+        let snapshot = Snapshot::new(engine.catalog()?, Instant::now());
         let store_created = parse_time(&engine.header().created);
         Ok(Vfs {
             engine,
             options,
             inodes: Mutex::new(Inodes::default()),
             snapshot: Mutex::new(Arc::new(snapshot)),
+            reloading: Mutex::new(()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             images: Mutex::new(HashMap::new()),
@@ -183,16 +193,38 @@ impl Vfs {
         if current.loaded.elapsed() <= self.options.catalog_max_age {
             return Ok(current);
         }
-        self.refresh()
+        // One reload at a time; whoever waited uses a reload that started after it asked.
+        let asked = Instant::now();
+        let _reloading = self.reloading.lock();
+        let current = self.snapshot.lock().clone();
+        if current.loaded >= asked {
+            return Ok(current);
+        }
+        self.load()
     }
 
-    /// Reloads the snapshot now. Loading happens outside the lock; the newest load wins.
+    /// Reloads the snapshot now (after a change made through the mount).
     fn refresh(&self) -> Result<Arc<Snapshot>, FsError> {
-        let fresh = Arc::new(Snapshot::new(self.engine.catalog()?));
-        let mut slot = self.snapshot.lock();
-        if slot.loaded < fresh.loaded {
-            *slot = fresh.clone();
+        let _reloading = self.reloading.lock();
+        self.load()
+    }
+
+    /// Loads a snapshot and installs it unless a newer one is there. The caller holds
+    /// `reloading`.
+    fn load(&self) -> Result<Arc<Snapshot>, FsError> {
+        let started = Instant::now();
+        let fresh = Arc::new(Snapshot::new(self.engine.catalog()?, started));
+        {
+            let mut slot = self.snapshot.lock();
+            if slot.loaded < fresh.loaded {
+                *slot = fresh.clone();
+            }
         }
+        // Forget what belongs to points that are gone.
+        self.images.lock().retain(|_, w| w.strong_count() > 0);
+        self.image_sizes
+            .lock()
+            .retain(|(p, _), _| fresh.points.contains_key(p));
         Ok(fresh)
     }
 
@@ -451,22 +483,65 @@ impl Vfs {
 
     // ----- content -----
 
-    fn collection_json(&self, snap: &Snapshot, c: &CollectionRecord) -> Result<Vec<u8>, FsError> {
-        let v = resource::collection(self.engine.header().store_id, &snap.cat, c);
-        Ok(json_bytes(&v))
+    /// Generated JSON of `node`, made once per snapshot.
+    fn json(
+        &self,
+        snap: &Snapshot,
+        node: Node,
+        make: impl FnOnce() -> Result<serde_json::Value, FsError>,
+    ) -> Result<Arc<Vec<u8>>, FsError> {
+        if let Some(j) = snap.json.lock().get(&node) {
+            return Ok(j.clone());
+        }
+        let bytes = Arc::new(json_bytes(&make()?));
+        snap.json.lock().insert(node, bytes.clone());
+        Ok(bytes)
     }
 
-    fn point_json(&self, snap: &Snapshot, p: &PointRecord) -> Result<Vec<u8>, FsError> {
-        let coll = snap.collection(p.collection_id)?;
-        let v = resource::point(
-            self.engine.header().store_id,
-            coll,
-            snap.cat.vm_by_id(p.vm_id),
-            p,
-        );
-        Ok(json_bytes(&v))
+    fn collection_json(
+        &self,
+        snap: &Snapshot,
+        c: &CollectionRecord,
+    ) -> Result<Arc<Vec<u8>>, FsError> {
+        self.json(snap, Node::CollectionJson(c.id), || {
+            Ok(resource::collection(
+                self.engine.header().store_id,
+                &snap.cat,
+                c,
+            ))
+        })
     }
 
+    fn point_json(&self, snap: &Snapshot, p: &PointRecord) -> Result<Arc<Vec<u8>>, FsError> {
+        self.json(snap, Node::PointJson(p.id), || {
+            let coll = snap.collection(p.collection_id)?;
+            Ok(resource::point(
+                self.engine.header().store_id,
+                coll,
+                snap.cat.vm_by_id(p.vm_id),
+                p,
+            ))
+        })
+    }
+
+    /// Loads the block map of disk `disk` of `point`.
+    fn open_image(
+        &self,
+        snap: &Snapshot,
+        point: &PointRecord,
+        disk: Uuid,
+    ) -> Result<DiskImage, FsError> {
+        let coll = snap.collection(point.collection_id)?;
+        let name = &point
+            .disks
+            .iter()
+            .find(|d| d.disk_id == disk)
+            .ok_or(FsError::NotFound)?
+            .name;
+        Ok(self.engine.open_disk(&coll.name, point, name)?)
+    }
+
+    /// The shared, open image of disk `disk` of `point`, with all its packs open.
     fn image(
         &self,
         snap: &Snapshot,
@@ -477,14 +552,8 @@ impl Vfs {
         if let Some(img) = self.images.lock().get(&key).and_then(Weak::upgrade) {
             return Ok(img);
         }
-        let coll = snap.collection(point.collection_id)?;
-        let name = &point
-            .disks
-            .iter()
-            .find(|d| d.disk_id == disk)
-            .ok_or(FsError::NotFound)?
-            .name;
-        let img = Arc::new(self.engine.open_disk(&coll.name, point, name)?);
+        let img = Arc::new(self.open_image(snap, point, disk)?);
+        img.open_all_packs()?;
         self.images.lock().insert(key, Arc::downgrade(&img));
         Ok(img)
     }
@@ -493,11 +562,18 @@ impl Vfs {
         if let Some(&s) = self.image_sizes.lock().get(&(point.id, disk)) {
             return Ok(s);
         }
+        // Counting needs the block map only: no pack is opened for a `stat`.
         let snap = self.snapshot()?;
-        let img = self.image(&snap, point, disk)?;
+        let img = self.open_image(&snap, point, disk)?;
         let s = (img.size(), img.allocated_bytes());
         self.image_sizes.lock().insert((point.id, disk), s);
         Ok(s)
+    }
+
+    fn new_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle);
+        fh
     }
 
     /// Opens file `ino` for reading; any write access is refused.
@@ -508,22 +584,21 @@ impl Vfs {
         let node = self.node(ino)?;
         let snap = self.snapshot()?;
         let (handle, keep_cache, direct_io) = match node {
-            Node::DiskImage(p, d) => (
-                Handle::Image(self.image(&snap, snap.point(p)?, d)?),
-                true,
-                false,
-            ),
+            Node::DiskImage(p, d) => {
+                let image = self.image(&snap, snap.point(p)?, d)?;
+                (Handle::Image(image), true, false)
+            }
             Node::VmConfig(p) => {
                 let config = self.engine.point_config(snap.point(p)?)?;
                 (Handle::Bytes(Arc::new(config)), true, false)
             }
             Node::PointJson(p) => (
-                Handle::Bytes(Arc::new(self.point_json(&snap, snap.point(p)?)?)),
+                Handle::Bytes(self.point_json(&snap, snap.point(p)?)?),
                 false,
                 true,
             ),
             Node::CollectionJson(c) => (
-                Handle::Bytes(Arc::new(self.collection_json(&snap, snap.collection(c)?)?)),
+                Handle::Bytes(self.collection_json(&snap, snap.collection(c)?)?),
                 false,
                 true,
             ),
@@ -534,19 +609,43 @@ impl Vfs {
                 return Err(FsError::Invalid("a symbolic link cannot be opened".into()));
             }
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, handle);
         Ok(Opened {
-            fh,
+            fh: self.new_handle(handle),
             keep_cache,
             direct_io,
         })
+    }
+
+    /// Opens directory `ino`: its listing is taken now and served from this handle, so
+    /// offsets stay valid however the directory changes meanwhile.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let listing = self.readdir(ino)?;
+        Ok(self.new_handle(Handle::Dir(Arc::new(listing))))
+    }
+
+    /// The listing of an open directory, from position `offset` on.
+    pub fn readdir_at(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>, FsError> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Dir(listing)) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                // Each entry carries the offset of the entry after it.
+                Ok(listing
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .map(|(i, e)| (i as u64 + 1, e.clone()))
+                    .collect())
+            }
+            Some(_) => Err(FsError::NotDir),
+            None => Err(FsError::BadHandle(fh)),
+        }
     }
 
     fn handle(&self, fh: u64) -> Result<Handle, FsError> {
         match self.handles.lock().get(&fh) {
             Some(Handle::Image(i)) => Ok(Handle::Image(i.clone())),
             Some(Handle::Bytes(b)) => Ok(Handle::Bytes(b.clone())),
+            Some(Handle::Dir(_)) => Err(FsError::IsDir),
             None => Err(FsError::BadHandle(fh)),
         }
     }
@@ -566,35 +665,39 @@ impl Vfs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
+            Handle::Dir(_) => Err(FsError::IsDir),
         }
     }
 
-    /// Closes a handle.
+    /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        let handle = self.handles.lock().remove(&fh);
+        // Dropped outside the lock: the last handle of an image frees its map and packs.
+        drop(handle);
     }
 
     /// SEEK_DATA / SEEK_HOLE over the image's real holes (generated files have none).
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
-        let offset =
-            u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset".into()))?;
-        let (size, data, hole) = match self.handle(fh)? {
-            Handle::Image(img) => (img.size(), img.next_data(offset), img.next_hole(offset)),
-            Handle::Bytes(b) => {
-                let size = b.len() as u64;
-                (size, (offset < size).then_some(offset), size)
-            }
-        };
         if whence != SEEK_DATA && whence != SEEK_HOLE {
             return Err(FsError::Invalid(format!("lseek whence {whence}")));
         }
+        let offset =
+            u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset".into()))?;
+        let handle = self.handle(fh)?;
+        let size = match &handle {
+            Handle::Image(img) => img.size(),
+            Handle::Bytes(b) => b.len() as u64,
+            Handle::Dir(_) => return Err(FsError::IsDir),
+        };
         if offset >= size {
             return Err(FsError::NoData(offset));
         }
-        let at = if whence == SEEK_DATA {
-            data.ok_or(FsError::NoData(offset))?
-        } else {
-            hole
+        let at = match (&handle, whence == SEEK_DATA) {
+            (Handle::Image(img), true) => img.next_data(offset).ok_or(FsError::NoData(offset))?,
+            (Handle::Image(img), false) => img.next_hole(offset),
+            // Generated files are all data.
+            (_, true) => offset,
+            (_, false) => size,
         };
         i64::try_from(at).map_err(|_| FsError::Invalid("offset too large".into()))
     }

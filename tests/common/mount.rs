@@ -45,13 +45,24 @@ pub struct MountGuard {
 impl MountGuard {
     /// Mounts `store` on a fresh directory with `extra` mount flags, waiting until it is ready.
     pub fn new(store: &Path, extra: &[&str]) -> MountGuard {
+        Self::wrapped(store, extra, "")
+    }
+
+    /// Like [`MountGuard::new`], with a shell prelude run first in the daemon's shell (for
+    /// example `ulimit -Sn 64;`).
+    pub fn wrapped(store: &Path, extra: &[&str], prelude: &str) -> MountGuard {
         let dir = tempfile::tempdir().expect("tempdir");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
-        let child = Command::new(env!("CARGO_BIN_EXE_rpfs"))
-            .arg("mount")
+        let mut script = format!("{prelude} exec \"$0\" mount \"$1\" --foreground");
+        for (i, _) in extra.iter().enumerate() {
+            script.push_str(&format!(" \"${}\"", i + 2));
+        }
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_rpfs"))
             .arg(&mountpoint)
-            .arg("--foreground")
             .args(extra)
             .env("RPFS_STORE", store)
             .env(
