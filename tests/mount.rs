@@ -417,14 +417,11 @@ fn mkdir_creates_points_and_gives_an_errno_for_each_refusal() {
         .env("RPFS_STORE", ts.store_path())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while !marker.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the CLI creation never froze the VM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        "the CLI creation never froze the VM",
+        Duration::from_secs(10),
+        || marker.exists(),
+    );
     let t = Instant::now();
     assert_eq!(errno(fs::create_dir(m.path("c/p2"))), libc::EBUSY);
     assert!(
@@ -636,14 +633,9 @@ fn points_made_elsewhere_appear_without_remounting_and_latest_follows() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let start = Instant::now();
-    while fs::read_link(m.path("daily/latest")).expect("latest") != Path::new("fromcli") {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "latest did not follow"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("latest did not follow", Duration::from_secs(2), || {
+        fs::read_link(m.path("daily/latest")).expect("latest") == Path::new("fromcli")
+    });
     assert!(fs::read(m.path("daily/fromcli/disks/os.img")).expect("read") == f.points[2].os);
 }
 
@@ -715,20 +707,13 @@ fn the_background_daemon_returns_once_mounted() {
         4,
     );
     expect_exit(ts.cli().arg("umount").arg(&mp), 0);
-    let start = Instant::now();
-    while is_mounted(&mp) {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("still mounted", Duration::from_secs(5), || !is_mounted(&mp));
     // The daemon logs its end once the mount is gone.
-    let start = Instant::now();
-    while !fs::read_to_string(&log).expect("log").contains("unmounted") {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the daemon never logged its end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the daemon never logged its end",
+        Duration::from_secs(5),
+        || fs::read_to_string(&log).expect("log").contains("unmounted"),
+    );
     // Mount errors come back to the caller.
     let (_, err) = expect_exit(ts.cli().arg("mount").arg(ts.path("missing")), 3);
     assert!(err.contains("missing"), "{err}");
@@ -898,14 +883,9 @@ fn a_long_mkdir_blocks_no_reader_and_odd_requests_get_answers() {
         let dir = m.path("c/slow");
         std::thread::spawn(move || fs::create_dir(dir))
     };
-    let start = Instant::now();
-    while !marker.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mkdir never started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("mkdir never started", Duration::from_secs(10), || {
+        marker.exists()
+    });
     // While `mkdir c/slow` runs (2 s), the kernel holds `c` itself locked, so listing `c` waits
     // in the kernel; every other request is served by the daemon's other threads.
     let t = Instant::now();
@@ -1042,11 +1022,7 @@ fn remounting_at_once_is_not_undone_by_the_old_daemon() {
         4,
     );
     expect_exit(ts.cli().arg("umount").arg(&link), 0);
-    let start = Instant::now();
-    while is_mounted(&mp) {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("still mounted", Duration::from_secs(5), || !is_mounted(&mp));
 }
 
 #[test]
@@ -1082,14 +1058,11 @@ fn slow_creations_do_not_take_the_request_threads() {
             std::thread::spawn(move || fs::create_dir(dir))
         })
         .collect();
-    let start = Instant::now();
-    while fs::read_dir(&started).expect("ls").count() < 10 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the creations did not all start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        "the creations did not all start",
+        Duration::from_secs(10),
+        || fs::read_dir(&started).expect("ls").count() >= 10,
+    );
     let t = Instant::now();
     let json = fs::read(m.path("fast/p/restore-point.json")).expect("json");
     assert!(!json.is_empty());

@@ -178,14 +178,9 @@ fn a_creation_killed_while_the_vm_is_frozen_is_thawed_by_recovery() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let start = Instant::now();
-    while !frozen.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "pre-script never ran"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("pre-script never ran", Duration::from_secs(10), || {
+        frozen.exists()
+    });
     child.kill().expect("kill");
     child.wait().expect("wait");
     // The pre-script's sleep is an orphan now; it does not hold the VM's lock.

@@ -405,3 +405,12 @@ pub fn point_names_at(store: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Polls `cond` every 10 ms until it holds; fails the test with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "{what} (waited {timeout:?})");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
