@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""rpfs benchmarks, measured in one run on this machine; driven by scripts/bench.sh.
+"""rpfs benchmarks, measured side by side with its peers in one run; driven by scripts/bench.sh.
 
 Sections:
-  chain  read speed of a point at the end of a 500-point chain against the first point of the
-         same chain (same disk, same data volume), warm and cold page cache, plus ingest times.
+  peers  the workload of issue 4 (an ext4 OS disk ~35% full of real files, a data disk half
+         random data and half holes, six generations apart by random 64 KiB writes over 2% and
+         5% of them), ingested by rpfs, restic, borg and a qcow2 chain, then read back through
+         each one's mount (FUSE), against the raw image read directly and through a FUSE export
+         of the raw file (qemu-storage-daemon: the FUSE ceiling).
+  chain  reads of the point at the end of a 500-point chain against its first point.
+  idle   a point of an unchanged VM (everything hashed, nothing stored).
 
-Every figure is a median over repeated runs; ratios compare figures from the same run.
-Writes BENCHMARKS.md (or the file given with --out).
+Every figure is a median over repeated runs where the measure repeats; ratios compare figures
+of the same run. Writes BENCHMARKS.md and BENCHMARKS.svg (or the paths given).
+Needs root (page cache drops, mounts).
 """
 
 import argparse
@@ -15,6 +21,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,14 +32,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RPFS = os.path.join(ROOT, "target", "release", "rpfs")
 READ_PASSES = os.path.join(ROOT, "target", "release", "examples", "read_passes")
 MIB = 1 << 20
+GIB = 1 << 30
+CACHE_SIZE = "256M"
 
 
-def run(*args, env=None, stdout=subprocess.DEVNULL):
-    subprocess.run(args, env=env, check=True, stdout=stdout)
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def is_root():
-    return os.geteuid() == 0
+def run(*args, env=None, quiet=True, check=True):
+    return subprocess.run(args, env=env, check=check,
+                          stdout=subprocess.DEVNULL if quiet else None)
+
+
+def out(*args, env=None):
+    return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def drop_caches():
@@ -41,175 +55,602 @@ def drop_caches():
         f.write("3\n")
 
 
-def hyperfine(commands, runs, cold):
-    """Median seconds of each command. The commands run in rounds, in alternating order, so
-    drift in the machine's state (writeback, other load) falls on all of them alike."""
-    times = {c: [] for c in commands}
-    rounds = 3
-    for r in range(rounds):
-        order = commands if r % 2 == 0 else list(reversed(commands))
-        out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        args = ["hyperfine", "--style", "none", "--runs", str(max(1, runs // rounds)),
-                "--export-json", out]
-        if cold:
-            args += ["--prepare", "sync; echo 3 > /proc/sys/vm/drop_caches"]
-        else:
-            args += ["--warmup", "1"]
-        subprocess.run(args + order, check=True, stdout=subprocess.DEVNULL)
-        with open(out) as f:
-            for res in json.load(f)["results"]:
-                times[res["command"]] += res["times"]
-        os.unlink(out)
-    return [statistics.median(times[c]) for c in commands]
+def du(path):
+    return int(out("du", "-sb", path).split()[0])
 
 
-def settle():
-    """Waits for writeback of what the setup wrote, so it does not land inside a measurement."""
-    subprocess.run(["sync"], check=True)
-    time.sleep(3)
+def timed(cmd, env=None):
+    """Runs cmd; returns (seconds, peak RSS in bytes) of it and its children."""
+    t = time.monotonic()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, check=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    secs = time.monotonic() - t
+    kb = int(res.stderr.strip().splitlines()[-1])
+    return secs, kb * 1024
 
 
-def block_content(block, rng):
-    """60% random blocks, the rest text-like: compressible and incompressible data alike."""
-    if rng.random() < 0.6:
-        return rng.randbytes(block)
-    line = b"rpfs benchmark text line %012d\n" % rng.randrange(10**12)
-    return (line * (block // len(line) + 1))[:block]
+def is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == path for line in f)
 
 
-def write_disk(path, size, block, rng):
+def wait_for(cond, what, timeout=60):
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def vm_hwm(pid):
+    """Peak resident memory of a process and its threads, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# ----- workload -----
+
+def real_files(dest, want_bytes):
+    """Copies real files from /usr into dest until want_bytes are there."""
+    got = 0
+    for top in ("/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/include"):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                src = os.path.join(dirpath, name)
+                if not os.path.isfile(src) or os.path.islink(src):
+                    continue
+                size = os.path.getsize(src)
+                if size == 0 or got + size > want_bytes:
+                    continue
+                rel = os.path.relpath(src, "/usr")
+                dst = os.path.join(dest, rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                try:
+                    shutil.copyfile(src, dst)
+                except OSError:
+                    continue
+                got += size
+                if got >= want_bytes * 0.999:
+                    return got
+    return got
+
+
+def make_data_disk(path, size, rng):
+    """Half random data, half holes, in 1 MiB extents."""
     with open(path, "wb") as f:
         f.truncate(size)
-        for off in range(0, size, block):
-            f.seek(off)
-            f.write(block_content(block, rng))
+        for off in range(0, size, MIB):
+            if rng.random() < 0.5:
+                f.seek(off)
+                f.write(rng.randbytes(min(MIB, size - off)))
 
 
-def chain(args, work):
+def scribble(path, size, fraction, rng):
+    """Random 64 KiB writes at 4 KiB-aligned offsets over `fraction` of the disk."""
+    writes = int(size * fraction / (64 * 1024))
+    with open(path, "r+b") as f:
+        for _ in range(writes):
+            f.seek(rng.randrange(0, (size - 64 * 1024) // 4096) * 4096)
+            f.write(rng.randbytes(64 * 1024))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----- peers -----
+
+class Peer:
+    """One tool: ingest each generation, then mount the last point and read its disks."""
+    name = "?"
+    mounts = True
+
+    def __init__(self, work, disks):
+        self.work = os.path.join(work, self.name.split()[0])
+        os.makedirs(self.work, exist_ok=True)
+        self.disks = disks  # {name: source path}
+        self.mnt = os.path.join(self.work, "mnt")
+        self.proc = None
+
+    def store_size(self):
+        return du(self.store)
+
+    def unmount(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for path in [self.mnt] + [self.file(d) for d in self.disks]:
+            if path and is_mounted(os.path.abspath(path)):
+                subprocess.run(["umount", "-l", path], check=False)
+        self.proc = None
+
+
+class Rpfs(Peer):
+    name = "rpfs"
+
+    def __init__(self, work, disks):
+        super().__init__(work, disks)
+        self.store = os.path.join(self.work, "store")
+        self.env = dict(os.environ, RPFS_STORE=self.store)
+        run(RPFS, "init", env=self.env)
+        args = [RPFS, "vm", "add", "vm"] + [f"--disk={d}={p}" for d, p in disks.items()]
+        run(*args, env=self.env)
+        run(RPFS, "collection", "create", "c", "--vm", "vm", env=self.env)
+        self.gen = 0
+
+    def ingest(self):
+        r = timed([RPFS, "point", "create", "c", f"g{self.gen}"], env=self.env)
+        self.gen += 1
+        return r
+
+    def mount(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        self.proc = subprocess.Popen([RPFS, "mount", self.mnt, "--foreground",
+                                      "--cache-size", CACHE_SIZE], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: is_mounted(self.mnt), "rpfs mount")
+
+    def file(self, disk):
+        return os.path.join(self.mnt, "c", f"g{self.gen - 1}", "disks", f"{disk}.img")
+
+
+class Restic(Peer):
+    name = "restic"
+
+    def __init__(self, work, disks):
+        super().__init__(work, disks)
+        self.store = os.path.join(self.work, "repo")
+        self.env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_CACHE_DIR=os.path.join(self.work, "cache"))
+        run("restic", "-r", self.store, "init", env=self.env)
+
+    def ingest(self):
+        return timed(["restic", "-r", self.store, "backup", "--quiet", *self.disks.values()], env=self.env)
+
+    def mount(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        self.proc = subprocess.Popen(["restic", "-r", self.store, "mount", self.mnt], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(os.path.join(self.mnt, "snapshots", "latest")), "restic mount")
+
+    def file(self, disk):
+        return os.path.join(self.mnt, "snapshots", "latest", self.disks[disk].lstrip("/"))
+
+
+class Borg(Peer):
+    name = "borg lz4"
+
+    def __init__(self, work, disks):
+        super().__init__(work, disks)
+        self.store = os.path.join(self.work, "repo")
+        self.env = dict(os.environ, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+                        BORG_BASE_DIR=os.path.join(self.work, "base"))
+        run("borg", "init", "-e", "none", self.store, env=self.env)
+        self.gen = 0
+
+    def ingest(self):
+        r = timed(["borg", "create", "--compression", "lz4", f"{self.store}::g{self.gen}",
+                   *self.disks.values()], env=self.env)
+        self.gen += 1
+        return r
+
+    def mount(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        self.proc = subprocess.Popen(["borg", "mount", "-f", f"{self.store}::g{self.gen - 1}", self.mnt],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: is_mounted(self.mnt) and os.path.exists(self.file(next(iter(self.disks)))),
+                 "borg mount")
+
+    def file(self, disk):
+        return os.path.join(self.mnt, self.disks[disk].lstrip("/"))
+
+
+class QemuExport(Peer):
+    """Images exported as files through qemu-storage-daemon's FUSE export."""
+
+    def images(self):
+        raise NotImplementedError
+
+    def mount(self):
+        args = ["qemu-storage-daemon"]
+        for i, (disk, (fmt, image)) in enumerate(self.images().items()):
+            export = self.file(disk)
+            open(export, "a").close()
+            args += ["--blockdev", f"driver=file,node-name=f{i},filename={image}",
+                     "--blockdev", f"driver={fmt},node-name=n{i},file=f{i}",
+                     "--export", f"type=fuse,id=e{i},node-name=n{i},mountpoint={export},writable=off"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: all(is_mounted(self.file(d)) for d in self.disks), "qemu-storage-daemon export")
+
+    def file(self, disk):
+        return os.path.join(self.work, f"export-{disk}.img")
+
+
+class Qcow2(QemuExport):
+    name = "qcow2 chain"
+
+    def __init__(self, work, disks):
+        super().__init__(work, disks)
+        self.store = os.path.join(self.work, "chain")
+        os.makedirs(self.store)
+        self.gen = 0
+
+    def image(self, disk, gen):
+        return os.path.join(self.store, f"{disk}-{gen}.qcow2")
+
+    def ingest(self):
+        # A full copy first; then, per generation, an empty overlay over the new raw image,
+        # rebased (safe mode) onto the previous chain: it ends up holding exactly the clusters
+        # that differ from the chain.
+        cmds = []
+        for d, src in self.disks.items():
+            out_img = self.image(d, self.gen)
+            if self.gen == 0:
+                cmds.append(["qemu-img", "convert", "-O", "qcow2", src, out_img])
+            else:
+                cmds.append(["qemu-img", "create", "-q", "-f", "qcow2", "-b", src, "-F", "raw", out_img])
+                cmds.append(["qemu-img", "rebase", "-q", "-b", self.image(d, self.gen - 1),
+                             "-F", "qcow2", out_img])
+        script = " && ".join(" ".join(f"'{a}'" for a in c) for c in cmds)
+        r = timed(["sh", "-c", script])
+        self.gen += 1
+        return r
+
+    def images(self):
+        return {d: ("qcow2", self.image(d, self.gen - 1)) for d in self.disks}
+
+
+class RawFuse(QemuExport):
+    name = "raw via FUSE (ceiling)"
+    store = None
+
+    def images(self):
+        return {d: ("raw", p) for d, p in self.disks.items()}
+
+
+class Raw(Peer):
+    name = "raw image (no FUSE)"
+    mounts = False
+
+    def mount(self):
+        pass
+
+    def file(self, disk):
+        return self.disks[disk]
+
+
+# ----- measures -----
+
+def seq_read(path):
+    """Sequential read of the whole file; returns bytes per second."""
+    size = os.path.getsize(path)
+    t = time.monotonic()
+    run("dd", f"if={path}", "of=/dev/null", "bs=4M")
+    return size / (time.monotonic() - t)
+
+
+def rand_read(path, runtime):
+    """4 KiB random reads (4 threads, synchronous, no readahead): IOPS and p99 latency in ms."""
+    res = out("fio", "--name=rand", f"--filename={path}", "--rw=randread", "--bs=4k",
+              "--ioengine=psync", "--numjobs=4", "--thread", "--group_reporting",
+              "--fadvise_hint=random", "--invalidate=1", f"--runtime={runtime}", "--time_based",
+              "--readonly", "--output-format=json")
+    job = json.loads(res[res.index("{"):])["jobs"][0]["read"]
+    return job["iops"], job["clat_ns"]["percentile"]["99.000000"] / 1e6
+
+
+def cmp_ok(a, b):
+    return subprocess.run(["cmp", a, b], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def peers_section(args, work):
+    rng = random.Random(4)
+    os_size, data_size = args.os_gib * GIB, args.data_gib * GIB
+    disks = {"os": os.path.join(work, "os.img"), "data": os.path.join(work, "data.img")}
+    log(f"workload: {args.os_gib} GiB OS disk ~35% full of real files, {args.data_gib} GiB data disk")
+    tree = os.path.join(work, "tree")
+    got = real_files(tree, int(os_size * 0.35))
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d", tree, disks["os"],
+        f"{os_size // 1024}k")
+    shutil.rmtree(tree)
+    make_data_disk(disks["data"], data_size, rng)
+
+    peers = [Rpfs(work, disks), Qcow2(work, disks), Restic(work, disks), Borg(work, disks)]
+    peers = [p for p in peers if args.only_peer is None or p.name.split()[0] in args.only_peer]
+    ingest = {p.name: [] for p in peers}
+    for g in range(args.generations):
+        if g > 0:
+            scribble(disks["os"], os_size, 0.02, rng)
+            scribble(disks["data"], data_size, 0.05, rng)
+        for p in peers:
+            drop_caches()
+            secs, rss = p.ingest()
+            ingest[p.name].append((secs, rss))
+            log(f"gen {g}: {p.name} {secs:.2f} s, peak {rss / MIB:.0f} MiB")
+
+    rows = []
+    readers = peers + [RawFuse(work, disks), Raw(work, disks)]
+    for p in readers:
+        r = {"name": p.name}
+        if p.name in ingest:
+            samples = ingest[p.name]
+            r["full"] = samples[0][0]
+            r["incr"] = statistics.median(s for s, _ in samples[1:]) if len(samples) > 1 else None
+            r["ingest_rss"] = max(m for _, m in samples)
+            r["store"] = p.store_size()
+        cold, warm, iops, p99 = [], [], [], []
+        ok = True
+        for rep in range(args.reps):
+            drop_caches()
+            p.mount()
+            try:
+                cold.append(seq_read(p.file("os")))
+                warm.append(seq_read(p.file("os")))
+                if rep == 0:
+                    ok = all(cmp_ok(p.file(d), disks[d]) for d in disks)
+                    r["daemon_rss"] = vm_hwm(p.proc.pid) if p.proc else None
+            finally:
+                p.unmount()
+            drop_caches()
+            p.mount()
+            try:
+                i, l = rand_read(p.file("os"), args.fio_seconds)
+                iops.append(i)
+                p99.append(l)
+            finally:
+                p.unmount()
+        r.update(cold=statistics.median(cold), warm=statistics.median(warm),
+                 iops=statistics.median(iops), p99=statistics.median(p99), identical=ok)
+        log(f"{p.name}: cold {r['cold'] / 1e6:.0f} MB/s, warm {r['warm'] / 1e6:.0f} MB/s, "
+            f"{r['iops']:.0f} IOPS p99 {r['p99']:.2f} ms, identical {ok}")
+        rows.append(r)
+    return rows
+
+
+def chain_section(args, work):
+    """Reads of point 1 and point 500 of one chain, in one reader process and through the mount."""
     size = args.chain_disk_mib * MIB
     block = 64 * 1024
-    depth = args.chain_depth
+    depth = 500
     rng = random.Random(42)
     store = os.path.join(work, "store")
     disk = os.path.join(work, "disk.img")
     env = dict(os.environ, RPFS_STORE=store)
-    write_disk(disk, size, block, rng)
+    with open(disk, "wb") as f:
+        for _ in range(size // block):
+            f.write(rng.randbytes(block) if rng.random() < 0.6 else
+                    ((b"rpfs benchmark text line %012d\n" % rng.randrange(10**12)) * 2000)[:block])
     run(RPFS, "init", env=env)
     run(RPFS, "vm", "add", "vm", "--disk", "d=" + disk, env=env)
     run(RPFS, "collection", "create", "c", "--vm", "vm", env=env)
-    t = time.monotonic()
     run(RPFS, "point", "create", "c", "p1", env=env)
-    full = time.monotonic() - t
-    incr = []
-    changes = max(1, size // block // 200)  # 0.5% of the blocks per point
+    changes = max(1, size // block // 200)
     with open(disk, "r+b") as f:
         for i in range(2, depth + 1):
             for _ in range(changes):
                 f.seek(rng.randrange(size // block) * block)
-                f.write(block_content(block, rng))
+                f.write(rng.randbytes(block))
             f.flush()
-            os.fsync(f.fileno())
-            t = time.monotonic()
-            run(RPFS, "point", "create", "c", "p%d" % i, env=env)
-            incr.append(time.monotonic() - t)
-    store_bytes = int(subprocess.run(["du", "-sb", store], check=True, capture_output=True,
-                                     text=True).stdout.split()[0])
-    cat = lambda p: f"RPFS_STORE={store} {RPFS} cat c/{p} --disk d > /dev/null"
-    first, last = cat("p1"), cat("p%d" % depth)
-    # Both reads must return the right bytes before their speed means anything.
-    for p in ("p1", "p%d" % depth):
-        got = subprocess.run(f"RPFS_STORE={store} {RPFS} cat c/{p} --disk d | wc -c", shell=True,
-                             check=True, capture_output=True, text=True).stdout.strip()
-        assert int(got) == size, f"{p}: read {got} bytes of {size}"
-    settle()
-    # One process reading repeatedly, as the mount daemon does: pass 1 opens the packs, the
-    # later passes measure resolving and decoding alone.
-    passes = json.loads(subprocess.run(
-        [READ_PASSES, store, "c", "d", str(args.runs + 1), "p1", "p%d" % depth],
-        check=True, capture_output=True, text=True).stdout)
-    steady = [statistics.median(passes[p][1:]) for p in ("p1", "p%d" % depth)]
-    opening = [passes[p][0] for p in ("p1", "p%d" % depth)]
-    warm = hyperfine([first, last], args.runs, cold=False)
-    cold = hyperfine([first, last], args.runs, cold=True) if is_root() else None
-    mbs = lambda secs: size / MIB / secs
-    rows = [
-        ("one reader process, warm page cache (median of later passes)", steady),
-        ("one reader process, first pass (opens the packs)", opening),
-        ("`rpfs cat` in a new process, warm page cache", warm),
-    ]
-    if cold:
-        rows.append(("`rpfs cat` in a new process, cold page cache", cold))
-    lines = [
-        f"### Chain depth ({args.chain_disk_mib} MiB disk, {depth} points, "
-        f"{changes} random 64 KiB blocks changed per point)",
-        "",
-        f"| sequential read of the whole disk | point 1 of {depth} | point {depth} of {depth} | "
-        f"point {depth} / point 1 |",
-        "|---|---|---|---|",
-    ]
-    for name, (a, b) in rows:
-        lines.append(f"| {name} | {mbs(a):.0f} MiB/s | {mbs(b):.0f} MiB/s | {b / a:.2f}x time |")
-    lines += [
-        "",
-        "Resolving a block (map lookup, pack table search, decode, hash check) costs the same at "
-        "any depth: compare the later passes of one reader. A new process also pays once for "
-        f"opening the packs the point references (up to {depth}: open, stat and three reads "
-        "each). Cold reads add placement: the deep point's blocks are spread over those packs, "
-        "read with as many requests in flight as there are cores.",
-        "",
-        f"Full point: {full:.2f} s ({mbs(full):.0f} MiB/s). Incremental points: median "
-        f"{statistics.median(incr) * 1000:.0f} ms (each reads and hashes the whole disk). "
-        f"Store after {depth} points: {store_bytes / MIB:.0f} MiB.",
-        "",
-    ]
-    if not cold:
-        lines.append("Cold-cache figures need root (to drop the page cache); not measured.\n")
-    return "\n".join(lines)
+            run(RPFS, "point", "create", "c", f"p{i}", env=env)
+    passes = json.loads(out(READ_PASSES, store, "c", "d", str(args.reps + 1), "p1", f"p{depth}"))
+    inproc = [statistics.median(passes[p][1:]) for p in ("p1", f"p{depth}")]
+    mnt = os.path.join(work, "mnt")
+    os.makedirs(mnt)
+    mounted = {"cold": [[], []], "warm": [[], []]}
+    for _ in range(args.reps):
+        for i, p in enumerate(("p1", f"p{depth}")):
+            drop_caches()
+            proc = subprocess.Popen([RPFS, "mount", mnt, "--foreground"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: is_mounted(mnt), "mount")
+            path = os.path.join(mnt, "c", p, "disks", "d.img")
+            mounted["cold"][i].append(size / seq_read(path))
+            mounted["warm"][i].append(size / seq_read(path))
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    return {
+        "depth": depth, "size": size, "changes": changes,
+        "inproc": inproc,
+        "cold": [statistics.median(x) for x in mounted["cold"]],
+        "warm": [statistics.median(x) for x in mounted["warm"]],
+    }
 
+
+def idle_section(args, work):
+    """A point of an unchanged VM: everything read and hashed, nothing stored."""
+    disks = {"os": os.path.join(work, "os.img"), "data": os.path.join(work, "data.img")}
+    store = os.path.join(work, "store")
+    env = dict(os.environ, RPFS_STORE=store)
+    rng = random.Random(7)
+    tree = os.path.join(work, "tree")
+    real_files(tree, int(args.idle_os_gib * GIB * 0.35))
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, disks["os"], f"{args.idle_os_gib * GIB // 1024}k")
+    shutil.rmtree(tree)
+    make_data_disk(disks["data"], args.idle_data_gib * GIB, rng)
+    run(RPFS, "init", env=env)
+    run(RPFS, "vm", "add", "vm", *[f"--disk={d}={p}" for d, p in disks.items()], env=env)
+    run(RPFS, "collection", "create", "c", "--vm", "vm", env=env)
+    run(RPFS, "point", "create", "c", "base", env=env)
+    warm, cold = [], []
+    for i in range(args.reps):
+        warm.append(timed([RPFS, "point", "create", "c", f"w{i}"], env=env)[0])
+        drop_caches()
+        cold.append(timed([RPFS, "point", "create", "c", f"c{i}"], env=env)[0])
+    return {"size": (args.idle_os_gib + args.idle_data_gib) * GIB,
+            "warm": statistics.median(warm), "cold": statistics.median(cold)}
+
+
+# ----- report -----
 
 def machine():
     cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    if dirty:
+    if subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                      capture_output=True, text=True).stdout.strip():
         commit += " with uncommitted changes"
-    version = subprocess.run([RPFS, "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-            f"{version} at commit {commit}, measured {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    versions = {
+        "rpfs": out(RPFS, "--version").strip(),
+        "restic": out("restic", "version").split(" compiled")[0],
+        "borg": out("borg", "--version").strip(),
+        "qemu": out("qemu-img", "--version").splitlines()[0],
+        "fio": out("fio", "--version").strip(),
+    }
+    mem = int(out("awk", "/MemTotal/ {print $2}", "/proc/meminfo")) // 1024 // 1024
+    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}; "
+            f"commit {commit}; " + ", ".join(versions.values()))
+
+
+def fmt_rate(b):
+    return f"{b / 1e9:.2f} GB/s" if b >= 1e9 else f"{b / 1e6:.0f} MB/s"
+
+
+def report(args, results):
+    lines = ["# rpfs benchmarks", "",
+             f"Produced by `scripts/bench.sh {' '.join(sys.argv[1:])}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M %Z')}.", "", "Machine: " + machine(), ""]
+    checks = []
+    peers = results.get("peers")
+    if peers:
+        by = {r["name"]: r for r in peers}
+        lines += [
+            f"## Peers ({args.os_gib} GiB ext4 OS disk ~35% full of real files + {args.data_gib} GiB "
+            f"data disk half random, {args.generations} generations of random 64 KiB writes over 2% / 5%)",
+            "",
+            "Medians. Ingest with the page cache dropped first; cold reads with the page cache dropped "
+            f"and a fresh daemon; random reads: fio, 4 KiB, 4 threads, {args.fio_seconds} s, cold. "
+            f"rpfs mounts with a {CACHE_SIZE} block cache.",
+            "",
+            "| peer | full point | each incremental point | store after all points | peak ingest memory "
+            "| cold sequential read | warm sequential read | 4 KiB random reads (cold) | mount daemon memory "
+            "| read back identical |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in peers:
+            cell = lambda k, f: f(r[k]) if r.get(k) is not None else "–"
+            lines.append(
+                f"| {r['name']} | {cell('full', lambda v: f'{v:.2f} s')} | {cell('incr', lambda v: f'{v:.2f} s')} "
+                f"| {cell('store', lambda v: f'{v / GIB:.2f} GiB')} | {cell('ingest_rss', lambda v: f'{v / MIB:.0f} MiB')} "
+                f"| {fmt_rate(r['cold'])} | {fmt_rate(r['warm'])} | {r['iops']:.0f} IOPS, p99 {r['p99']:.2f} ms "
+                f"| {cell('daemon_rss', lambda v: f'{v / MIB:.0f} MiB')} | {'yes' if r['identical'] else 'NO'} |")
+        rp, q, re_, bo = by.get("rpfs"), by.get("qcow2 chain"), by.get("restic"), by.get("borg lz4")
+        ceiling, raw = by.get("raw via FUSE (ceiling)"), by.get("raw image (no FUSE)")
+        def check(what, value, target, ok):
+            checks.append((what, value, target, ok))
+        if rp and q and re_ and bo:
+            check("full point vs qcow2 full copy", f"{q['full'] / rp['full']:.2f}x faster", "≥ 1x", rp["full"] <= q["full"])
+            check("full point vs restic / borg", f"{re_['full'] / rp['full']:.1f}x / {bo['full'] / rp['full']:.1f}x faster",
+                  "≥ 5x", min(re_["full"], bo["full"]) >= 5 * rp["full"])
+            check("incremental point vs qcow2 overlay", f"{q['incr'] / rp['incr']:.1f}x faster", "≥ 2x", q["incr"] >= 2 * rp["incr"])
+            check("incremental point vs restic / borg", f"{re_['incr'] / rp['incr']:.1f}x / {bo['incr'] / rp['incr']:.1f}x faster",
+                  "≥ 5x", min(re_["incr"], bo["incr"]) >= 5 * rp["incr"])
+            check("store vs qcow2 chain", f"{rp['store'] / q['store']:.2f}x", "≤ 0.85x", rp["store"] <= 0.85 * q["store"])
+            check("store vs restic / borg", f"{rp['store'] / re_['store']:.2f}x / {rp['store'] / bo['store']:.2f}x",
+                  "≤ 0.6x", rp["store"] <= 0.6 * min(re_["store"], bo["store"]))
+            check("cold sequential read vs FUSE ceiling", f"{rp['cold'] / ceiling['cold']:.2f}x", "≥ 1x", rp["cold"] >= ceiling["cold"])
+            check("cold sequential read vs restic", f"{rp['cold'] / re_['cold']:.1f}x", "≥ 4x", rp["cold"] >= 4 * re_["cold"])
+            best_peer = max(r["warm"] for r in peers if r["name"] not in ("rpfs", raw["name"]))
+            check("warm sequential read vs best peer", f"{rp['warm'] / best_peer:.2f}x", "> 1x", rp["warm"] > best_peer)
+            check("warm sequential read vs raw image", f"{rp['warm'] / raw['warm']:.2f}x", "≥ 0.6x", rp["warm"] >= 0.6 * raw["warm"])
+            check("cold random 4 KiB reads vs qcow2 chain", f"{rp['iops'] / q['iops']:.2f}x", "≥ 1x", rp["iops"] >= q["iops"])
+            check("cold random 4 KiB reads vs restic", f"{rp['iops'] / re_['iops']:.0f}x", "≥ 20x", rp["iops"] >= 20 * re_["iops"])
+            limit = int(CACHE_SIZE[:-1]) * MIB + 64 * MIB
+            check("mount daemon memory", f"{rp['daemon_rss'] / MIB:.0f} MiB", f"≤ {limit // MIB} MiB", rp["daemon_rss"] <= limit)
+        lines.append("")
+    chain = results.get("chain")
+    if chain:
+        d = chain["depth"]
+        lines += [f"## Chain depth ({chain['size'] // MIB} MiB disk, {d} points, {chain['changes']} random "
+                  "64 KiB blocks changed per point)", "",
+                  f"| sequential read of the whole disk | point 1 | point {d} | point {d} / point 1 |",
+                  "|---|---|---|---|"]
+        for label, key in [("one reader process, later passes (no cache)", "inproc"),
+                           ("through the mount, warm", "warm"), ("through the mount, cold", "cold")]:
+            a, b = chain[key]
+            lines.append(f"| {label} | {fmt_rate(chain['size'] / a)} | {fmt_rate(chain['size'] / b)} | {b / a:.2f}x time |")
+        lines.append("")
+        check("chain depth 500, reads through the mount (warm)", f"{chain['warm'][1] / chain['warm'][0]:.2f}x time",
+              "≤ 1.1x", chain["warm"][1] <= 1.1 * chain["warm"][0])
+        check("chain depth 500, one reader", f"{chain['inproc'][1] / chain['inproc'][0]:.2f}x time",
+              "≤ 1.1x", chain["inproc"][1] <= 1.1 * chain["inproc"][0])
+    idle = results.get("idle")
+    if idle:
+        lines += [f"## A point of an unchanged {idle['size'] // GIB} GiB VM", "",
+                  f"Everything read and hashed, nothing stored: {idle['warm']:.2f} s with the sources in "
+                  f"the page cache, {idle['cold']:.2f} s with it dropped.", ""]
+        check(f"unchanged {idle['size'] // GIB} GiB VM point", f"{idle['cold']:.2f} s cold", "< 3 s", idle["cold"] < 3)
+    if checks:
+        lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+        lines += [f"| {w} | {v} | {t} | {'yes' if ok else '**no**'} |" for w, v, t, ok in checks]
+        lines.append("")
+    return "\n".join(lines), checks
+
+
+def chart(path, results):
+    peers = results.get("peers")
+    if not peers:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = [("full", "full point (s)", False), ("incr", "incremental point (s)", False),
+               ("store", "store (GiB)", False), ("cold", "cold read (MB/s)", True),
+               ("warm", "warm read (MB/s)", True), ("iops", "4K random IOPS", True)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(18, 4))
+    for ax, (key, title, higher) in zip(axes, metrics):
+        rows = [r for r in peers if r.get(key) is not None]
+        scale = GIB if key == "store" else 1e6 if key in ("cold", "warm") else 1
+        ax.barh([r["name"] for r in rows], [r[key] / scale for r in rows],
+                color=["#d62728" if r["name"] == "rpfs" else "#7f7f7f" for r in rows])
+        ax.set_title(title + (" ↑" if higher else " ↓"), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--full", action="store_true", help="full-size workload")
-    p.add_argument("--only", choices=["chain"], help="run one section")
-    p.add_argument("--runs", type=int, default=9, help="repetitions per measure (median)")
+    p.add_argument("--full", action="store_true", help="the full-size workload of issue 4")
+    p.add_argument("--only", action="append", choices=["peers", "chain", "idle"], help="run these sections")
+    p.add_argument("--only-peer", action="append", help="ingest with these peers only (rpfs, qcow2, restic, borg)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each read measure (median)")
     p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    p.add_argument("--svg", default=os.path.join(ROOT, "BENCHMARKS.svg"))
     p.add_argument("--work", help="scratch directory (default: a temporary one)")
     args = p.parse_args()
-    args.chain_disk_mib = 1024 if args.full else 256
-    args.chain_depth = 500
-    work = args.work or tempfile.mkdtemp(prefix="rpfs-bench-")
+    if os.geteuid() != 0:
+        sys.exit("scripts/bench.sh needs root (page cache drops and mounts)")
+    args.os_gib, args.data_gib = (4, 1) if args.full else (1, 1)
+    args.generations = 6
+    args.fio_seconds = 15 if args.full else 8
+    args.chain_disk_mib = 256 if args.full else 64
+    args.idle_os_gib, args.idle_data_gib = (4, 1) if args.full else (1, 1)
+    work = args.work or tempfile.mkdtemp(prefix="rpfs-bench-", dir="/var/tmp")
+    results = {}
     try:
-        sections = []
-        for name, fn in [("chain", chain)]:
-            if args.only in (None, name):
+        for name, fn in [("peers", peers_section), ("chain", chain_section), ("idle", idle_section)]:
+            if args.only is None or name in args.only:
                 d = os.path.join(work, name)
                 os.makedirs(d, exist_ok=True)
-                print(f"== {name}", file=sys.stderr)
-                sections.append(fn(args, d))
-        text = "# rpfs benchmarks\n\n" + "Machine: " + machine() + "\n\n" + "\n".join(sections)
+                log(f"== {name}")
+                results[name] = fn(args, d)
+                if not args.work:
+                    shutil.rmtree(d, ignore_errors=True)
+        text, checks = report(args, results)
         with open(args.out, "w") as f:
             f.write(text)
+        chart(args.svg, results)
         print(text)
     finally:
         if not args.work:

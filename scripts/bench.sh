@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Benchmarks rpfs (and, as they are added, its peers) side by side in one run, and writes
-# BENCHMARKS.md. Usage: scripts/bench.sh [--full] [--only SECTION] [--runs N]
-# Cold-cache figures need root (they drop the page cache between runs).
+# Benchmarks rpfs side by side with its peers (restic, borg, a qcow2 chain, the raw image read
+# directly and through a FUSE export) in one run, and writes BENCHMARKS.md and BENCHMARKS.svg.
+# Usage: scripts/bench.sh [--full] [--only peers|chain|idle] [--reps N] [--work DIR]
+# Needs root: it drops the page cache between measures and mounts FUSE filesystems.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-RPFS_PACKAGES[hyperfine]=hyperfine
-RPFS_PACKAGES[python3]=python3
+RPFS_PACKAGES[restic]=restic
+RPFS_PACKAGES[borg]=borgbackup
+RPFS_PACKAGES[fio]=fio
+RPFS_PACKAGES[qemu-storage-daemon]=qemu-utils
 rpfs_install_deps
+# Debian's python3 carries the packages the bench imports (borg's FUSE binding, matplotlib).
+missing=()
+/usr/bin/python3 -c 'import llfuse' 2>/dev/null || missing+=(python3-llfuse)
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
+[ -x /usr/bin/time ] || missing+=(time)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build --release --quiet --bins --examples
-exec python3 scripts/bench.py "$@"
+exec /usr/bin/python3 scripts/bench.py "$@"

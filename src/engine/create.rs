@@ -515,14 +515,15 @@ impl Engine {
         Ok(out)
     }
 
+    /// Ingests every included disk, all at once: one disk's reads overlap another's hashing
+    /// and compression (they share the machine's cores).
     fn ingest_all(
         &self,
         plan: &Plan,
         sources: &[(Source, bool)],
         progress: &dyn Progress,
     ) -> Result<Vec<(Uuid, ingest::Ingested)>> {
-        let mut out = Vec::new();
-        for ((d, prev), (src, _)) in plan.included.iter().zip(&plan.previous).zip(sources) {
+        let one = |d: &DiskSpec, prev: &Option<Uuid>, src: &Source| {
             let previous = match prev {
                 Some(drp) => Some(Previous::load(
                     &self.shared,
@@ -534,18 +535,37 @@ impl Engine {
                 None => None,
             };
             let drp = Uuid::new_v4();
-            let i = ingest::ingest(
-                &self.shared,
-                plan.vm.id,
-                d.id,
+            let readers = ingest::READERS.div_ceil(sources.len());
+            let job = ingest::DiskJob {
+                vm: plan.vm.id,
+                disk: d.id,
                 drp,
-                src,
-                previous.as_ref(),
-                progress,
-            )?;
-            out.push((drp, i));
-        }
-        Ok(out)
+                source: src,
+                prev: previous.as_ref(),
+                readers,
+            };
+            let i = ingest::ingest(&self.shared, &job, progress)?;
+            Ok((drp, i))
+        };
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> = plan
+                .included
+                .iter()
+                .zip(&plan.previous)
+                .zip(sources)
+                .map(|((d, prev), (src, _))| scope.spawn(move || one(d, prev, src)))
+                .collect();
+            jobs.into_iter()
+                .map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Err(Error::Io {
+                            context: "ingesting a disk".into(),
+                            source: std::io::Error::other("the ingest thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        })
     }
 }
 

@@ -1,8 +1,9 @@
 //! Capturing one source disk into a disk restore point.
 //!
-//! A reader thread walks the source in batches, skipping holes with SEEK_DATA/SEEK_HOLE; each
-//! batch is hashed (and compressed where changed) on all cores; new blocks are appended to the
-//! point's pack in block order. A block whose hash equals the previous point's block at the same
+//! Reader threads read the source in batches, several at once and (where the source allows it)
+//! directly, skipping holes with SEEK_DATA/SEEK_HOLE, into a fixed pool of reused buffers; the
+//! batches are put back in order, hashed and (where changed) compressed on all cores, and new
+//! blocks are appended to the point's pack in block order. A block whose hash equals the previous point's block at the same
 //! number is not stored again: the new map points at the pack that already holds it. All-zero
 //! blocks become holes.
 //!
@@ -20,13 +21,17 @@ use super::error::{Error, Result};
 use super::progress::Progress;
 use super::read::{PackHandle, open_pack};
 use super::source::Source;
-use crate::store::block::{self, Encoded};
+use crate::store::block;
 use crate::store::blockmap::{self, BlockMap};
 use crate::store::layout;
 use crate::store::pack::PackWriter;
+use crate::store::storage::AlignedBuf;
 
-/// Upper bound on one batch handed from the reader thread to the hashing workers.
-const BATCH_BYTES: u64 = 8 << 20;
+/// Upper bound on one batch handed from a reader to the hashing workers.
+const BATCH_BYTES: u64 = 2 << 20;
+/// Reader threads of one point, shared among its disks: enough reads in flight to keep a fast
+/// device busy, not so many that they get in each other's way.
+pub(crate) const READERS: usize = 6;
 
 /// The previous disk restore point of the same disk, for change detection.
 pub(crate) struct Previous {
@@ -84,9 +89,10 @@ pub struct Ingested {
 }
 
 struct Batch {
+    index: u64,
     first: u64,
     mask: Vec<bool>,
-    data: Vec<u8>,
+    data: AlignedBuf,
     bytes_read: u64,
 }
 
@@ -94,65 +100,79 @@ enum Class {
     Hole,
     /// Unchanged: the previous point's pack slot holds it.
     Same(usize),
-    New(Encoded),
+    /// New, stored raw.
+    Raw(u128),
+    /// New, compressed into the batch's output buffer at this block's slot, this long.
+    Compressed(u128, usize),
 }
 
 /// Map entries while ingesting: 0 hole, 1 the new pack, 2 + k the previous point's slot k.
 const NEW_PACK: u32 = 1;
 
-fn read_batches(
+/// Reads batch `index` (of `per_batch` blocks) into `data`.
+fn read_batch(
     source: &Source,
     block_size: u64,
     blocks: u64,
-    tx: crossbeam_channel::Sender<Result<Batch>>,
-) {
-    let per_batch = (BATCH_BYTES / block_size).max(1);
-    let mut first = 0;
-    while first < blocks {
-        let count = per_batch.min(blocks - first);
-        let mask = source.data_blocks(first, count, block_size);
-        let mut data = vec![0u8; (count * block_size) as usize];
-        let mut bytes_read = 0;
-        let mut i = 0usize;
-        let mut result = Ok(());
-        while i < mask.len() {
-            if !mask[i] {
-                i += 1;
-                continue;
-            }
-            let run = mask[i..].iter().take_while(|m| **m).count();
-            let (from, to) = (i * block_size as usize, (i + run) * block_size as usize);
-            result = source.read_at(&mut data[from..to], (first + i as u64) * block_size);
-            if result.is_err() {
-                break;
-            }
-            bytes_read += (to - from) as u64;
-            i += run;
+    per_batch: u64,
+    index: u64,
+    mut data: AlignedBuf,
+) -> Result<Batch> {
+    let first = index * per_batch;
+    let count = per_batch.min(blocks - first);
+    let mask = source.data_blocks(first, count, block_size);
+    let mut bytes_read = 0;
+    let mut i = 0usize;
+    let buf = data.as_mut_slice();
+    while i < mask.len() {
+        if !mask[i] {
+            i += 1;
+            continue;
         }
-        let msg = result.map(|()| Batch {
-            first,
-            mask,
-            data,
-            bytes_read,
-        });
-        let failed = msg.is_err();
-        if tx.send(msg).is_err() || failed {
-            return;
-        }
-        first += count;
+        let run = mask[i..].iter().take_while(|m| **m).count();
+        let (from, to) = (i * block_size as usize, (i + run) * block_size as usize);
+        source.read_at(&mut buf[from..to], (first + i as u64) * block_size)?;
+        bytes_read += (to - from) as u64;
+        i += run;
     }
+    Ok(Batch {
+        index,
+        first,
+        mask,
+        data,
+        bytes_read,
+    })
 }
 
-/// Captures `source` as disk restore point `drp` of disk chain `disk`.
+/// One disk to capture: the source, as disk restore point `drp` of disk chain `disk` of `vm`,
+/// against the previous point of that disk, with `readers` reader threads.
+pub(crate) struct DiskJob<'a> {
+    pub vm: Uuid,
+    pub disk: Uuid,
+    pub drp: Uuid,
+    pub source: &'a Source,
+    pub prev: Option<&'a Previous>,
+    pub readers: usize,
+}
+
+/// Captures one disk; see [`DiskJob`].
 pub(crate) fn ingest(
     shared: &Shared,
-    vm: Uuid,
-    disk: Uuid,
-    drp: Uuid,
-    source: &Source,
-    prev: Option<&Previous>,
+    job: &DiskJob<'_>,
     progress: &dyn Progress,
 ) -> Result<Ingested> {
+    let DiskJob {
+        vm,
+        disk,
+        drp,
+        source,
+        prev,
+        readers,
+    } = *job;
+    let readers = readers.max(1);
+    // Batch buffers in circulation (readers' and the consumer's): memory is bounded by
+    // buffers × BATCH_BYTES.
+    let buffers = readers + 3;
     let bs = shared.header.block_size;
     let bsz = u64::from(bs);
     let size = source.info.size;
@@ -172,60 +192,109 @@ pub(crate) fn ingest(
     let mut new_blocks = 0u64;
     let mut bytes_read = 0u64;
 
-    let (tx, rx) = crossbeam_channel::bounded(2);
+    let per_batch = (BATCH_BYTES / bsz).max(1);
+    let batches = blocks.div_ceil(per_batch);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(buffers);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(buffers);
+    for _ in 0..buffers {
+        let _ = free_tx.send(AlignedBuf::new((per_batch * bsz) as usize));
+    }
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let mut out = vec![0u8; (per_batch * bsz) as usize];
     std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || read_batches(source, bsz, blocks, tx));
-        for msg in rx {
+        // Owned here, so they are dropped when this closure returns, even early with an error:
+        // readers waiting on them then wake up and end, and the scope can join them.
+        let (tx, rx, free_tx, free_rx) = (tx, rx, free_tx, free_rx);
+        for _ in 0..readers {
+            let (tx, free_rx, next) = (tx.clone(), free_rx.clone(), &next);
+            scope.spawn(move || {
+                // Take a buffer before a batch number: whoever holds the batch the consumer
+                // waits for always has a buffer to read it into.
+                while let Ok(buf) = free_rx.recv() {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if index >= batches {
+                        return;
+                    }
+                    let batch = read_batch(source, bsz, blocks, per_batch, index, buf);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((tx, free_rx));
+        // Batches arrive in any order; they are processed in order.
+        let mut waiting: std::collections::BTreeMap<u64, Batch> = std::collections::BTreeMap::new();
+        let mut expected = 0;
+        for msg in rx.iter() {
             let batch = msg?;
-            bytes_read += batch.bytes_read;
-            let classes: Vec<Class> = batch
-                .data
-                .par_chunks(bs as usize)
-                .zip(batch.mask.par_iter())
-                .enumerate()
-                .map(|(i, (data, &present))| {
+            waiting.insert(batch.index, batch);
+            while let Some(batch) = waiting.remove(&expected) {
+                expected += 1;
+                bytes_read += batch.bytes_read;
+                let data = batch.data.as_slice();
+                let classes: Vec<Class> = data
+                    .par_chunks(bs as usize)
+                    .zip(out.par_chunks_mut(bs as usize))
+                    .zip(batch.mask.par_iter())
+                    .enumerate()
+                    .map(|(i, ((block_data, dst), &present))| {
+                        let b = batch.first + i as u64;
+                        if !present {
+                            return Class::Hole;
+                        }
+                        let h = block::hash(block_data);
+                        if h == zero_hash && block::is_zero(block_data) {
+                            return Class::Hole;
+                        }
+                        match prev.and_then(|p| p.stored(b)) {
+                            Some((slot, ph)) if ph == h => Class::Same(slot),
+                            _ => match block::compress_into(block_data, dst) {
+                                Some(n) => Class::Compressed(h, n),
+                                None => Class::Raw(h),
+                            },
+                        }
+                    })
+                    .collect();
+                for (i, class) in classes.into_iter().enumerate() {
                     let b = batch.first + i as u64;
-                    if !present {
-                        return Class::Hole;
-                    }
-                    let h = block::hash(data);
-                    if h == zero_hash && block::is_zero(data) {
-                        return Class::Hole;
-                    }
-                    match prev.and_then(|p| p.stored(b)) {
-                        Some((slot, ph)) if ph == h => Class::Same(slot),
-                        _ => Class::New(block::encode(data, h)),
-                    }
-                })
-                .collect();
-            for (i, class) in classes.into_iter().enumerate() {
-                let b = batch.first + i as u64;
-                entries[b as usize] = match class {
-                    Class::Hole => 0,
-                    Class::Same(slot) => 2 + slot as u32,
-                    Class::New(enc) => {
-                        let writer = match &mut pack {
-                            Some(w) => w,
-                            None => {
-                                let out = shared
-                                    .storage
-                                    .create(&pack_key)
-                                    .map_err(Error::io(format!("creating {pack_key}")))?;
-                                pack.insert(
-                                    PackWriter::new(out, drp, bs)
-                                        .map_err(Error::io(format!("writing {pack_key}")))?,
-                                )
-                            }
-                        };
-                        writer
-                            .append(b, &enc.bytes, enc.compressed, enc.hash)
-                            .map_err(Error::io(format!("writing {pack_key}")))?;
-                        new_blocks += 1;
-                        NEW_PACK
-                    }
-                };
+                    let at = i * bs as usize;
+                    let (stored, compressed, hash) = match class {
+                        Class::Hole => {
+                            entries[b as usize] = 0;
+                            continue;
+                        }
+                        Class::Same(slot) => {
+                            entries[b as usize] = 2 + slot as u32;
+                            continue;
+                        }
+                        Class::Raw(h) => (&data[at..at + bs as usize], false, h),
+                        Class::Compressed(h, n) => (&out[at..at + n], true, h),
+                    };
+                    let writer = match &mut pack {
+                        Some(w) => w,
+                        None => {
+                            let o = shared
+                                .storage
+                                .create(&pack_key)
+                                .map_err(Error::io(format!("creating {pack_key}")))?;
+                            pack.insert(
+                                PackWriter::new(o, drp, bs)
+                                    .map_err(Error::io(format!("writing {pack_key}")))?,
+                            )
+                        }
+                    };
+                    writer
+                        .append(b, stored, compressed, hash)
+                        .map_err(Error::io(format!("writing {pack_key}")))?;
+                    new_blocks += 1;
+                    entries[b as usize] = NEW_PACK;
+                }
+                progress.advance((batch.mask.len() as u64 * bsz).min(size - batch.first * bsz));
+                // The buffer goes back to the readers; they may all have finished.
+                let _ = free_tx.send(batch.data);
             }
-            progress.advance((batch.mask.len() as u64 * bsz).min(size - batch.first * bsz));
         }
         Ok(())
     })?;

@@ -3,6 +3,11 @@
 //! Resolving a byte offset costs the same at any chain depth: block number → the point's own
 //! complete block map → pack → pack table (binary search) → block cache or one read + decode.
 //!
+//! Caching: every read looks in the block cache; a block decoded for a read of only part of it
+//! is kept there (its other parts are likely next, as with 4 KiB random reads), while a block
+//! read whole goes straight into the caller's buffer and is not kept (the caller, or the
+//! kernel's page cache above the mount, has it).
+//!
 //! Invariants: a read never returns bytes whose hash does not match the stored hash; a damaged
 //! block fails only the reads that touch it; holes read as zeros without touching storage. Pack
 //! handles are shared between images through [`PackRegistry`] so each pack is opened and its
@@ -200,6 +205,13 @@ impl DiskImage {
     /// Writes the content of `block` into `out` (exactly one block): zeros for a hole, else the
     /// decoded, hash-checked block, from the cache or decoded straight into `out`.
     pub fn read_block(&self, block: u64, out: &mut [u8]) -> Result<()> {
+        self.fetch_block(block, out, false)
+    }
+
+    /// Like [`DiskImage::read_block`]; `keep` puts a decoded block in the cache. Whole-block
+    /// reads do not: whoever asked for a whole block has it (the kernel keeps it in its page
+    /// cache), while a block read in parts will likely be asked for again.
+    fn fetch_block(&self, block: u64, out: &mut [u8], keep: bool) -> Result<()> {
         let Some(&entry) = usize::try_from(block)
             .ok()
             .and_then(|b| self.map.entries.get(b))
@@ -239,7 +251,7 @@ impl DiskImage {
                     self.block_error(block, BlockCause::Damage(format!("{}: {d}", handle.key)))
                 }
             })?;
-        if self.shared.cache.capacity() > 0 {
+        if keep && self.shared.cache.capacity() > 0 {
             self.shared.cache.insert(key, Arc::from(&*out));
         }
         Ok(())
@@ -253,7 +265,7 @@ impl DiskImage {
         }
         PARTIAL.with_borrow_mut(|tmp| {
             tmp.resize(bs, 0);
-            self.read_block(block, tmp)?;
+            self.fetch_block(block, tmp, true)?;
             dest.copy_from_slice(&tmp[from..from + dest.len()]);
             Ok(())
         })

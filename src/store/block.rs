@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 /// zstd level for new blocks: level 1 keeps ingest near disk speed and still halves typical
 /// filesystem data.
-pub const ZSTD_LEVEL: i32 = 1;
+pub const ZSTD_LEVEL: i32 = -1;
 
 /// A block is stored raw unless compression saves at least 1/32 of it; raw blocks read faster.
 const MIN_SAVING_DIVISOR: usize = 32;
@@ -39,27 +39,39 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Compresses `data` (whose hash is `hash`) if that saves enough, else keeps it raw.
-pub fn encode(data: &[u8], hash: u128) -> Encoded {
-    let compressed = COMPRESSOR.with(|cell| {
+/// Room [`compress_into`] needs for a block of `len` bytes.
+pub fn compressed_capacity(len: usize) -> usize {
+    len - len / MIN_SAVING_DIVISOR
+}
+
+/// Compresses `data` into `dst` (at least [`compressed_capacity`] bytes) and returns the
+/// compressed length, or `None` when compression does not save enough: store the block raw.
+pub fn compress_into(data: &[u8], dst: &mut [u8]) -> Option<usize> {
+    COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
-        let c = slot.as_mut()?;
-        let mut out = vec![0u8; limit];
+        let limit = compressed_capacity(data.len()).min(dst.len());
         // A frame that does not fit in `limit` fails with "destination too small": store raw.
-        let n = c.compress_to_buffer(data, &mut out[..]).ok()?;
-        out.truncate(n);
-        Some(out)
-    });
-    match compressed {
-        Some(bytes) => Encoded {
-            hash,
-            compressed: true,
-            bytes,
-        },
+        slot.as_mut()?
+            .compress_to_buffer(data, &mut dst[..limit])
+            .ok()
+    })
+}
+
+/// Compresses `data` (whose hash is `hash`) if that saves enough, else keeps it raw.
+pub fn encode(data: &[u8], hash: u128) -> Encoded {
+    let mut out = vec![0u8; compressed_capacity(data.len())];
+    match compress_into(data, &mut out) {
+        Some(n) => {
+            out.truncate(n);
+            Encoded {
+                hash,
+                compressed: true,
+                bytes: out,
+            }
+        }
         None => Encoded {
             hash,
             compressed: false,

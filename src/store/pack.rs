@@ -41,6 +41,8 @@ pub const ENTRY_LEN: usize = 40;
 /// Size of the fixed trailer.
 pub const TRAILER_LEN: usize = 32;
 const FLAG_ZSTD: u32 = 1;
+/// A pack being written starts writeback every this many bytes (see `start_writeback`).
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 const _: () = assert!(HEADER_LEN == 8 + 2 + 2 + 4 + 16 + 28 + 4);
 const _: () = assert!(ENTRY_LEN == 8 + 8 + 4 + 4 + 16);
@@ -98,6 +100,9 @@ impl PackWriter {
         let stored_len = u32::try_from(stored.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "stored block too large"))?;
         self.out.write_all(stored)?;
+        if self.pos / WRITEBACK_EVERY != (self.pos + stored.len() as u64) / WRITEBACK_EVERY {
+            self.out.start_writeback()?;
+        }
         self.entries.push(PackEntry {
             block,
             offset: self.pos,

@@ -16,12 +16,48 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Suffix of in-flight temporary objects; anything ending in it is garbage after a crash.
 pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Alignment of buffers, offsets and lengths for direct (O_DIRECT) I/O.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer whose start is aligned for direct I/O, made safely by over-allocating.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + DIRECT_ALIGN];
+        // For a byte pointer `align_offset` always succeeds, within the DIRECT_ALIGN spare bytes.
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { raw, start, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
 
 /// A published object opened for random-access reads.
 pub trait Object: Send + Sync + fmt::Debug {
@@ -41,6 +77,11 @@ pub trait ObjectWriter: Write + Send {
     /// Makes the object durable and publishes it under its key, replacing any previous object.
     /// Returns the object's length.
     fn commit(self: Box<Self>) -> io::Result<u64>;
+    /// Hints that what was written so far will not be read back soon and should start on its
+    /// way to stable storage, so the final commit has less to wait for. May do nothing.
+    fn start_writeback(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An exclusive lock; released when dropped (or when the process dies).
@@ -191,37 +232,189 @@ impl Object for LocalObject {
     }
 }
 
+/// Bytes a writer stages before writing them out; with direct I/O, the unit of each write.
+const STAGE: usize = 4 << 20;
+/// Staging buffers per writer: one being filled while the other is written.
+const STAGES: usize = 2;
+
+/// Writes full staging buffers in the background, directly where the filesystem allows it.
+struct StageWriter {
+    full: crossbeam_channel::Sender<(AlignedBuf, u64)>,
+    empty: crossbeam_channel::Receiver<AlignedBuf>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl StageWriter {
+    fn start(file: Arc<File>, direct: File) -> io::Result<StageWriter> {
+        let (full, full_rx) = crossbeam_channel::bounded::<(AlignedBuf, u64)>(STAGES);
+        let (empty_tx, empty) = crossbeam_channel::bounded(STAGES);
+        for _ in 0..STAGES {
+            let _ = empty_tx.send(AlignedBuf::new(STAGE));
+        }
+        let thread = std::thread::Builder::new()
+            .name("rpfs-writer".into())
+            .spawn(move || -> io::Result<()> {
+                let mut direct = Some(direct);
+                for (buf, offset) in full_rx {
+                    let mut done = false;
+                    if let Some(d) = &direct {
+                        match d.write_all_at(buf.as_slice(), offset) {
+                            Ok(()) => done = true,
+                            // The filesystem refused this direct write after all: go buffered.
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => direct = None,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if !done {
+                        file.write_all_at(buf.as_slice(), offset)?;
+                    }
+                    // The writer may be gone (dropped without commit): then so is the buffer.
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(())
+            })?;
+        Ok(StageWriter {
+            full,
+            empty,
+            thread,
+        })
+    }
+
+    /// Waits for every write handed over, and says how they went.
+    fn finish(self) -> io::Result<()> {
+        drop(self.full);
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the writer thread panicked"))?
+    }
+}
+
 /// Writes to `<key>.<random>.tmp`, then fsync, rename over the key, fsync the directory.
+///
+/// Bytes are staged in aligned buffers. On filesystems that take O_DIRECT, each full buffer is
+/// written directly by a background thread while the next one fills: no copy through the page
+/// cache, and the data is on disk by the time commit fsyncs. Elsewhere, and for the unaligned
+/// tail at commit, writes go through the page cache.
 struct LocalWriter {
-    file: Option<io::BufWriter<File>>,
+    /// Descriptor for buffered writes, the tail and fsync.
+    file: Option<Arc<File>>,
+    background: Option<StageWriter>,
+    /// Whether a background direct writer was tried already.
+    tried_direct: bool,
+    stage: Option<AlignedBuf>,
+    staged: usize,
+    /// Bytes handed out for writing so far.
+    offset: u64,
     temp: PathBuf,
     dest: PathBuf,
+    /// Bytes already handed to writeback by `start_writeback`.
+    written_back: u64,
+}
+
+impl LocalWriter {
+    /// Hands the full staging buffer over (or writes it, without a background writer).
+    fn write_stage(&mut self) -> io::Result<()> {
+        let Some(stage) = self.stage.take() else {
+            return Ok(());
+        };
+        let offset = self.offset;
+        self.offset += self.staged as u64;
+        let staged = std::mem::take(&mut self.staged);
+        if staged == STAGE && self.background.is_none() && !self.tried_direct {
+            // A large object: write it directly from a background thread, if the filesystem
+            // takes O_DIRECT (tmpfs does not).
+            self.tried_direct = true;
+            let direct = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.temp);
+            if let (Ok(direct), Some(file)) = (direct, &self.file) {
+                self.background = Some(StageWriter::start(file.clone(), direct)?);
+            }
+        }
+        if let Some(bg) = &self.background
+            && staged == STAGE
+        {
+            if bg.full.send((stage, offset)).is_err() {
+                // The background writer stopped on an error: finish() reports it.
+                return self.background.take().map_or(Ok(()), StageWriter::finish);
+            }
+            return Ok(());
+        }
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("writer committed"))?;
+        file.write_all_at(&stage.as_slice()[..staged], offset)?;
+        self.stage = Some(stage);
+        Ok(())
+    }
 }
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.file {
-            Some(f) => f.write(buf),
-            None => Err(io::Error::other("writer already committed")),
+        if self.file.is_none() {
+            return Err(io::Error::other("writer already committed"));
         }
+        if self.stage.is_none() {
+            let recycled = match &self.background {
+                Some(bg) => bg.empty.recv().ok(),
+                None => None,
+            };
+            self.stage = Some(recycled.unwrap_or_else(|| AlignedBuf::new(STAGE)));
+        }
+        let stage = self
+            .stage
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no staging buffer"))?;
+        let n = buf.len().min(STAGE - self.staged);
+        stage.as_mut_slice()[self.staged..self.staged + n].copy_from_slice(&buf[..n]);
+        self.staged += n;
+        if self.staged == STAGE {
+            self.write_stage()?;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
+        // Staged bytes are written at the next full buffer or at commit; nothing is owed now.
+        Ok(())
     }
 }
 
 impl ObjectWriter for LocalWriter {
+    fn start_writeback(&mut self) -> io::Result<()> {
+        if self.background.is_some() {
+            // Direct writes are already on their way.
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        // POSIX_FADV_DONTNEED starts asynchronous writeback of the dirty range (and drops what
+        // is clean): the data is on its way before commit's fsync has to wait for it.
+        let _ = nix::fcntl::posix_fadvise(
+            &**file,
+            self.written_back as i64,
+            (self.offset - self.written_back) as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.written_back = self.offset;
+        Ok(())
+    }
+
     fn commit(mut self: Box<Self>) -> io::Result<u64> {
-        let buffered = self
+        // Everything handed to the background writer first, then the tail, buffered: direct
+        // writes need aligned lengths.
+        if let Some(bg) = self.background.take() {
+            bg.finish()?;
+        }
+        self.write_stage()?;
+        let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("writer already committed"))?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        let len = file.metadata()?.len();
+        let len = self.offset;
         drop(file);
         fs::rename(&self.temp, &self.dest)?;
         if let Some(dir) = self.dest.parent() {
@@ -233,6 +426,9 @@ impl ObjectWriter for LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
+        if let Some(bg) = self.background.take() {
+            let _ = bg.finish();
+        }
         if self.file.take().is_some() {
             // Not committed: the temporary is garbage. Failing to remove it is harmless, recovery
             // removes `*.tmp` files.
@@ -262,14 +458,22 @@ impl Storage for LocalStorage {
         let dest = self.path(key)?;
         self.ensure_parent(&dest)?;
         let temp = temp_path(&dest);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+        let file = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?,
+        );
         Ok(Box::new(LocalWriter {
-            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(file),
+            background: None,
+            tried_direct: false,
+            stage: None,
+            staged: 0,
+            offset: 0,
             temp,
             dest,
+            written_back: 0,
         }))
     }
 
