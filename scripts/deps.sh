@@ -10,7 +10,8 @@ declare -A RPFS_PACKAGES=(
   [mkfs.xfs]=xfsprogs
   [losetup]=mount [mount]=mount
   [fusermount3]=fuse3
-  [setpriv]=util-linux
+  [setpriv]=util-linux [prlimit]=util-linux
+  [strace]=strace
   [python3]=python3
 )
 

@@ -9,5 +9,7 @@
 
 pub mod engine;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod store;
 pub mod vfs;

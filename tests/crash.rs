@@ -1,7 +1,10 @@
 //! Crash tests: the `rpfs` CLI is killed with SIGKILL at random moments while it creates or
 //! deletes a point. After every kill the store must open (running recovery), pass
 //! `check --read-data` with no leftovers, show no partial point, and still hold every committed
-//! point byte for byte.
+//! point byte for byte. The mount daemon is killed likewise while `mkdir` or `rmdir` through
+//! the mount creates or deletes a point.
+//!
+//! `RPFS_KILLS` sets the number of kills per test (default 24; `scripts/soak.sh` runs 50).
 
 mod common;
 
@@ -9,13 +12,16 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::mount::{MountGuard, fuse_or_skip};
 use common::*;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rpfs::engine::Engine;
 use rpfs::engine::progress::Silent;
 
-const KILLS: usize = 24;
+fn kills() -> usize {
+    env_count("RPFS_KILLS", 24)
+}
 
 struct Fixture {
     ts: TestStore,
@@ -143,7 +149,8 @@ fn killed_creations_never_expose_or_lose_a_point() {
     f.committed.insert("timing".into(), hash(&f.content));
     let window = f.window(op);
     let (mut survived, mut mid) = (0, 0);
-    for i in 0..KILLS {
+    let kills = kills();
+    for i in 0..kills {
         change_blocks(&disk, &mut f.content, 64 * KIB, 0.3, &mut rng);
         let name = format!("k{i}");
         let (finished, pending) =
@@ -159,7 +166,7 @@ fn killed_creations_never_expose_or_lose_a_point() {
         }
     }
     eprintln!(
-        "{survived} of {KILLS} creations committed before the kill, {mid} killed mid-operation"
+        "{survived} of {kills} creations committed before the kill, {mid} killed mid-operation"
     );
     assert!(mid > 0, "no kill landed inside a creation");
 }
@@ -180,7 +187,8 @@ fn killed_deletions_never_change_the_other_points() {
     f.committed.remove(&probe);
     let window = f.window(op);
     let (mut deleted, mut mid) = (0, 0);
-    for i in 0..KILLS {
+    let kills = kills();
+    for i in 0..kills {
         // Keep the chain long enough, with new data in every point.
         change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
         let name = format!("n{i}");
@@ -205,7 +213,64 @@ fn killed_deletions_never_change_the_other_points() {
         }
     }
     eprintln!(
-        "{deleted} of {KILLS} deletions committed before the kill, {mid} killed mid-operation"
+        "{deleted} of {kills} deletions committed before the kill, {mid} killed mid-operation"
     );
     assert!(mid > 0, "no kill landed inside a deletion");
+}
+
+#[test]
+fn killed_mount_daemons_never_expose_or_lose_a_point() {
+    if !fuse_or_skip("killed_mount_daemons_never_expose_or_lose_a_point") {
+        return;
+    }
+    let mut rng = rng(seed());
+    let mut f = Fixture::new(&mut rng);
+    let disk = f.disk.clone();
+    // Time a creation and a deletion through the mount, as the kills will run them.
+    let m = MountGuard::new(&f.ts.store_path(), &["--allow-delete"]);
+    let start = Instant::now();
+    std::fs::create_dir(m.path("c1/timing")).expect("mkdir through the mount");
+    let op = start.elapsed();
+    std::fs::remove_dir(m.path("c1/timing")).expect("rmdir through the mount");
+    drop(m);
+    let (mut created, mut deleted, mut mid) = (0, 0, 0);
+    let kills = kills();
+    for i in 0..kills {
+        change_blocks(&disk, &mut f.content, 64 * KIB, 0.3, &mut rng);
+        let h = hash(&f.content);
+        let m = MountGuard::new(&f.ts.store_path(), &["--allow-delete"]);
+        // Alternate creations and deletions.
+        let (creating, name, h) = match f.committed.keys().last().cloned() {
+            Some(victim) if i % 2 == 1 => {
+                let h = f.committed.remove(&victim).expect("victim");
+                (false, victim, h)
+            }
+            _ => (true, format!("m{i}"), h),
+        };
+        let target = format!("c1/{name}");
+        let mut client = Command::new(if creating { "mkdir" } else { "rmdir" })
+            .arg(m.path(&target))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client");
+        std::thread::sleep(op.mul_f64(rng.random_range(0.0..1.2)));
+        let _ = Command::new("kill")
+            .args(["-9", &m.pid().to_string()])
+            .status();
+        let _ = client.wait();
+        drop(m);
+        mid += usize::from(f.ts.snapshot().keys().any(|k| k.ends_with("pending.json")));
+        let engine = f.verify(Some((&name, h)));
+        if Fixture::names(&engine).contains(&name) {
+            created += usize::from(creating);
+            f.committed.insert(name, h);
+        } else {
+            deleted += usize::from(!creating);
+        }
+    }
+    eprintln!(
+        "{kills} daemon kills: {created} creations and {deleted} deletions committed first, \
+         {mid} killed mid-operation"
+    );
+    assert!(mid > 0, "no kill landed inside an operation");
 }

@@ -764,7 +764,15 @@ fn allow_other_lets_others_read_but_only_root_and_the_owner_change() {
         String::from_utf8_lossy(&out.stdout).trim(),
         (64 * KIB).to_string()
     );
+    // Refusals start no work: the store is untouched.
+    let before = ts.snapshot();
     let out = as_nobody(&m, "mkdir c/q");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // Mode bits are the kernel's to enforce: directories are r-x for others.
+    let out = as_nobody(&m, "touch c/p/x");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
         "{out:?}"
@@ -775,6 +783,7 @@ fn allow_other_lets_others_read_but_only_root_and_the_owner_change() {
         "{out:?}"
     );
     assert!(m.path("c/p").exists());
+    assert_unchanged(&before, &ts.snapshot(), "refused mkdir and rmdir");
     fs::create_dir(m.path("c/byroot")).expect("root may mkdir");
     drop(m);
 

@@ -360,3 +360,39 @@ fn create_result(engine: &rpfs::engine::Engine, coll: &str) -> Result<(), ErrorK
         Err(e) => Err(e.kind()),
     }
 }
+
+#[test]
+fn a_creation_the_store_has_no_room_for_is_refused_before_any_work() {
+    if !root_or_skip("a_creation_the_store_has_no_room_for_is_refused_before_any_work") {
+        return;
+    }
+    let small = SmallFs::new(300);
+    let store = small.mnt.join("store");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.img");
+    // 400 MiB allocated (unwritten extents count): a full copy may need all of it.
+    sh(&format!("fallocate -l 400M '{}'", disk.display()));
+    expect_exit(rpfs_at(&store).arg("init"), 0);
+    expect_exit(
+        rpfs_at(&store)
+            .args(["vm", "add", "vm"])
+            .arg(format!("--disk=d={}", disk.display())),
+        0,
+    );
+    expect_exit(
+        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
+        0,
+    );
+    let before = snapshot(&store);
+    let (_, err) = expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 11);
+    assert_mentions(
+        &err,
+        &[
+            "not enough space",
+            "restore point 'p1'",
+            "MiB free",
+            "full copy of disk 'd'",
+        ],
+    );
+    assert_unchanged(&before, &snapshot(&store), "a refused creation");
+}

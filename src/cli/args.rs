@@ -66,6 +66,13 @@ pub enum Command {
         /// Also read every stored block and verify its hash
         #[arg(long)]
         read_data: bool,
+        /// Find what no committed point references (reading every block) and say what would
+        /// be removed; with --yes, remove it. Damaged points are named, never removed
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: remove, rather than only list
+        #[arg(long, requires = "repair")]
+        yes: bool,
     },
 }
 

@@ -6,6 +6,7 @@ mod mount;
 mod output;
 mod progress;
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub mod exit {
     pub const NOT_EMPTY: i32 = 8;
     pub const SCRIPT: i32 = 9;
     pub const DAMAGED: i32 = 10;
+    pub const NO_SPACE: i32 = 11;
 }
 
 /// An error on its way out, with its exit code.
@@ -57,6 +59,7 @@ impl From<Error> for Failure {
             ErrorKind::Busy => exit::BUSY,
             ErrorKind::Unsupported => exit::UNSUPPORTED,
             ErrorKind::NotEmpty => exit::NOT_EMPTY,
+            ErrorKind::NoSpace => exit::NO_SPACE,
             ErrorKind::Script => exit::SCRIPT,
             ErrorKind::Corrupt => exit::DAMAGED,
             ErrorKind::Io => exit::FAILURE,
@@ -170,37 +173,77 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cat { point, disk } => cat(&open_store(&dir)?, &point, &disk),
         Command::Mount(args) => mount::mount(&dir, args),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
-        Command::Check { read_data } => {
-            let engine = open_store(&dir)?;
-            let started = Instant::now();
-            let report = engine.check(read_data, &Bar::new())?;
-            for p in &report.problems {
-                eprintln!("problem: {p}");
-            }
-            say!(
-                "checked {} VMs, {} collections, {} restore points, {} disk restore points, {} packs{}: {} problems, {:.2} s",
-                report.vms,
-                report.collections,
-                report.points,
-                report.disk_points,
-                report.packs,
-                if read_data {
-                    format!(", {} blocks verified", report.blocks_verified)
-                } else {
-                    String::new()
-                },
-                report.problems.len(),
-                started.elapsed().as_secs_f64()
-            );
-            if report.problems.is_empty() {
-                Ok(())
+        Command::Check {
+            read_data,
+            repair,
+            yes,
+        } => check(&open_store(&dir)?, read_data, repair, yes),
+    }
+}
+
+/// `rpfs check [--read-data] [--repair [--yes]]`.
+fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<(), Failure> {
+    let started = Instant::now();
+    let report = if repair {
+        engine.repair(yes, &Bar::new())?
+    } else {
+        engine.check(read_data, &Bar::new())?
+    };
+    let unreachable: HashSet<&String> = report.unreachable.iter().collect();
+    let mut remaining = 0;
+    for p in &report.problems {
+        // A repair speaks of the unreachable files itself, below.
+        if repair && report.unreachable.iter().any(|u| p.starts_with(u.as_str())) {
+            continue;
+        }
+        remaining += 1;
+        eprintln!("problem: {p}");
+    }
+    if repair {
+        for key in &report.unreachable {
+            if yes {
+                say!("removed {key} (referenced by no committed point)");
             } else {
-                Err(failure(
-                    exit::DAMAGED,
-                    format!("check found {} problems", report.problems.len()),
-                ))
+                say!("would remove {key} (referenced by no committed point)");
             }
         }
+        for p in &report.damaged_points {
+            say!(
+                "cannot keep restore point {p} whole: it is damaged (see the problems above); delete it or restore what still reads"
+            );
+        }
+    }
+    say!(
+        "checked {} VMs, {} collections, {} restore points, {} disk restore points, {} packs{}: {} problems{}, {:.2} s",
+        report.vms,
+        report.collections,
+        report.points,
+        report.disk_points,
+        report.packs,
+        if read_data || repair {
+            format!(", {} blocks verified", report.blocks_verified)
+        } else {
+            String::new()
+        },
+        remaining,
+        match (repair, yes) {
+            (false, _) => String::new(),
+            (true, false) => format!(
+                ", {} unreachable files to remove (run again with --yes)",
+                unreachable.len()
+            ),
+            (true, true) => format!(", {} unreachable files removed", report.removed.len()),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    // A dry run that found files to remove has something left to do, like a problem.
+    if remaining > 0 || (repair && !yes && !unreachable.is_empty()) {
+        Err(failure(
+            exit::DAMAGED,
+            format!("check found {} problems", remaining.max(unreachable.len())),
+        ))
+    } else {
+        Ok(())
     }
 }
 

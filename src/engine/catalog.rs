@@ -83,7 +83,7 @@ pub fn load_collections(storage: &dyn Storage, vm: Uuid) -> Result<Vec<Collectio
 
 /// Reads the records `<id>.json` of `kind` in `dir`, keeping what is readable and naming the
 /// rest in `damaged`. I/O errors other than damage still fail.
-fn load_lenient<T: serde::de::DeserializeOwned>(
+fn load_lenient<T: serde::de::DeserializeOwned + crate::store::records::Record>(
     storage: &dyn Storage,
     dir: &str,
     kind: &str,

@@ -9,8 +9,13 @@
 //! Invariants: check never stops at the first problem; it reports each one with the point, disk
 //! and block affected. It takes each VM's lock (waiting for it) so it never sees an operation
 //! half done, and it changes nothing.
+//!
+//! Repair ([`Engine::repair`]) is check with `read_data`, then, still under the VM's lock, the
+//! removal of the files no committed point references. It never removes a record, map, pack or
+//! configuration a committed point references, so every point check finds intact stays intact;
+//! points with damage are named, not removed. A second repair finds nothing to remove.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rayon::prelude::*;
 use uuid::Uuid;
@@ -21,7 +26,7 @@ use super::{Engine, MAX_POINTS_PER_VM, catalog};
 use crate::store::blockmap::BlockMap;
 use crate::store::pack::{PackError, PackIndex};
 use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
-use crate::store::storage::{Object, Storage, TEMP_SUFFIX};
+use crate::store::storage::{Object, Storage, TEMP_SUFFIX, remove_if_present};
 use crate::store::{envelope, kind, layout, read_record};
 
 /// What `check` found.
@@ -36,6 +41,13 @@ pub struct CheckReport {
     pub bytes_verified: u64,
     /// One line per problem; empty when the store is sound.
     pub problems: Vec<String>,
+    /// Keys of files no committed point references: temporaries, maps and packs left behind,
+    /// configurations of no point, files the store does not know.
+    pub unreachable: Vec<String>,
+    /// Points with a problem of their own ("c/p1"); a repair cannot make them whole.
+    pub damaged_points: BTreeSet<String>,
+    /// Files a repair removed.
+    pub removed: Vec<String>,
 }
 
 /// Formats sorted block numbers as ranges: "3, 17-19".
@@ -65,6 +77,21 @@ struct LoadedPack {
 impl Engine {
     /// Checks the store; see the module documentation.
     pub fn check(&self, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+        self.check_and_repair(read_data, false, progress)
+    }
+
+    /// Checks the store reading every block and, with `apply`, removes the unreachable files it
+    /// found; see the module documentation.
+    pub fn repair(&self, apply: bool, progress: &dyn Progress) -> Result<CheckReport> {
+        self.check_and_repair(true, apply, progress)
+    }
+
+    fn check_and_repair(
+        &self,
+        read_data: bool,
+        apply: bool,
+        progress: &dyn Progress,
+    ) -> Result<CheckReport> {
         let storage = &*self.shared.storage;
         let mut report = CheckReport::default();
         let mut collection_names: HashMap<String, usize> = HashMap::new();
@@ -74,11 +101,15 @@ impl Engine {
             // operation half done; the log says so.
             let _lock = match storage.lock(&layout::vm_lock(vm_id)) {
                 Ok(l) => Some(l),
+                Err(e) if apply => {
+                    return Err(Error::io(format!("locking VM {vm_id} to repair it"))(e));
+                }
                 Err(e) => {
                     tracing::warn!("checking VM {vm_id} without its lock: {e}");
                     None
                 }
             };
+            let first_unreachable = report.unreachable.len();
             let vm: Option<VmRecord> =
                 match read_record(storage, &layout::vm_record(vm_id), kind::VM) {
                     Ok(v) => Some(v),
@@ -115,6 +146,16 @@ impl Engine {
                 &mut collection_names,
                 &mut report,
             )?;
+            if apply {
+                // Still under the VM's lock: no operation can have started using these files.
+                let mut removed = Vec::new();
+                for key in &report.unreachable[first_unreachable..] {
+                    remove_if_present(storage, key)
+                        .map_err(Error::io(format!("removing {key}")))?;
+                    removed.push(key.clone());
+                }
+                report.removed.extend(removed);
+            }
         }
         for (name, n) in vm_names.into_iter().chain(collection_names) {
             if n > 1 {
@@ -166,9 +207,12 @@ impl Engine {
                     }
                     Err(e) => report.problems.push(e.to_string()),
                 },
-                None => report
-                    .problems
-                    .push(format!("{cdir}/{name}: unexpected file")),
+                None => {
+                    report
+                        .problems
+                        .push(format!("{cdir}/{name}: unexpected file"));
+                    report.unreachable.push(format!("{cdir}/{name}"));
+                }
             }
         }
         report.collections += collections.len();
@@ -187,11 +231,13 @@ impl Engine {
                     report.problems.push(format!(
                         "{pdir}/{name}: configuration of no committed point"
                     ));
+                    report.unreachable.push(format!("{pdir}/{name}"));
                 }
             } else {
                 report
                     .problems
                     .push(format!("{pdir}/{name}: unexpected file"));
+                report.unreachable.push(format!("{pdir}/{name}"));
             }
         }
         points.sort_by_key(|p| p.seq);
@@ -204,12 +250,13 @@ impl Engine {
         }
 
         let mut seen: HashSet<(Uuid, &str)> = HashSet::new();
-        let label = |p: &PointRecord| {
+        let short = |p: &PointRecord| {
             let c = collections
                 .get(&p.collection_id)
                 .map_or_else(|| p.collection_id.to_string(), |c| c.name.clone());
-            format!("restore point {c}/{}", p.name)
+            format!("{c}/{}", p.name)
         };
+        let label = |p: &PointRecord| format!("restore point {}", short(p));
         for p in &points {
             if !collections.contains_key(&p.collection_id) {
                 report.problems.push(format!(
@@ -226,7 +273,7 @@ impl Engine {
             let key = layout::point_config(vm_id, p.id);
             match storage.read(&key) {
                 Ok(bytes) => match envelope::open(&key, kind::CONFIG, &bytes) {
-                    Ok(body) if body.len() as u64 == p.config_len => {}
+                    Ok(body) if body.len() as u64 == p.config_len => continue,
                     Ok(body) => report.problems.push(format!(
                         "{}: configuration is {} bytes, record says {}",
                         label(p),
@@ -239,6 +286,7 @@ impl Engine {
                     .problems
                     .push(format!("{}: configuration {key}: {e}", label(p))),
             }
+            report.damaged_points.insert(short(p));
         }
 
         // Disk chains.
@@ -258,7 +306,7 @@ impl Engine {
         disk_dirs.dedup();
         for disk in disk_dirs {
             let drps = by_disk.get(&disk).map(Vec::as_slice).unwrap_or(&[]);
-            self.check_disk(vm_id, disk, drps, &label, read_data, progress, report)?;
+            self.check_disk(vm_id, disk, drps, &short, read_data, progress, report)?;
         }
         Ok(())
     }
@@ -269,7 +317,7 @@ impl Engine {
         vm: Uuid,
         disk: Uuid,
         drps: &[(&PointRecord, Uuid)],
-        label: &dyn Fn(&PointRecord) -> String,
+        short: &dyn Fn(&PointRecord) -> String,
         read_data: bool,
         progress: &dyn Progress,
         report: &mut CheckReport,
@@ -288,7 +336,12 @@ impl Engine {
         for (p, drp) in drps {
             report.disk_points += 1;
             let d = p.disks.iter().find(|d| d.drp_id == *drp);
-            let disk_label = format!("{} disk '{}'", label(p), d.map_or("?", |d| d.name.as_str()));
+            let disk_label = format!(
+                "restore point {} disk '{}'",
+                short(p),
+                d.map_or("?", |d| d.name.as_str())
+            );
+            let problems_before = report.problems.len();
             let key = layout::map(vm, disk, *drp);
             let map = match storage.read(&key) {
                 Ok(bytes) => match BlockMap::decode(&key, &bytes, bs) {
@@ -297,6 +350,7 @@ impl Engine {
                         report
                             .problems
                             .push(format!("{disk_label}: block map damaged: {e}"));
+                        report.damaged_points.insert(short(p));
                         continue;
                     }
                 },
@@ -304,6 +358,7 @@ impl Engine {
                     report
                         .problems
                         .push(format!("{disk_label}: block map {key}: {e}"));
+                    report.damaged_points.insert(short(p));
                     continue;
                 }
             };
@@ -358,6 +413,9 @@ impl Engine {
                     ranges(&unreadable)
                 ));
             }
+            if report.problems.len() > problems_before {
+                report.damaged_points.insert(short(p));
+            }
             maps.push((p, disk_label, map));
         }
         report.packs += packs.len();
@@ -365,13 +423,17 @@ impl Engine {
         for name in &names {
             let stray = name.ends_with(TEMP_SUFFIX)
                 || layout::parse_name(name, ".map").is_some_and(|m| !live_maps.contains(&m))
-                || layout::parse_name(name, ".pack").is_some_and(|p| !packs.contains_key(&p));
+                // A pack is named after the point that wrote it: while that point exists (even
+                // with a damaged map) its pack is not stray.
+                || layout::parse_name(name, ".pack")
+                    .is_some_and(|p| !packs.contains_key(&p) && !live_maps.contains(&p));
             let known = layout::parse_name(name, ".map").is_some()
                 || layout::parse_name(name, ".pack").is_some();
             if stray || !known {
                 report.problems.push(format!(
                     "{dir}/{name}: not referenced by any committed point"
                 ));
+                report.unreachable.push(format!("{dir}/{name}"));
             }
         }
         for (pack, l) in &packs {
@@ -420,7 +482,7 @@ impl Engine {
             return Ok(());
         }
         let mut reported: HashSet<(Uuid, u64)> = HashSet::new();
-        for (_, disk_label, map) in &maps {
+        for (p, disk_label, map) in &maps {
             let mut hits: Vec<(u64, &str)> = Vec::new();
             for (b, &e) in map.entries.iter().enumerate() {
                 if e == 0 {
@@ -431,6 +493,9 @@ impl Engine {
                     hits.push((b as u64, why));
                     reported.insert(key);
                 }
+            }
+            if !hits.is_empty() {
+                report.damaged_points.insert(short(p));
             }
             for (b, why) in hits {
                 report.problems.push(format!(

@@ -14,6 +14,7 @@
 //! for) when both scripts succeeded; otherwise the mode requested. A failing pre-script fails the
 //! creation, committing nothing, unless crash consistency was requested.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,10 @@ impl Plan {
         script_env(&self.vm, &self.collection, self.point_id, phase)
     }
 }
+
+/// Free space a creation leaves untouched beyond its own estimate: room for records and maps,
+/// and for the rest of the system.
+pub const CREATE_MARGIN: u64 = 16 << 20;
 
 impl Engine {
     /// Creates a restore point; see the module documentation for the order of events.
@@ -279,10 +284,11 @@ impl Engine {
                 vm.name
             )));
         }
-        for d in &included {
-            source::inspect(&d.name, &d.path)?;
-        }
-        let previous = included
+        let infos = included
+            .iter()
+            .map(|d| source::inspect(&d.name, &d.path))
+            .collect::<Result<Vec<_>>>()?;
+        let previous: Vec<Option<Uuid>> = included
             .iter()
             .map(|d| {
                 points
@@ -291,6 +297,7 @@ impl Engine {
                     .find_map(|p| p.disks.iter().find(|x| x.disk_id == d.id).map(|x| x.drp_id))
             })
             .collect();
+        self.check_space(&req.name, &included, &infos, &previous)?;
         Ok(Plan {
             vm: vm.clone(),
             collection_id,
@@ -309,6 +316,59 @@ impl Engine {
             requested,
             previous,
         })
+    }
+
+    /// Refuses, before any work, a creation the store's medium clearly lacks room for: a full
+    /// copy of a disk may need as many bytes as the source has allocated (when nothing
+    /// compresses), an incremental point little; either way plus [`CREATE_MARGIN`]. Running out
+    /// of space later anyway fails the creation and rolls it back.
+    fn check_space(
+        &self,
+        name: &str,
+        included: &[DiskSpec],
+        infos: &[source::SourceInfo],
+        previous: &[Option<Uuid>],
+    ) -> Result<()> {
+        let mut need = CREATE_MARGIN;
+        for ((d, info), prev) in included.iter().zip(infos).zip(previous) {
+            if prev.is_none() {
+                need += match info.kind {
+                    SourceKind::BlockDevice => info.size,
+                    SourceKind::File => std::fs::metadata(&d.path)
+                        .map(|m| (m.blocks() * 512).min(info.size))
+                        .unwrap_or(info.size),
+                };
+            }
+        }
+        let free = self
+            .shared
+            .storage
+            .space()
+            .map_err(Error::io("reading the free space of the store"))?
+            .free_bytes;
+        if free < need {
+            let full: Vec<String> = included
+                .iter()
+                .zip(previous)
+                .filter(|(_, p)| p.is_none())
+                .map(|(d, _)| format!("'{}'", d.name))
+                .collect();
+            let why = if full.is_empty() {
+                String::new()
+            } else {
+                format!("a full copy of disk {} and ", full.join(", "))
+            };
+            return Err(Error::NoSpace(format!(
+                "not enough space in the store for restore point '{}': it has {} MiB free and \
+                 needs up to {} MiB ({why}a {} MiB margin); free some space or delete old \
+                 restore points",
+                name,
+                free >> 20,
+                need.div_ceil(1 << 20),
+                CREATE_MARGIN >> 20
+            )));
+        }
+        Ok(())
     }
 
     fn capture_config(&self, plan: &Plan) -> Result<Vec<u8>> {

@@ -24,7 +24,7 @@ use super::error::{Error, Result};
 use super::{Engine, Shared, catalog, now_rfc3339, pending};
 use crate::store::blockmap::BlockMap;
 use crate::store::layout;
-use crate::store::pack::{PackIndex, PackWriter};
+use crate::store::pack::{PackError, PackIndex, PackWriter};
 use crate::store::records::{PendingKind, PendingOp, PointRecord};
 use crate::store::storage::{Object, TEMP_SUFFIX};
 
@@ -251,18 +251,23 @@ fn collect_disk(
         let object = storage
             .open(&key)
             .map_err(Error::io(format!("opening {key}")))?;
-        // A damaged pack is left as it is for `check` to report; repacking it could only copy or
-        // lose the damage.
-        if let Ok(index) = PackIndex::load(&*object, &key, pack, bs) {
-            let live = vec![false; index.entries.len()];
-            uses.insert(
-                pack,
-                PackUse {
-                    object,
-                    index,
-                    live,
-                },
-            );
+        match PackIndex::load(&*object, &key, pack, bs) {
+            Ok(index) => {
+                let live = vec![false; index.entries.len()];
+                uses.insert(
+                    pack,
+                    PackUse {
+                        object,
+                        index,
+                        live,
+                    },
+                );
+            }
+            // A read that failed may work next time: the debt is kept.
+            Err(PackError::Io(e)) => stats.deferred.push(format!("reading {key}: {e}")),
+            // A damaged pack is left as it is for `check` to report; repacking it could only
+            // copy or lose the damage.
+            Err(_) => {}
         }
     }
     for map in &live {

@@ -68,6 +68,10 @@ pub enum Error {
     #[error("{0}")]
     NotEmpty(String),
 
+    /// Refused before any work: the store's medium lacks room.
+    #[error("{0}")]
+    NoSpace(String),
+
     #[error("disk '{disk}' ({path}): {reason}")]
     Source {
         disk: String,
@@ -105,6 +109,7 @@ pub enum ErrorKind {
     Busy,
     Unsupported,
     NotEmpty,
+    NoSpace,
     Script,
     Corrupt,
     Io,
@@ -122,6 +127,7 @@ impl Error {
             Error::Busy { .. } => ErrorKind::Busy,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotEmpty(_) => ErrorKind::NotEmpty,
+            Error::NoSpace(_) => ErrorKind::NoSpace,
             Error::Source {
                 problem: SourceProblem::Unsupported,
                 ..

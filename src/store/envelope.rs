@@ -18,6 +18,8 @@ pub const VERSION: u32 = 1;
 /// Upper bound on a metadata body; VM configurations (e.g. `virsh dumpxml`) are kilobytes.
 pub const MAX_BODY: usize = 16 << 20;
 const MAX_HEADER: usize = 96;
+/// Largest record file: header line plus the largest body.
+pub const MAX_FILE: usize = MAX_HEADER + MAX_BODY;
 const MAGIC: &str = "RPFS";
 
 /// Wraps `body` in an envelope of `kind`.

@@ -7,7 +7,9 @@
 
 pub mod block;
 pub mod blockmap;
+pub mod crashsim;
 pub mod envelope;
+pub mod fault;
 pub mod layout;
 pub mod pack;
 pub mod records;
@@ -54,18 +56,41 @@ impl RecordError {
 }
 
 /// Reads and validates a JSON record of `kind` from `key`.
-pub fn read_record<T: DeserializeOwned>(
+///
+/// Stored content is untrusted: the size is checked before the file is read, the envelope
+/// before the body is parsed (serde_json bounds nesting), and every name the record holds
+/// before it is returned.
+pub fn read_record<T: DeserializeOwned + records::Record>(
     storage: &dyn Storage,
     key: &str,
     kind: &str,
 ) -> Result<T, RecordError> {
-    let bytes = storage.read(key).map_err(|source| RecordError::Io {
+    let io = |source| RecordError::Io {
         key: key.to_string(),
         source,
-    })?;
+    };
+    let size = storage.size(key).map_err(io)?;
+    if size > envelope::MAX_FILE as u64 {
+        return Err(RecordError::Corrupt(Corrupt::new(
+            key,
+            format!(
+                "is {size} bytes, more than a record can be ({} bytes)",
+                envelope::MAX_FILE
+            ),
+        )));
+    }
+    let bytes = storage.read(key).map_err(io)?;
     let body = envelope::open(key, kind, &bytes)?;
-    serde_json::from_slice(body)
-        .map_err(|e| RecordError::Corrupt(Corrupt::new(key, format!("invalid {kind} record: {e}"))))
+    let record: T = serde_json::from_slice(body).map_err(|e| {
+        RecordError::Corrupt(Corrupt::new(key, format!("invalid {kind} record: {e}")))
+    })?;
+    if let Some(bad) = record.names().into_iter().find(|n| !records::safe_name(n)) {
+        return Err(RecordError::Corrupt(Corrupt::new(
+            key,
+            format!("holds the name {bad:?}, which is not a safe file name"),
+        )));
+    }
+    Ok(record)
 }
 
 /// Serialises `record` into a sealed envelope of `kind`.

@@ -264,9 +264,10 @@ impl PackIndex {
             } else {
                 entry.stored_len == block_size
             };
-            let ordered = entries
-                .last()
-                .is_none_or(|p: &PackEntry| p.block < entry.block);
+            // Written in block order, back to back: no block twice, no bytes shared.
+            let ordered = entries.last().is_none_or(|p: &PackEntry| {
+                p.block < entry.block && p.offset + u64::from(p.stored_len) <= entry.offset
+            });
             if flags & !FLAG_ZSTD != 0 || !in_bounds || !len_ok || !ordered {
                 return Err(corrupt(format!("table entry {i} is invalid: {entry:?}")));
             }

@@ -225,3 +225,60 @@ pub enum PendingKind {
     Create,
     Delete,
 }
+
+/// What a record must satisfy beyond parsing: stored content is untrusted, and names become
+/// directory entries and file names (a restore writes `<disk>.img`), so every name is checked
+/// before anything uses it.
+pub trait Record {
+    /// The names the record holds.
+    fn names(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+/// Whether `name` is safe as one path component: not empty, not `.` or `..`, no `/` or NUL,
+/// at most 255 bytes. (The engine's naming rules are stricter; this is the floor for anything
+/// read back from a store.)
+pub fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\0'])
+}
+
+impl Record for StoreHeader {}
+
+impl Record for PendingOp {
+    fn names(&self) -> Vec<&str> {
+        if self.collection.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.collection.as_str()]
+        }
+    }
+}
+
+impl Record for VmRecord {
+    fn names(&self) -> Vec<&str> {
+        std::iter::once(self.name.as_str())
+            .chain(self.disks.iter().map(|d| d.name.as_str()))
+            .collect()
+    }
+}
+
+impl Record for CollectionRecord {
+    fn names(&self) -> Vec<&str> {
+        vec![self.name.as_str()]
+    }
+}
+
+impl Record for PointRecord {
+    fn names(&self) -> Vec<&str> {
+        std::iter::once(self.name.as_str())
+            .chain(std::iter::once(self.vm_name.as_str()))
+            .chain(self.disks.iter().map(|d| d.name.as_str()))
+            .chain(self.excluded.iter().map(|d| d.name.as_str()))
+            .collect()
+    }
+}

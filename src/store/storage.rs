@@ -20,6 +20,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crashsim::{Event, Sabotage, Trace};
+
 /// Suffix of in-flight temporary objects; anything ending in it is garbage after a crash.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
@@ -157,12 +159,58 @@ pub fn check_key(key: &str) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// Tests: where the file system calls are recorded (see [`super::crashsim`]).
+    trace: Option<Arc<Trace>>,
+    /// Tests: a deliberately broken durability protocol.
+    sabotage: Sabotage,
+}
+
+/// Records one call on the trace, when tracing.
+fn note(trace: &Option<Arc<Trace>>, event: impl FnOnce() -> Event) {
+    if let Some(t) = trace {
+        t.record(event());
+    }
 }
 
 impl LocalStorage {
     /// Uses `root` as the store directory; it must exist.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStorage { root: root.into() }
+        LocalStorage {
+            root: root.into(),
+            trace: None,
+            sabotage: Sabotage::None,
+        }
+    }
+
+    /// Tests: records every file system call that changes the store on `trace`.
+    pub fn traced(mut self, trace: Arc<Trace>) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Tests: breaks the durability protocol as `sabotage` says, to prove that the crash
+    /// simulation catches it. Never for real stores.
+    pub fn sabotaged(mut self, sabotage: Sabotage) -> Self {
+        self.sabotage = sabotage;
+        self
+    }
+
+    /// The key of a path under the root ("" for the root itself).
+    fn key_of(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// fsyncs the directory `dir` under the root (unless sabotaged).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.sabotage == Sabotage::NoDirFsync {
+            return Ok(());
+        }
+        sync_dir(dir)?;
+        note(&self.trace, || Event::FsyncDir(self.key_of(dir)));
+        Ok(())
     }
 
     /// The directory this storage lives in.
@@ -170,9 +218,33 @@ impl LocalStorage {
         &self.root
     }
 
+    /// The path of `key`, refusing one that goes through a symbolic link: a link planted in
+    /// the store must not lead reads, writes or removals outside it.
     fn path(&self, key: &str) -> io::Result<PathBuf> {
         check_key(key)?;
-        Ok(self.root.join(key))
+        let mut path = self.root.clone();
+        let mut exists = true;
+        for part in key.split('/') {
+            path.push(part);
+            if !exists {
+                continue;
+            }
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is a symbolic link; the store never follows links",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => exists = false,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(path)
     }
 
     /// Creates the parent directories of `path` that are missing, fsyncing each new entry's
@@ -190,8 +262,9 @@ impl LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(e),
         }
+        note(&self.trace, || Event::Mkdir(self.key_of(parent)));
         match parent.parent() {
-            Some(grand) => sync_dir(grand),
+            Some(grand) => self.sync_dir(grand),
             None => Ok(()),
         }
     }
@@ -309,6 +382,8 @@ struct LocalWriter {
     dest: PathBuf,
     /// Bytes already handed to writeback by `start_writeback`.
     written_back: u64,
+    /// The storage, for tracing, sabotage and directory fsyncs.
+    storage: LocalStorage,
 }
 
 impl LocalWriter {
@@ -320,6 +395,11 @@ impl LocalWriter {
         let offset = self.offset;
         self.offset += self.staged as u64;
         let staged = std::mem::take(&mut self.staged);
+        note(&self.storage.trace, || Event::Write {
+            path: self.storage.key_of(&self.temp),
+            offset,
+            data: stage.as_slice()[..staged].to_vec(),
+        });
         if staged == STAGE && self.background.is_none() && !self.tried_direct {
             // A large object: write it directly from a background thread, if the filesystem
             // takes O_DIRECT (tmpfs does not).
@@ -413,12 +493,22 @@ impl ObjectWriter for LocalWriter {
             .file
             .take()
             .ok_or_else(|| io::Error::other("writer already committed"))?;
-        file.sync_all()?;
+        let st = &self.storage;
+        if st.sabotage != Sabotage::NoFileFsync {
+            file.sync_all()?;
+            note(&st.trace, || Event::Fsync(st.key_of(&self.temp)));
+        }
         let len = self.offset;
         drop(file);
-        fs::rename(&self.temp, &self.dest)?;
+        if self.temp != self.dest {
+            fs::rename(&self.temp, &self.dest)?;
+            note(&st.trace, || Event::Rename {
+                from: st.key_of(&self.temp),
+                to: st.key_of(&self.dest),
+            });
+        }
         if let Some(dir) = self.dest.parent() {
-            sync_dir(dir)?;
+            st.sync_dir(dir)?;
         }
         Ok(len)
     }
@@ -432,7 +522,11 @@ impl Drop for LocalWriter {
         if self.file.take().is_some() {
             // Not committed: the temporary is garbage. Failing to remove it is harmless, recovery
             // removes `*.tmp` files.
-            let _ = fs::remove_file(&self.temp);
+            if fs::remove_file(&self.temp).is_ok() {
+                note(&self.storage.trace, || {
+                    Event::Unlink(self.storage.key_of(&self.temp))
+                });
+            }
         }
     }
 }
@@ -457,13 +551,20 @@ impl Storage for LocalStorage {
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key)?;
         self.ensure_parent(&dest)?;
-        let temp = temp_path(&dest);
+        let temp = if self.sabotage == Sabotage::InPlace {
+            dest.clone()
+        } else {
+            temp_path(&dest)
+        };
         let file = Arc::new(
             OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create_new(temp != dest)
+                .create(true)
+                .truncate(true)
                 .open(&temp)?,
         );
+        note(&self.trace, || Event::Create(self.key_of(&temp)));
         Ok(Box::new(LocalWriter {
             file: Some(file),
             background: None,
@@ -474,6 +575,7 @@ impl Storage for LocalStorage {
             temp,
             dest,
             written_back: 0,
+            storage: self.clone(),
         }))
     }
 
@@ -502,8 +604,9 @@ impl Storage for LocalStorage {
     fn remove(&self, key: &str) -> io::Result<()> {
         let path = self.path(key)?;
         fs::remove_file(&path)?;
+        note(&self.trace, || Event::Unlink(key.to_string()));
         match path.parent() {
-            Some(dir) => sync_dir(dir),
+            Some(dir) => self.sync_dir(dir),
             None => Ok(()),
         }
     }
@@ -515,8 +618,9 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         }
+        note(&self.trace, || Event::RemoveTree(dir.to_string()));
         match path.parent() {
-            Some(parent) => sync_dir(parent),
+            Some(parent) => self.sync_dir(parent),
             None => Ok(()),
         }
     }

@@ -73,6 +73,7 @@ impl FsError {
                 ErrorKind::Busy => libc::EBUSY,
                 ErrorKind::Unsupported => libc::EOPNOTSUPP,
                 ErrorKind::NotEmpty => libc::ENOTEMPTY,
+                ErrorKind::NoSpace => libc::ENOSPC,
                 // A failed pre-script or configuration command: the creation could not be done.
                 ErrorKind::Script => libc::EIO,
                 // Damage is never papered over with zeros.
@@ -104,7 +105,8 @@ impl FsError {
                 | ErrorKind::Limit
                 | ErrorKind::Busy
                 | ErrorKind::Unsupported
-                | ErrorKind::NotEmpty => Level::Warn,
+                | ErrorKind::NotEmpty
+                | ErrorKind::NoSpace => Level::Warn,
                 ErrorKind::Script | ErrorKind::Io => Level::Warn,
                 ErrorKind::Corrupt => Level::Error,
             },

@@ -414,3 +414,93 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// "collection/point" → disk name → content.
+pub type Expected = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// A store with a two-disk VM ("os" sparse and mixed, "data" random; 4 KiB blocks) and points
+/// c/p1, c/p2, d/q1, c/p3 in that order (d is a second collection of the same VM), 10% of the
+/// blocks changed between points and once more after the last. `points` = 0 stops after the
+/// collections, with the sources as they are.
+pub struct Golden {
+    pub dir: TempDir,
+    pub store: PathBuf,
+    pub points: Expected,
+    /// Content of the sources now, which a new point must capture.
+    pub sources: BTreeMap<String, Vec<u8>>,
+}
+
+pub fn golden(points: usize) -> Golden {
+    let ts = TestStore::new(4096);
+    let mut rng = rng(seed());
+    let (os, data) = (ts.path("os.img"), ts.path("data.img"));
+    // Random, a hole, compressible text, random: every kind of block, whatever the seed.
+    let mut os_c = vec![0u8; 384 * KIB as usize];
+    rng.fill_bytes(&mut os_c[..96 * KIB as usize]);
+    for (i, b) in os_c[192 * KIB as usize..288 * KIB as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = b"restore points, text that compresses\n"[i % 37];
+    }
+    rng.fill_bytes(&mut os_c[288 * KIB as usize..]);
+    write_sparse(&os, &os_c);
+    let mut data_c = random_image(&data, 128 * KIB as usize, &mut rng);
+    ts.vm("vm", &[("os", &os), ("data", &data)], "c");
+    ts.engine
+        .create_collection("d", "vm", None)
+        .expect("collection d");
+    let mut expected = Expected::new();
+    for (coll, name) in [("c", "p1"), ("c", "p2"), ("d", "q1"), ("c", "p3")]
+        .into_iter()
+        .take(points)
+    {
+        ts.create(coll, name);
+        expected.insert(
+            format!("{coll}/{name}"),
+            BTreeMap::from([("os".into(), os_c.clone()), ("data".into(), data_c.clone())]),
+        );
+        change_blocks(&os, &mut os_c, 4096, 0.1, &mut rng);
+        change_blocks(&data, &mut data_c, 4096, 0.1, &mut rng);
+    }
+    let store = ts.store_path();
+    let TestStore { dir, engine } = ts;
+    drop(engine);
+    Golden {
+        dir,
+        store,
+        points: expected,
+        sources: BTreeMap::from([("os".into(), os_c), ("data".into(), data_c)]),
+    }
+}
+
+/// Names ("collection/point") of the points in the store, sorted.
+pub fn all_points(engine: &Engine) -> Vec<String> {
+    let cat = engine.catalog().expect("catalog");
+    let mut names: Vec<String> = cat
+        .collections
+        .iter()
+        .flat_map(|c| {
+            cat.points_in(c.id)
+                .map(move |p| format!("{}/{}", c.name, p.name))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Reads every disk of `point` ("collection/point") and compares it with `disks`.
+pub fn point_matches(engine: &Engine, point: &str, disks: &BTreeMap<String, Vec<u8>>) -> bool {
+    let (coll, name) = point.split_once('/').expect("collection/point");
+    disks
+        .iter()
+        .all(|(disk, content)| read_image(engine, coll, name, disk) == *content)
+}
+
+/// A count from the environment variable `var` (the soak script raises them), else `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

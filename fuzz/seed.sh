@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Writes the seed corpora under fuzz/corpus from a small real store (run from the repo root
+# after `cargo build`). The fuzzers and tests/fuzz_replay.rs grow and replay them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rpfs=target/debug/rpfs
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export RPFS_STORE=$work/store
+head -c 40960 /dev/urandom > "$work/os.img"
+{ yes "restore point seed text" || true; } | head -c 24576 >> "$work/os.img"
+head -c 12288 /dev/urandom > "$work/data.img"
+$rpfs init --block-size 4K >/dev/null
+$rpfs vm add vm --disk "os=$work/os.img" --disk "data=$work/data.img" >/dev/null
+$rpfs collection create c --vm vm >/dev/null
+$rpfs point create c p1 >/dev/null
+dd if=/dev/urandom of="$work/os.img" bs=4096 count=2 seek=3 conv=notrunc status=none
+$rpfs point create c p2 >/dev/null
+for t in records block_map pack_index name vfs_ops; do mkdir -p "fuzz/corpus/$t"; done
+n=0
+while IFS= read -r f; do
+  case "$f" in
+    *.map) cp "$f" "fuzz/corpus/block_map/seed-$((n++)).map" ;;
+    *.pack) cp "$f" "fuzz/corpus/pack_index/seed-$((n++)).pack" ;;
+    *.json|*.store|*.config) cp "$f" "fuzz/corpus/records/seed-$((n++))-$(basename "$f")" ;;
+  esac
+done < <(find "$RPFS_STORE" -type f ! -path '*/locks/*' | sort)
+for name in p1 2026-11-26T10-00-00Z "../x" "a/b" "" ".hidden" "x y" "ünïcödé" \
+  "$(printf 'n%.0s' {1..100})"; do
+  printf '%s' "$name" > "fuzz/corpus/name/seed-$((n++))"
+done
+for i in 1 2 3 4 5 6; do head -c $((i * 24)) /dev/urandom > "fuzz/corpus/vfs_ops/seed-$i"; done
+# lookup(1,"c") → lookup(2,"p1") → readdir; and a read of a disk image.
+printf '\x01\x01\x01c\x01\x02\x02p1\x02\x02\x0d\x00\x10\x00\x00\x00\x00\x00\x00\xff\xff\x00\x00\x00\x00\x00\x00' \
+  > fuzz/corpus/vfs_ops/seed-walk
+echo "seeded: $(find fuzz/corpus -type f | wc -l) inputs" >&2

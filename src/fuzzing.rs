@@ -1,0 +1,263 @@
+//! Fuzz targets: the parsers of everything read back from a store, the name validator, and
+//! sequences of file system operations on the vfs core. `fuzz/` drives them with cargo-fuzz;
+//! `tests/fuzz_replay.rs` replays the kept corpora and crashes, and random inputs, on stable.
+//!
+//! Invariant each target asserts: any input gives a value or a typed error, never a panic,
+//! and never an allocation beyond the bounds the format sets.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::create::CreateRequest;
+use crate::engine::progress::Silent;
+use crate::engine::vms::VmSpec;
+use crate::engine::{Engine, OpenOptions, names};
+use crate::store::records::{CollectionRecord, PendingOp, PointRecord, StoreHeader, VmRecord};
+use crate::store::storage::{LocalStorage, Object, Storage};
+use crate::store::{blockmap, envelope, pack};
+use crate::vfs::{Vfs, VfsOptions};
+
+/// Block size the parsers are told to expect.
+const BLOCK: u32 = 4096;
+
+/// An object held in memory, for parsers that read through [`Object`].
+#[derive(Debug)]
+struct Bytes(Vec<u8>);
+
+impl Object for Bytes {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= self.0.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(&self.0[start..end]);
+        Ok(())
+    }
+}
+
+/// Every kind of record, parsed the way the store reads records.
+pub fn records(data: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir for a fuzz input");
+    let storage = LocalStorage::new(dir.path());
+    if storage.put("r.json", data).is_err() {
+        return;
+    }
+    let s: &dyn Storage = &storage;
+    let _ = crate::store::read_record::<StoreHeader>(s, "r.json", crate::store::kind::STORE);
+    let _ = crate::store::read_record::<VmRecord>(s, "r.json", crate::store::kind::VM);
+    let _ =
+        crate::store::read_record::<CollectionRecord>(s, "r.json", crate::store::kind::COLLECTION);
+    let _ = crate::store::read_record::<PointRecord>(s, "r.json", crate::store::kind::POINT);
+    let _ = crate::store::read_record::<PendingOp>(s, "r.json", crate::store::kind::PENDING);
+    let _ = envelope::open("r.json", crate::store::kind::CONFIG, data);
+}
+
+/// Block maps.
+pub fn block_map(data: &[u8]) {
+    if let Ok(map) = blockmap::BlockMap::decode("f.map", data, BLOCK) {
+        assert_eq!(
+            map.entries.len() as u64,
+            blockmap::block_count(map.disk_size, BLOCK)
+        );
+        assert!(map.entries.iter().all(|&e| e as usize <= map.packs.len()));
+    }
+}
+
+/// Pack tables and every block they index.
+pub fn pack_index(data: &[u8]) {
+    let obj = Bytes(data.to_vec());
+    let id = if data.len() >= 32 {
+        uuid::Uuid::from_slice(&data[16..32]).unwrap_or_default()
+    } else {
+        uuid::Uuid::nil()
+    };
+    if let Ok(index) = pack::PackIndex::load(&obj, "f.pack", id, BLOCK) {
+        let mut out = vec![0u8; BLOCK as usize];
+        for e in index.entries.iter().take(256) {
+            let _ = index.read_block(&obj, e, &mut out);
+        }
+    }
+}
+
+/// Names as users type them.
+pub fn name(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data)
+        && names::validate("restore point", s).is_ok()
+    {
+        assert!(
+            crate::store::records::safe_name(s),
+            "{s:?} validated but unsafe"
+        );
+    }
+}
+
+/// A store with a VM of two small disks, collection `c` and points `p1`, `p2`, under `dir`,
+/// and a vfs over it that allows deleting points.
+pub fn vfs_fixture(dir: &Path) -> Vfs {
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).expect("store dir");
+    let engine = Engine::init(Arc::new(LocalStorage::new(&store)), BLOCK).expect("init");
+    let mut disks = Vec::new();
+    for (name, len) in [("os", 96 * 1024), ("data", 20 * 1024 + 123)] {
+        let path = dir.join(format!("{name}.img"));
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, content).expect("disk");
+        disks.push((name.to_string(), path));
+    }
+    engine
+        .add_vm(&VmSpec {
+            name: "vm".into(),
+            disks,
+            ..VmSpec::default()
+        })
+        .expect("vm");
+    engine
+        .create_collection("c", "vm", None)
+        .expect("collection");
+    for p in ["p1", "p2"] {
+        engine
+            .create_point(
+                &CreateRequest {
+                    collection: "c".into(),
+                    name: p.into(),
+                    exclude: vec![],
+                    consistency: None,
+                },
+                &Silent,
+            )
+            .expect("point");
+    }
+    let engine =
+        Engine::open(Arc::new(LocalStorage::new(&store)), OpenOptions::default()).expect("open");
+    Vfs::new(
+        engine,
+        VfsOptions {
+            allow_delete: true,
+            allow_other: false,
+            owner_uid: 0,
+            owner_gid: 0,
+            catalog_max_age: Duration::ZERO,
+        },
+    )
+    .expect("vfs")
+}
+
+/// Reads little-endian numbers and byte strings off the fuzz input.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | u64::from(self.byte().unwrap_or(0)) << (8 * i))
+    }
+    /// Small numbers most of the time (real inodes and handles), anything sometimes.
+    fn id(&mut self) -> u64 {
+        match self.byte().unwrap_or(0) {
+            b @ 0..=239 => u64::from(b % 40),
+            _ => self.u64(),
+        }
+    }
+    fn name(&mut self) -> Vec<u8> {
+        let len = usize::from(self.byte().unwrap_or(0) % 24);
+        let n = len.min(self.0.len());
+        let (name, rest) = self.0.split_at(n);
+        self.0 = rest;
+        name.to_vec()
+    }
+}
+
+/// A sequence of operations with arbitrary inodes, handles, offsets, sizes and names; every one
+/// must return a value or an error, and reads never return more than asked.
+pub fn vfs_ops(vfs: &Vfs, data: &[u8]) {
+    let mut input = Input(data);
+    let mut steps = 0;
+    while let Some(op) = input.byte() {
+        steps += 1;
+        if steps > 64 {
+            break;
+        }
+        match op % 14 {
+            0 => {
+                let _ = vfs.getattr(input.id());
+            }
+            1 => {
+                let (parent, name) = (input.id(), input.name());
+                let _ = vfs.lookup(parent, OsStr::from_bytes(&name));
+            }
+            2 => {
+                let _ = vfs.readdir(input.id());
+            }
+            3 => {
+                let _ = vfs.readlink(input.id());
+            }
+            4 => {
+                let (ino, flags) = (input.id(), input.u64() as i32);
+                let _ = vfs.open(ino, flags);
+            }
+            5 => {
+                let _ = vfs.opendir(input.id());
+            }
+            6 => {
+                let (fh, off) = (input.id(), input.u64());
+                let _ = vfs.readdir_at(fh, off);
+            }
+            7 => {
+                let (fh, off, size) = (input.id(), input.u64(), input.u64() as u32 % (1 << 20));
+                if let Ok(bytes) = vfs.read(fh, off, size) {
+                    assert!(
+                        bytes.len() <= size as usize,
+                        "read returned more than asked"
+                    );
+                }
+            }
+            8 => vfs.release(input.id()),
+            9 => {
+                let (fh, off, whence) = (input.id(), input.u64() as i64, input.byte().unwrap_or(0));
+                let _ = vfs.lseek(fh, off, i32::from(whence % 6));
+            }
+            10 => {
+                let _ = vfs.statfs();
+            }
+            11 => {
+                let (parent, name, uid) = (input.id(), input.name(), input.byte().unwrap_or(0));
+                let _ = vfs.mkdir(parent, OsStr::from_bytes(&name), u32::from(uid % 2));
+            }
+            12 => {
+                let (parent, name, uid) = (input.id(), input.name(), input.byte().unwrap_or(0));
+                let _ = vfs.rmdir(parent, OsStr::from_bytes(&name), u32::from(uid % 2));
+            }
+            _ => {
+                // Walk to a real disk image and read it at an arbitrary place.
+                let (off, size) = (
+                    input.u64() % (200 * 1024),
+                    input.u64() as u32 % (256 * 1024),
+                );
+                if let Some(fh) = open_disk(vfs) {
+                    if let Ok(bytes) = vfs.read(fh, off, size) {
+                        assert!(bytes.len() <= size as usize);
+                    }
+                    vfs.release(fh);
+                }
+            }
+        }
+    }
+}
+
+fn open_disk(vfs: &Vfs) -> Option<u64> {
+    let mut ino = crate::vfs::ROOT_INO;
+    for name in ["c", "p1", "disks", "os.img"] {
+        ino = vfs.lookup(ino, OsStr::new(name)).ok()?.attr.ino;
+    }
+    vfs.open(ino, libc::O_RDONLY).ok().map(|o| o.fh)
+}
