@@ -42,14 +42,30 @@ impl Object for Bytes {
     }
 }
 
-/// Every kind of record, parsed the way the store reads records.
+/// Every kind of record, parsed the way the store reads records: the input as a whole file,
+/// and its body (what follows the first line, or all of it) sealed in a valid envelope of each
+/// kind, so mutations reach the JSON parser and the name checks rather than the checksum.
 pub fn records(data: &[u8]) {
     let dir = tempfile::tempdir().expect("tempdir for a fuzz input");
     let storage = LocalStorage::new(dir.path());
+    record_file(&storage, data);
+    let body = data.splitn(2, |&b| b == b'\n').nth(1).unwrap_or(data);
+    for kind in [
+        crate::store::kind::STORE,
+        crate::store::kind::VM,
+        crate::store::kind::COLLECTION,
+        crate::store::kind::POINT,
+        crate::store::kind::PENDING,
+    ] {
+        record_file(&storage, &envelope::seal(kind, body));
+    }
+}
+
+fn record_file(storage: &LocalStorage, data: &[u8]) {
     if storage.put("r.json", data).is_err() {
         return;
     }
-    let s: &dyn Storage = &storage;
+    let s: &dyn Storage = storage;
     let _ = crate::store::read_record::<StoreHeader>(s, "r.json", crate::store::kind::STORE);
     let _ = crate::store::read_record::<VmRecord>(s, "r.json", crate::store::kind::VM);
     let _ =
@@ -59,19 +75,49 @@ pub fn records(data: &[u8]) {
     let _ = envelope::open("r.json", crate::store::kind::CONFIG, data);
 }
 
-/// Block maps.
+/// Block maps, as given and with their checksums made right (so mutations reach the parser).
 pub fn block_map(data: &[u8]) {
-    if let Ok(map) = blockmap::BlockMap::decode("f.map", data, BLOCK) {
-        assert_eq!(
-            map.entries.len() as u64,
-            blockmap::block_count(map.disk_size, BLOCK)
-        );
-        assert!(map.entries.iter().all(|&e| e as usize <= map.packs.len()));
+    let mut resealed = data.to_vec();
+    if resealed.len() >= blockmap::HEADER_LEN {
+        let body = crc32c::crc32c(&resealed[blockmap::HEADER_LEN..]);
+        resealed[40..44].copy_from_slice(&body.to_le_bytes());
+        let header = crc32c::crc32c(&resealed[..60]);
+        resealed[60..64].copy_from_slice(&header.to_le_bytes());
+    }
+    for bytes in [data, &resealed] {
+        if let Ok(map) = blockmap::BlockMap::decode("f.map", bytes, BLOCK) {
+            assert_eq!(
+                map.entries.len() as u64,
+                blockmap::block_count(map.disk_size, BLOCK)
+            );
+            assert!(map.entries.iter().all(|&e| e as usize <= map.packs.len()));
+        }
     }
 }
 
-/// Pack tables and every block they index.
+/// Pack tables and every block they index, as given and with the table and trailer checksums
+/// made right (so mutations reach the entry checks).
 pub fn pack_index(data: &[u8]) {
+    pack_bytes(data);
+    let mut resealed = data.to_vec();
+    let n = resealed.len();
+    if n >= pack::HEADER_LEN + pack::TRAILER_LEN {
+        let t = n - pack::TRAILER_LEN;
+        let mut at = [0u8; 8];
+        at.copy_from_slice(&resealed[t + 8..t + 16]);
+        if let Ok(table) = usize::try_from(u64::from_le_bytes(at))
+            && table <= t
+        {
+            let crc = crc32c::crc32c(&resealed[table..t]);
+            resealed[t + 24..t + 28].copy_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&resealed[t..t + 28]);
+        resealed[t + 28..t + 32].copy_from_slice(&crc.to_le_bytes());
+        pack_bytes(&resealed);
+    }
+}
+
+fn pack_bytes(data: &[u8]) {
     let obj = Bytes(data.to_vec());
     let id = if data.len() >= 32 {
         uuid::Uuid::from_slice(&data[16..32]).unwrap_or_default()

@@ -13,7 +13,7 @@ use common::*;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::{Engine, ErrorKind, OpenOptions};
-use rpfs::store::fault::{Fault, FaultyStorage, Persistence};
+use rpfs::store::fault::{Fault, FaultyStorage, Persistence, When};
 use rpfs::store::storage::LocalStorage;
 
 fn file_names(store: &Path) -> BTreeSet<String> {
@@ -43,8 +43,18 @@ fn errno_text(fault: Fault) -> &'static str {
     }
 }
 
-/// What one attempt left: `Ok(names of files it may add)` or the error.
-type Attempt = Result<Vec<String>, rpfs::engine::Error>;
+type Attempt = Result<(), rpfs::engine::Error>;
+
+/// Ids (points and disk points) of the points in the store.
+fn point_ids(engine: &Engine) -> Vec<String> {
+    let cat = engine.catalog().expect("catalog");
+    cat.points
+        .iter()
+        .flat_map(|p| {
+            std::iter::once(p.id.to_string()).chain(p.disks.iter().map(|d| d.drp_id.to_string()))
+        })
+        .collect()
+}
 
 /// Runs `attempt` on a fresh copy of the golden store with operation n failing, for n = 0, 1, …
 /// until an attempt runs without meeting a fault; `verify` then checks the recovered store.
@@ -52,6 +62,7 @@ fn every_failure(
     g: &Golden,
     fault: Fault,
     persistence: Persistence,
+    when: When,
     attempt: impl Fn(&Engine) -> Attempt,
     verify: impl Fn(&Engine, bool, &str),
 ) -> u64 {
@@ -67,21 +78,21 @@ fn every_failure(
         let faulty = FaultyStorage::new(Arc::new(LocalStorage::new(&store)));
         let engine =
             Engine::open(Arc::new(faulty.clone()), OpenOptions::default()).expect("open store");
-        faulty.fail_after(n, fault, persistence);
+        faulty.fail_after_when(n, fault, persistence, when);
         let result = attempt(&engine);
         drop(engine);
         let injected = faulty.injected();
         faulty.heal();
-        let what = format!("{fault:?} {persistence:?} at operation {n}");
+        let what = format!("{fault:?} {persistence:?} {when:?} at operation {n}");
         if let Err(e) = &result {
             assert!(injected > 0, "{what}: failed without a fault: {e}");
             assert_eq!(e.kind(), ErrorKind::Io, "{what}: {e}");
             assert_mentions(&e.to_string(), &[errno_text(fault)]);
         }
-        // The next open recovers; afterwards only referenced files remain.
+        // The next open recovers; afterwards only files of the points there remain.
         let engine = open(&store);
         verify(&engine, result.is_ok(), &what);
-        let allowed = result.as_ref().map(Vec::as_slice).unwrap_or(&[]);
+        let allowed = point_ids(&engine);
         for f in file_names(&store).difference(&before) {
             assert!(
                 allowed.iter().any(|a| f.contains(a.as_str())),
@@ -97,34 +108,48 @@ fn every_failure(
     unreachable!()
 }
 
+/// The (fault, persistence, when) combinations to walk: every fault before the call, once and
+/// from then on; and failures reported after the call did its work (a failed fsync).
+fn combinations(after_too: bool) -> Vec<(Fault, Persistence, When)> {
+    let mut out = Vec::new();
+    for fault in Fault::ALL {
+        for persistence in [Persistence::Once, Persistence::FromThenOn] {
+            out.push((fault, persistence, When::Before));
+        }
+    }
+    if after_too {
+        out.push((Fault::Io, Persistence::Once, When::After));
+        out.push((Fault::NoSpace, Persistence::FromThenOn, When::After));
+    }
+    out
+}
+
 #[test]
 fn every_failing_operation_of_a_create_leaves_the_store_as_it_was() {
     let g = golden(4);
-    for fault in Fault::ALL {
-        for persistence in [Persistence::Once, Persistence::FromThenOn] {
-            let attempt = |engine: &Engine| -> Attempt {
-                let req = CreateRequest {
-                    collection: "c".into(),
-                    name: "new".into(),
-                    exclude: vec![],
-                    consistency: None,
-                };
-                let p = engine.create_point(&req, &Silent)?.point;
-                let mut ids = vec![p.id.to_string()];
-                ids.extend(p.disks.iter().map(|d| d.drp_id.to_string()));
-                Ok(ids)
+    for (fault, persistence, when) in combinations(true) {
+        let attempt = |engine: &Engine| -> Attempt {
+            let req = CreateRequest {
+                collection: "c".into(),
+                name: "new".into(),
+                exclude: vec![],
+                consistency: None,
             };
-            let verify = |engine: &Engine, created: bool, what: &str| {
-                let mut want = g.points.clone();
-                if created {
-                    want.insert("c/new".into(), g.sources.clone());
-                }
-                assert_points(engine, &want, what);
-            };
-            let ops = every_failure(&g, fault, persistence, attempt, verify);
-            assert!(ops > 10, "a create took only {ops} operations");
-            eprintln!("create: {fault:?} {persistence:?} faults at each of {ops} operations");
-        }
+            engine.create_point(&req, &Silent).map(|_| ())
+        };
+        let verify = |engine: &Engine, created: bool, what: &str| {
+            let mut want = g.points.clone();
+            // A call that failed after doing its work may have committed the point, whole;
+            // reported as a failure, it is never trusted, and never partial.
+            let present = all_points(engine).iter().any(|p| p == "c/new");
+            if created || (when == When::After && present) {
+                want.insert("c/new".into(), g.sources.clone());
+            }
+            assert_points(engine, &want, what);
+        };
+        let ops = every_failure(&g, fault, persistence, when, attempt, verify);
+        assert!(ops > 10, "a create took only {ops} operations");
+        eprintln!("create: {fault:?} {persistence:?} {when:?} faults at each of {ops} operations");
     }
 }
 
@@ -132,29 +157,27 @@ fn every_failing_operation_of_a_create_leaves_the_store_as_it_was() {
 fn every_failing_operation_of_a_delete_leaves_the_points_intact() {
     let g = golden(4);
     for victim in ["c/p1", "d/q1", "c/p3"] {
-        for fault in Fault::ALL {
-            for persistence in [Persistence::Once, Persistence::FromThenOn] {
-                let attempt = |engine: &Engine| -> Attempt {
-                    let (coll, name) = victim.split_once('/').expect("collection/point");
-                    engine.delete_point(coll, name)?;
-                    Ok(vec![])
-                };
-                let verify = |engine: &Engine, deleted: bool, what: &str| {
-                    let mut want = g.points.clone();
-                    // A delete that failed after it committed is gone too; either way the rest
-                    // reads intact.
-                    let gone = !all_points(engine).iter().any(|p| p == victim);
-                    assert!(!deleted || gone, "{what}: delete succeeded, point remains");
-                    if gone {
-                        want.remove(victim);
-                    }
-                    assert_points(engine, &want, what);
-                };
-                let ops = every_failure(&g, fault, persistence, attempt, verify);
-                eprintln!(
-                    "delete {victim}: {fault:?} {persistence:?} faults at each of {ops} operations"
-                );
-            }
+        for (fault, persistence, when) in combinations(victim == "d/q1") {
+            let attempt = |engine: &Engine| -> Attempt {
+                let (coll, name) = victim.split_once('/').expect("collection/point");
+                engine.delete_point(coll, name).map(|_| ())
+            };
+            let verify = |engine: &Engine, deleted: bool, what: &str| {
+                let mut want = g.points.clone();
+                // A delete that failed after it committed is gone too; either way the rest
+                // reads intact.
+                let gone = !all_points(engine).iter().any(|p| p == victim);
+                assert!(!deleted || gone, "{what}: delete succeeded, point remains");
+                if gone {
+                    want.remove(victim);
+                }
+                assert_points(engine, &want, what);
+            };
+            let ops = every_failure(&g, fault, persistence, when, attempt, verify);
+            eprintln!(
+                "delete {victim}: {fault:?} {persistence:?} {when:?} faults at each of {ops} \
+                 operations"
+            );
         }
     }
 }

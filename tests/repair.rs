@@ -103,3 +103,32 @@ fn repair_names_damaged_points_and_keeps_every_intact_one() {
         }
     }
 }
+
+#[test]
+fn repair_removes_nothing_of_a_vm_whose_records_cannot_be_read() {
+    let g = golden(4);
+    let engine = open(&g.store);
+    let p2 = engine
+        .catalog()
+        .expect("catalog")
+        .point("c", "p2")
+        .expect("p2")
+        .1
+        .clone();
+    drop(engine);
+    // p2's record is damaged: its maps and packs now look unreferenced, but are not garbage.
+    let record = g.store.join(layout::point(p2.vm_id, p2.id));
+    let mut bytes = fs::read(&record).expect("record");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    fs::write(&record, &bytes).expect("write");
+    let before = snapshot(&g.store);
+    let (out, err) = expect_exit(rpfs_at(&g.store).args(["check", "--repair", "--yes"]), 10);
+    assert_mentions(&out, &["0 unreachable files removed"]);
+    assert_mentions(&err, &["unreferenced files kept", "may reference them"]);
+    assert_unchanged(
+        &before,
+        &snapshot(&g.store),
+        "a repair beside a damaged record",
+    );
+}

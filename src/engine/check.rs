@@ -13,7 +13,9 @@
 //! Repair ([`Engine::repair`]) is check with `read_data`, then, still under the VM's lock, the
 //! removal of the files no committed point references. It never removes a record, map, pack or
 //! configuration a committed point references, so every point check finds intact stays intact;
-//! points with damage are named, not removed. A second repair finds nothing to remove.
+//! points with damage are named, not removed. When a VM's point record or block map cannot be
+//! read, nothing of that VM is removed: what it references is unknown. A second repair finds
+//! nothing to remove.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -138,7 +140,7 @@ impl Engine {
                 *vm_names.entry(vm.name.clone()).or_default() += 1;
                 report.vms += 1;
             }
-            self.check_vm(
+            let certain = self.check_vm(
                 vm_id,
                 vm.as_ref(),
                 read_data,
@@ -146,6 +148,15 @@ impl Engine {
                 &mut collection_names,
                 &mut report,
             )?;
+            if !certain && report.unreachable.len() > first_unreachable {
+                // A record or map that cannot be read may reference any of these files.
+                let n = report.unreachable.len() - first_unreachable;
+                report.unreachable.truncate(first_unreachable);
+                report.problems.push(format!(
+                    "VM {vm_id}: {n} unreferenced files kept: a damaged or unreadable record or \
+                     map may reference them"
+                ));
+            }
             if apply {
                 // Still under the VM's lock: no operation can have started using these files.
                 let mut removed = Vec::new();
@@ -167,6 +178,8 @@ impl Engine {
         Ok(report)
     }
 
+    /// Checks one VM; returns whether every point record and map could be read (only then is
+    /// it certain what the VM's files are referenced by).
     fn check_vm(
         &self,
         vm_id: Uuid,
@@ -175,7 +188,7 @@ impl Engine {
         progress: &dyn Progress,
         collection_names: &mut HashMap<String, usize>,
         report: &mut CheckReport,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let storage = &*self.shared.storage;
         let vm_label = vm.map_or_else(|| vm_id.to_string(), |v| v.name.clone());
         let list = |dir: &str| {
@@ -211,7 +224,11 @@ impl Engine {
                     report
                         .problems
                         .push(format!("{cdir}/{name}: unexpected file"));
-                    report.unreachable.push(format!("{cdir}/{name}"));
+                    // A temporary here may be a collection record being written under the
+                    // store's lock, which a repair does not hold.
+                    if !name.ends_with(TEMP_SUFFIX) {
+                        report.unreachable.push(format!("{cdir}/{name}"));
+                    }
                 }
             }
         }
@@ -219,12 +236,16 @@ impl Engine {
 
         let pdir = layout::points_dir(vm_id);
         let mut points: Vec<PointRecord> = Vec::new();
+        let mut certain = true;
         let names = list(&pdir)?;
         for name in &names {
             if let Some(id) = layout::parse_name(name, ".json") {
                 match read_record::<PointRecord>(storage, &layout::point(vm_id, id), kind::POINT) {
                     Ok(p) => points.push(p),
-                    Err(e) => report.problems.push(e.to_string()),
+                    Err(e) => {
+                        report.problems.push(e.to_string());
+                        certain = false;
+                    }
                 }
             } else if let Some(id) = layout::parse_name(name, ".config") {
                 if !names.contains(&format!("{id}.json")) {
@@ -306,9 +327,9 @@ impl Engine {
         disk_dirs.dedup();
         for disk in disk_dirs {
             let drps = by_disk.get(&disk).map(Vec::as_slice).unwrap_or(&[]);
-            self.check_disk(vm_id, disk, drps, &short, read_data, progress, report)?;
+            certain &= self.check_disk(vm_id, disk, drps, &short, read_data, progress, report)?;
         }
-        Ok(())
+        Ok(certain)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -321,8 +342,9 @@ impl Engine {
         read_data: bool,
         progress: &dyn Progress,
         report: &mut CheckReport,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let storage: &dyn Storage = &*self.shared.storage;
+        let mut certain = true;
         let bs = self.shared.header.block_size;
         let dir = layout::disk_dir(vm, disk);
         let names = storage
@@ -351,6 +373,7 @@ impl Engine {
                             .problems
                             .push(format!("{disk_label}: block map damaged: {e}"));
                         report.damaged_points.insert(short(p));
+                        certain = false;
                         continue;
                     }
                 },
@@ -359,6 +382,7 @@ impl Engine {
                         .problems
                         .push(format!("{disk_label}: block map {key}: {e}"));
                     report.damaged_points.insert(short(p));
+                    certain = false;
                     continue;
                 }
             };
@@ -454,7 +478,7 @@ impl Engine {
         }
 
         if !read_data {
-            return Ok(());
+            return Ok(certain);
         }
         let mut damaged: HashMap<(Uuid, u64), String> = HashMap::new();
         let total: u64 = packs.values().flatten().map(|l| l.index.data_end).sum();
@@ -479,7 +503,7 @@ impl Engine {
         }
         progress.end();
         if damaged.is_empty() {
-            return Ok(());
+            return Ok(certain);
         }
         let mut reported: HashSet<(Uuid, u64)> = HashSet::new();
         for (p, disk_label, map) in &maps {
@@ -512,7 +536,7 @@ impl Engine {
                 ));
             }
         }
-        Ok(())
+        Ok(certain)
     }
 }
 

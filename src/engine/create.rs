@@ -319,9 +319,9 @@ impl Engine {
     }
 
     /// Refuses, before any work, a creation the store's medium clearly lacks room for: a full
-    /// copy of a disk may need as many bytes as the source has allocated (when nothing
-    /// compresses), an incremental point little; either way plus [`CREATE_MARGIN`]. Running out
-    /// of space later anyway fails the creation and rolls it back.
+    /// copy of an image file may need as many bytes as the file has allocated (when nothing
+    /// compresses), an incremental point little, a block device an unknown amount; plus
+    /// [`CREATE_MARGIN`]. Running out of space later anyway fails the creation and rolls it back.
     fn check_space(
         &self,
         name: &str,
@@ -333,7 +333,8 @@ impl Engine {
         for ((d, info), prev) in included.iter().zip(infos).zip(previous) {
             if prev.is_none() {
                 need += match info.kind {
-                    SourceKind::BlockDevice => info.size,
+                    // How much of a device holds data is unknown: only the margin is asked.
+                    SourceKind::BlockDevice => 0,
                     SourceKind::File => std::fs::metadata(&d.path)
                         .map(|m| (m.blocks() * 512).min(info.size))
                         .unwrap_or(info.size),

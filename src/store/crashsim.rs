@@ -6,15 +6,19 @@
 //! The model of what a power cut keeps (deliberately weaker than ext4 or XFS promise, so code
 //! that survives it survives them):
 //! - bytes written to a file survive only once the file was fsynced; until then each write may
-//!   be lost, kept, or kept in part (torn at a 4 KiB boundary), independently of the others;
+//!   be lost, kept, kept in part (torn at a 4 KiB boundary), or leave the file longer but
+//!   zero-filled where it wrote, independently of the others;
 //! - a directory entry created, renamed or removed (files and directories alike) survives only
 //!   once its directory was fsynced; until then each such change may be lost or kept,
-//!   independently of the others, a rename as a whole;
+//!   independently of the others, a rename as a whole; removing a tree removes each entry in it
+//!   as its own change;
 //! - what was durable when tracing began stays.
 //!
-//! Invariant: the trace records a call after it succeeded, in the order the calls were made;
-//! writes handed to a background writer are recorded when handed over, which is before the
-//! fsync that waits for them.
+//! Invariants: the trace records a call after it succeeded, in the order the calls were made,
+//! except writes handed to a background writer, which are recorded when handed over (before the
+//! fsync that waits for them; should such a write fail, the object is never published, so the
+//! model at most holds extra unsynced bytes of an unpublished temporary). A trace that names a
+//! file the model does not know is an error, not something to skip.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -171,7 +175,13 @@ impl Model {
             .push(change);
     }
 
-    fn apply(&mut self, event: &Event) {
+    fn inode(&self, path: &str) -> io::Result<usize> {
+        self.files.get(path).copied().ok_or_else(|| {
+            io::Error::other(format!("the trace uses {path}, which it never created"))
+        })
+    }
+
+    fn apply(&mut self, event: &Event) -> io::Result<()> {
         match event {
             Event::Create(path) => {
                 self.inodes.push(Inode::default());
@@ -181,16 +191,14 @@ impl Model {
                 self.change(&dir, vec![(name, Some(Entry::File(ino)))]);
             }
             Event::Write { path, offset, data } => {
-                if let Some(&ino) = self.files.get(path) {
-                    self.inodes[ino].pending.push((*offset, data.clone()));
-                }
+                let ino = self.inode(path)?;
+                self.inodes[ino].pending.push((*offset, data.clone()));
             }
             Event::Fsync(path) => {
-                if let Some(&ino) = self.files.get(path) {
-                    let inode = &mut self.inodes[ino];
-                    for (offset, data) in std::mem::take(&mut inode.pending) {
-                        write_at(&mut inode.durable, offset, &data);
-                    }
+                let ino = self.inode(path)?;
+                let inode = &mut self.inodes[ino];
+                for (offset, data) in std::mem::take(&mut inode.pending) {
+                    write_at(&mut inode.durable, offset, &data);
                 }
             }
             Event::FsyncDir(dir) => {
@@ -201,9 +209,8 @@ impl Model {
                 }
             }
             Event::Rename { from, to } => {
-                let Some(ino) = self.files.remove(from) else {
-                    return;
-                };
+                let ino = self.inode(from)?;
+                self.files.remove(from);
                 self.files.insert(to.clone(), ino);
                 let ((dir, from_name), (to_dir, to_name)) = (split(from), split(to));
                 if dir == to_dir {
@@ -217,6 +224,7 @@ impl Model {
                 }
             }
             Event::Unlink(path) => {
+                self.inode(path)?;
                 self.files.remove(path);
                 let (dir, name) = split(path);
                 self.change(&dir, vec![(name, None)]);
@@ -227,12 +235,35 @@ impl Model {
                 self.change(&dir, vec![(name, Some(Entry::Dir))]);
             }
             Event::RemoveTree(path) => {
+                // Each file, then each directory deepest first, then the tree itself: a cut
+                // may leave any part of it.
                 let prefix = format!("{path}/");
-                self.files.retain(|p, _| !p.starts_with(&prefix));
-                let (dir, name) = split(path);
-                self.change(&dir, vec![(name, None)]);
+                let files: Vec<String> = self
+                    .files
+                    .keys()
+                    .filter(|p| p.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for f in files {
+                    self.files.remove(&f);
+                    let (dir, name) = split(&f);
+                    self.change(&dir, vec![(name, None)]);
+                }
+                let mut dirs: Vec<String> = self
+                    .dirs
+                    .keys()
+                    .filter(|d| d.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+                dirs.push(path.clone());
+                for d in dirs {
+                    let (parent, name) = split(&d);
+                    self.change(&parent, vec![(name, None)]);
+                }
             }
         }
+        Ok(())
     }
 
     /// Writes one possible post-crash state of the model under `out`.
@@ -259,12 +290,19 @@ impl Model {
                     let inode = &self.inodes[ino];
                     let mut data = inode.durable.clone();
                     for (offset, bytes) in &inode.pending {
-                        match pick(4) {
+                        match pick(5) {
                             0 | 1 => {}
                             2 => write_at(&mut data, *offset, bytes),
-                            _ => {
+                            3 => {
                                 let keep = pick(bytes.len() / 4096 + 1) * 4096;
                                 write_at(&mut data, *offset, &bytes[..keep.min(bytes.len())]);
+                            }
+                            // The size grew, the data did not arrive.
+                            _ => {
+                                let end = *offset as usize + bytes.len();
+                                if data.len() < end {
+                                    data.resize(end, 0);
+                                }
                             }
                         }
                     }
@@ -300,7 +338,7 @@ pub fn crash_state(
 ) -> io::Result<()> {
     let mut model = Model::load(initial)?;
     for e in &events[..upto.min(events.len())] {
-        model.apply(e);
+        model.apply(e)?;
     }
     model.materialize(pick, "", out)
 }
@@ -366,13 +404,13 @@ mod tests {
         ];
         assert_eq!(states(&safe, "a"), [Some(b"x".to_vec())].into());
         // Without the directory fsync the rename may be lost; without the file fsync the
-        // data may be.
+        // data may be (the file may even have grown, zero-filled).
         let no_dir = &safe[..4];
         assert_eq!(states(no_dir, "a"), [None, Some(b"x".to_vec())].into());
         let no_file = [&safe[..2], &safe[3..]].concat();
         assert_eq!(
             states(&no_file, "a"),
-            [Some(vec![]), Some(b"x".to_vec())].into()
+            [Some(vec![]), Some(vec![0]), Some(b"x".to_vec())].into()
         );
     }
 }

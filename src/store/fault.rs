@@ -5,9 +5,11 @@
 //! written and every read of an opened object, so "the Nth operation" walks through a whole
 //! create or delete one step at a time.
 //!
-//! Invariant: an injected failure never reaches the inner storage; the call is refused before
-//! it starts. A refused commit drops its writer, which discards the object, as a failed fsync
-//! or rename leaves it from the store's point of view.
+//! A failure comes [`When::Before`] the call reaches the inner storage (nothing happens, as when
+//! a write or rename fails), or [`When::After`] it did its work (as when an fsync fails after
+//! the data or a rename reached the disk, or an unlink reports an error it survived): the caller
+//! gets the error either way and must not trust the call. A refused commit drops its writer,
+//! which discards the object.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -49,11 +51,21 @@ pub enum Persistence {
     FromThenOn,
 }
 
+/// Whether a failing call did its work first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The call fails without doing anything.
+    Before,
+    /// The call does its work, then reports the failure.
+    After,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     at: u64,
     fault: Fault,
     persistence: Persistence,
+    when: When,
 }
 
 #[derive(Debug, Default)]
@@ -64,15 +76,19 @@ struct State {
 }
 
 impl State {
-    /// Counts one operation and says whether it fails.
-    fn check(&self) -> io::Result<()> {
+    /// Counts one operation and runs it, failing it as planned.
+    fn run<T>(&self, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
-        match *self.plan.lock() {
+        let plan = *self.plan.lock();
+        match plan {
             Some(p) if n == p.at || (p.persistence == Persistence::FromThenOn && n > p.at) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
+                if p.when == When::After {
+                    let _ = call();
+                }
                 Err(io::Error::from_raw_os_error(p.fault.errno()))
             }
-            _ => Ok(()),
+            _ => call(),
         }
     }
 }
@@ -105,10 +121,16 @@ impl FaultyStorage {
     /// Fails the operation `after` operations from now (0: the next one), and with
     /// [`Persistence::FromThenOn`] every one after it.
     pub fn fail_after(&self, after: u64, fault: Fault, persistence: Persistence) {
+        self.fail_after_when(after, fault, persistence, When::Before);
+    }
+
+    /// Like [`FaultyStorage::fail_after`], choosing whether the failing calls do their work.
+    pub fn fail_after_when(&self, after: u64, fault: Fault, persistence: Persistence, when: When) {
         *self.state.plan.lock() = Some(Plan {
             at: self.operations() + after,
             fault,
             persistence,
+            when,
         });
     }
 
@@ -130,8 +152,7 @@ impl Object for FaultyObject {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.read_exact_at(buf, offset)
+        self.state.run(|| self.inner.read_exact_at(buf, offset))
     }
 }
 
@@ -142,88 +163,76 @@ struct FaultyWriter {
 
 impl Write for FaultyWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.state.check()?;
-        self.inner.write(buf)
+        self.state.run(|| self.inner.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.flush()
+        self.state.run(|| self.inner.flush())
     }
 }
 
 impl ObjectWriter for FaultyWriter {
     fn commit(self: Box<Self>) -> io::Result<u64> {
-        self.state.check()?;
-        self.inner.commit()
+        let FaultyWriter { inner, state } = *self;
+        state.run(|| inner.commit())
     }
 
     fn start_writeback(&mut self) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.start_writeback()
+        self.state.run(|| self.inner.start_writeback())
     }
 }
 
 impl Storage for FaultyStorage {
     fn read(&self, key: &str) -> io::Result<Vec<u8>> {
-        self.state.check()?;
-        self.inner.read(key)
+        self.state.run(|| self.inner.read(key))
     }
 
     fn open(&self, key: &str) -> io::Result<Arc<dyn Object>> {
-        self.state.check()?;
+        let inner = self.state.run(|| self.inner.open(key))?;
         Ok(Arc::new(FaultyObject {
-            inner: self.inner.open(key)?,
+            inner,
             state: self.state.clone(),
         }))
     }
 
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.put(key, data)
+        self.state.run(|| self.inner.put(key, data))
     }
 
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
-        self.state.check()?;
+        let inner = self.state.run(|| self.inner.create(key))?;
         Ok(Box::new(FaultyWriter {
-            inner: self.inner.create(key)?,
+            inner,
             state: self.state.clone(),
         }))
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
-        self.state.check()?;
-        self.inner.list(dir)
+        self.state.run(|| self.inner.list(dir))
     }
 
     fn remove(&self, key: &str) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.remove(key)
+        self.state.run(|| self.inner.remove(key))
     }
 
     fn remove_tree(&self, dir: &str) -> io::Result<()> {
-        self.state.check()?;
-        self.inner.remove_tree(dir)
+        self.state.run(|| self.inner.remove_tree(dir))
     }
 
     fn size(&self, key: &str) -> io::Result<u64> {
-        self.state.check()?;
-        self.inner.size(key)
+        self.state.run(|| self.inner.size(key))
     }
 
     fn try_lock(&self, name: &str) -> io::Result<Option<LockGuard>> {
-        self.state.check()?;
-        self.inner.try_lock(name)
+        self.state.run(|| self.inner.try_lock(name))
     }
 
     fn lock(&self, name: &str) -> io::Result<LockGuard> {
-        self.state.check()?;
-        self.inner.lock(name)
+        self.state.run(|| self.inner.lock(name))
     }
 
     fn space(&self) -> io::Result<Space> {
-        self.state.check()?;
-        self.inner.space()
+        self.state.run(|| self.inner.space())
     }
 }
 

@@ -69,7 +69,9 @@ pub fn read_record<T: DeserializeOwned + records::Record>(
         key: key.to_string(),
         source,
     };
-    let size = storage.size(key).map_err(io)?;
+    // The length is fixed when the object is opened: a file growing meanwhile is not read on.
+    let object = storage.open(key).map_err(io)?;
+    let size = object.len();
     if size > envelope::MAX_FILE as u64 {
         return Err(RecordError::Corrupt(Corrupt::new(
             key,
@@ -79,7 +81,8 @@ pub fn read_record<T: DeserializeOwned + records::Record>(
             ),
         )));
     }
-    let bytes = storage.read(key).map_err(io)?;
+    let mut bytes = vec![0u8; size as usize];
+    object.read_exact_at(&mut bytes, 0).map_err(io)?;
     let body = envelope::open(key, kind, &bytes)?;
     let record: T = serde_json::from_slice(body).map_err(|e| {
         RecordError::Corrupt(Corrupt::new(key, format!("invalid {kind} record: {e}")))

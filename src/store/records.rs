@@ -236,15 +236,15 @@ pub trait Record {
     }
 }
 
-/// Whether `name` is safe as one path component: not empty, not `.` or `..`, no `/` or NUL,
-/// at most 255 bytes. (The engine's naming rules are stricter; this is the floor for anything
-/// read back from a store.)
+/// Whether `name` is safe as one path component and on a terminal: not empty, not `.` or `..`,
+/// no `/` and no control characters (NUL included), at most 255 bytes. (The engine's naming
+/// rules are stricter; this is the floor for anything read back from a store.)
 pub fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
         && name.len() <= 255
-        && !name.contains(['/', '\0'])
+        && !name.chars().any(|c| c == '/' || c.is_control())
 }
 
 impl Record for StoreHeader {}

@@ -218,33 +218,50 @@ impl LocalStorage {
         &self.root
     }
 
-    /// The path of `key`, refusing one that goes through a symbolic link: a link planted in
-    /// the store must not lead reads, writes or removals outside it.
+    /// The path of `key`, refusing one that goes through anything but directories to a regular
+    /// file or directory: a symbolic link planted in the store must not lead reads, writes or
+    /// removals outside it, and a FIFO or device must not block or feed a reader. (Opens also
+    /// use O_NOFOLLOW, so a link swapped in after this check is refused too.)
     fn path(&self, key: &str) -> io::Result<PathBuf> {
         check_key(key)?;
         let mut path = self.root.clone();
         let mut exists = true;
-        for part in key.split('/') {
+        let parts: Vec<&str> = key.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
             path.push(part);
             if !exists {
                 continue;
             }
+            let refuse = |what: &str| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {what}; the store holds only files and directories",
+                        path.display()
+                    ),
+                )
+            };
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "{} is a symbolic link; the store never follows links",
-                            path.display()
-                        ),
-                    ));
+                    return Err(refuse("a symbolic link, which the store never follows"));
                 }
-                Ok(_) => {}
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.is_file() && i + 1 == parts.len() => {}
+                Ok(m) if m.is_file() => return Err(refuse("a file where a directory belongs")),
+                Ok(_) => return Err(refuse("not a regular file")),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => exists = false,
                 Err(e) => return Err(e),
             }
         }
         Ok(path)
+    }
+
+    /// Opens an existing file for reading, never through a link.
+    fn open_file(&self, key: &str) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(key)?)
     }
 
     /// Creates the parent directories of `path` that are missing, fsyncing each new entry's
@@ -533,11 +550,13 @@ impl Drop for LocalWriter {
 
 impl Storage for LocalStorage {
     fn read(&self, key: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.path(key)?)
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut self.open_file(key)?, &mut out)?;
+        Ok(out)
     }
 
     fn open(&self, key: &str) -> io::Result<Arc<dyn Object>> {
-        let file = File::open(self.path(key)?)?;
+        let file = self.open_file(key)?;
         let len = file.metadata()?.len();
         Ok(Arc::new(LocalObject { file, len }))
     }
