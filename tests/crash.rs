@@ -274,3 +274,81 @@ fn killed_mount_daemons_never_expose_or_lose_a_point() {
     );
     assert!(mid > 0, "no kill landed inside an operation");
 }
+
+#[test]
+fn killed_collection_deletes_never_change_the_other_collections() {
+    let mut rng = rng(seed());
+    let mut f = Fixture::new(&mut rng);
+    let disk = f.disk.clone();
+    for i in 0..3 {
+        change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
+        let name = format!("keep{i}");
+        f.ts.create("c1", &name);
+        f.committed.insert(name, hash(&f.content));
+    }
+    let (mut deleted, mut mid) = (0, 0);
+    let kills = kills().div_ceil(2);
+    let mut window = None;
+    for i in 0..kills {
+        // A second collection of the same VM, with points interleaved in the chain.
+        let coll = format!("gone{i}");
+        let engine = f.ts.reopen();
+        engine
+            .create_collection(&coll, "vm", None)
+            .expect("collection");
+        let mut doomed = Vec::new();
+        for j in 0..3 {
+            change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
+            common::create(&engine, &coll, &format!("x{j}"));
+            doomed.push((format!("x{j}"), hash(&f.content)));
+        }
+        drop(engine);
+        let window = *window.get_or_insert_with(|| {
+            // Time one collection delete, then recreate what it removed.
+            let op = f.timed(&["collection", "delete", &coll, "--force"]);
+            f.window(op)
+        });
+        if i == 0 {
+            continue;
+        }
+        let (_, pending) = f.kill_during(
+            &["collection", "delete", &coll, "--force"],
+            window,
+            &mut rng,
+        );
+        mid += usize::from(pending);
+        // The doomed points may each be there or not; the committed ones must all be.
+        let engine = f.ts.reopen();
+        let report = engine.check(true, &Silent).expect("check runs");
+        assert!(
+            report.problems.is_empty(),
+            "after a kill: {:#?}",
+            report.problems
+        );
+        let cat = engine.catalog().expect("catalog");
+        for name in f.committed.keys() {
+            assert!(
+                cat.point("c1", name).is_ok(),
+                "committed point c1/{name} was lost"
+            );
+            let got = hash(&read_image(&engine, "c1", name, "disk"));
+            assert_eq!(got, f.committed[name], "c1/{name} changed");
+        }
+        for (name, h) in &doomed {
+            if cat.point(&coll, name).is_ok() {
+                assert_eq!(hash(&read_image(&engine, &coll, name, "disk")), *h);
+            }
+        }
+        if cat.collection(&coll).is_err() {
+            deleted += 1;
+        } else {
+            // Finish the job, as a user would.
+            drop(engine);
+            f.timed(&["collection", "delete", &coll, "--force"]);
+        }
+    }
+    eprintln!(
+        "{} collection deletes killed: {deleted} finished first, {mid} killed mid-operation",
+        kills - 1
+    );
+}

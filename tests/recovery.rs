@@ -396,3 +396,80 @@ fn a_creation_the_store_has_no_room_for_is_refused_before_any_work() {
     );
     assert_unchanged(&before, &snapshot(&store), "a refused creation");
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote() {
+    if !root_or_skip("a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote")
+    {
+        return;
+    }
+    require_tool("losetup");
+    let fs = Tmpfs {
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    sh(&format!(
+        "mount -t tmpfs -o size=48m rpfs-test '{}'",
+        fs.dir.path().display()
+    ));
+    let store = fs.dir.path().join("store");
+    // A block device source: how much it holds is unknown, so the free-space check lets the
+    // creation start, and the store fills up half way through.
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = work.path().join("d.img");
+    random_image(&image, 96 * MIB as usize, &mut rng(seed()));
+    let dev = Loop(
+        sh(&format!("losetup -f --show '{}'", image.display()))
+            .trim()
+            .to_string(),
+    );
+    expect_exit(rpfs_at(&store).arg("init"), 0);
+    expect_exit(
+        rpfs_at(&store)
+            .args(["vm", "add", "vm"])
+            .arg(format!("--disk=d={}", dev.0)),
+        0,
+    );
+    expect_exit(
+        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
+        0,
+    );
+    let free = || {
+        sh(&format!(
+            "df -B1 --output=avail '{}' | tail -1",
+            fs.dir.path().display()
+        ))
+        .trim()
+        .parse::<u64>()
+        .expect("df")
+    };
+    let (before, free_before) = (snapshot(&store), free());
+    let (_, err) = expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 1);
+    assert_mentions(&err, &["No space left on device"]);
+    assert_unchanged(
+        &before,
+        &snapshot(&store),
+        "a creation that ran out of space",
+    );
+    assert_eq!(free(), free_before, "the space it used was not given back");
+    expect_exit(rpfs_at(&store).args(["check", "--read-data"]), 0);
+}
