@@ -137,6 +137,11 @@ impl Fixture {
 }
 
 fn flip(path: &Path, offset: u64) {
+    xor_byte(path, offset, 0x20);
+}
+
+/// XORs the byte at `offset` of `path` with `mask` (doing it twice restores it).
+fn xor_byte(path: &Path, offset: u64, mask: u8) {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -144,7 +149,7 @@ fn flip(path: &Path, offset: u64) {
         .expect("open");
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).expect("read");
-    b[0] ^= 0x20;
+    b[0] ^= mask;
     f.write_all_at(&b, offset).expect("write");
 }
 
@@ -371,14 +376,7 @@ fn a_thousand_single_bit_flips_are_all_reported_and_never_read_as_data() {
         let (path, len) = &files[i % files.len()];
         let offset = rand::Rng::random_range(&mut rng, 0..*len);
         let bit = 1u8 << rand::Rng::random_range(&mut rng, 0..8u32);
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open");
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, offset).expect("read");
-        f.write_all_at(&[b[0] ^ bit], offset).expect("flip");
+        xor_byte(path, offset, bit);
         let what = format!("flip {i}: bit {bit:#04x} at {offset} of {}", path.display());
         match Engine::open(
             std::sync::Arc::new(LocalStorage::new(&g.store)),
@@ -397,7 +395,7 @@ fn a_thousand_single_bit_flips_are_all_reported_and_never_read_as_data() {
                 unreadable_pieces += failed;
             }
         }
-        f.write_all_at(&b, offset).expect("unflip");
+        xor_byte(path, offset, bit);
     }
     // Every flip was undone: the store is whole again.
     let engine = open(&g.store);

@@ -230,7 +230,9 @@ impl Model {
                 self.change(&dir, vec![(name, None)]);
             }
             Event::Mkdir(path) => {
-                self.dirs.insert(path.clone(), Dir::default());
+                // Calls are recorded after they return, so with threads a directory's own
+                // entries can be traced before its creation: never reset what it holds.
+                self.dirs.entry(path.clone()).or_default();
                 let (dir, name) = split(path);
                 self.change(&dir, vec![(name, Some(Entry::Dir))]);
             }
@@ -380,6 +382,24 @@ mod tests {
                 fs::read(out.join(file)).ok()
             })
             .collect()
+    }
+
+    #[test]
+    fn entries_traced_before_their_directory_keep() {
+        // Thread B fsynced its entry in `d` before thread A's creation of `d` was recorded.
+        let events = [
+            Event::Mkdir("d/sub".into()),
+            Event::FsyncDir("d".into()),
+            Event::Mkdir("d".into()),
+            Event::FsyncDir(String::new()),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let init = dir.path().join("init");
+        fs::create_dir(&init).expect("mkdir");
+        let mut pick = |_: usize| 0;
+        let out = dir.path().join("out");
+        crash_state(&init, &events, events.len(), &mut pick, &out).expect("state");
+        assert!(out.join("d/sub").is_dir());
     }
 
     fn write(path: &str, data: &[u8]) -> Event {
