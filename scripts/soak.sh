@@ -11,4 +11,4 @@ rpfs_install_deps
 export RPFS_CRASH_STATES="${RPFS_CRASH_STATES:-200}" RPFS_KILLS="${RPFS_KILLS:-50}"
 echo "soak: $RPFS_CRASH_STATES simulated crash states per case, $RPFS_KILLS kills per test" >&2
 cargo test --release --test crashsim --test crash --test faults -- --nocapture --test-threads 2 2>&1 |
-  grep -E "states|caught|kills|committed|faults|^test |test result"
+  grep -E "states|caught|kills|killed|committed|faults|^test |test result"
