@@ -12,6 +12,7 @@ declare -A RPFS_PACKAGES=(
   [fusermount3]=fuse3
   [setpriv]=util-linux [prlimit]=util-linux
   [strace]=strace
+  [sfdisk]=fdisk
   [python3]=python3
 )
 

@@ -122,6 +122,10 @@ fn the_tree_is_exactly_what_the_store_holds() {
             "/disks",
             "/disks/os.img",
             "/disks/data.img",
+            // The fixture's disks hold no partition table.
+            "/partitions",
+            "/partitions/os",
+            "/partitions/data",
         ] {
             want.push(format!("./{coll}/{point}{rel}"));
         }

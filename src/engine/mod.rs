@@ -23,6 +23,7 @@ pub mod error;
 mod hooks;
 pub mod ingest;
 pub mod names;
+pub mod partitions;
 mod pending;
 pub mod progress;
 pub mod read;

@@ -30,10 +30,13 @@ pub use errno::{FsError, Level};
 pub use node::{Attr, DirEntry, Entry, Kind, Node, ROOT_INO};
 
 use crate::engine::create::CreateRequest;
+use crate::engine::partitions::{self, Partition};
 use crate::engine::progress::Silent;
 use crate::engine::{Catalog, DiskImage, Engine, now_rfc3339, resource};
 use crate::store::records::{CollectionRecord, LastOperation, PointRecord};
-use node::{COLLECTION_JSON, DISKS, IMAGE_SUFFIX, Inodes, LATEST, POINT_JSON, VM_CONFIG};
+use node::{
+    COLLECTION_JSON, DISKS, IMAGE_SUFFIX, Inodes, LATEST, PARTITIONS, POINT_JSON, VM_CONFIG,
+};
 
 /// Cache lifetime of what changes: listings, `latest`, JSON resources.
 pub const CHANGING_TTL: Duration = Duration::from_secs(1);
@@ -79,12 +82,64 @@ pub struct FsStat {
 }
 
 enum Handle {
-    Image(Arc<DiskImage>),
+    /// A disk image, or the window of it a partition covers.
+    Image(View),
     Bytes(Arc<Vec<u8>>),
     /// A directory listing, taken at `opendir`, so offsets stay valid while the directory
     /// changes.
     Dir(Arc<Vec<DirEntry>>),
 }
+
+/// `len` bytes of a disk image from `start`: the whole disk, or one partition.
+#[derive(Clone)]
+struct View {
+    image: Arc<DiskImage>,
+    start: u64,
+    len: u64,
+}
+
+impl View {
+    fn whole(image: Arc<DiskImage>) -> View {
+        let len = image.size();
+        View {
+            image,
+            start: 0,
+            len,
+        }
+    }
+
+    /// The first data at or after `offset` (within the view), if any.
+    fn next_data(&self, offset: u64) -> Option<u64> {
+        let at = self.image.next_data(self.start + offset)?;
+        (at < self.start + self.len).then_some(at - self.start)
+    }
+
+    /// The first hole at or after `offset`, or the view's end.
+    fn next_hole(&self, offset: u64) -> u64 {
+        self.image
+            .next_hole(self.start + offset)
+            .min(self.start + self.len)
+            - self.start
+    }
+
+    /// Bytes of the view that hold data (not holes).
+    fn allocated(&self) -> u64 {
+        let mut total = 0;
+        let mut at = 0;
+        while let Some(data) = self.next_data(at) {
+            let hole = self.next_hole(data);
+            total += hole - data;
+            at = hole;
+            if at >= self.len {
+                break;
+            }
+        }
+        total
+    }
+}
+
+/// The partitions of a disk image, each with its data bytes.
+type PartitionTable = Arc<Vec<(Partition, u64)>>;
 
 /// A catalog with indexes by id.
 struct Snapshot {
@@ -153,6 +208,8 @@ pub struct Vfs {
     images: Mutex<HashMap<(Uuid, Uuid), Weak<DiskImage>>>,
     /// (size, allocated bytes) of disk images: immutable, and costly to count.
     image_sizes: Mutex<HashMap<(Uuid, Uuid), (u64, u64)>>,
+    /// Partitions of disk images, with the data bytes of each: immutable, read on first use.
+    partitions: Mutex<HashMap<(Uuid, Uuid), PartitionTable>>,
     store_created: SystemTime,
 }
 
@@ -179,6 +236,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             images: Mutex::new(HashMap::new()),
             image_sizes: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
             store_created,
         })
     }
@@ -223,6 +281,9 @@ impl Vfs {
         // Forget what belongs to points that are gone.
         self.images.lock().retain(|_, w| w.strong_count() > 0);
         self.image_sizes
+            .lock()
+            .retain(|(p, _), _| fresh.points.contains_key(p));
+        self.partitions
             .lock()
             .retain(|(p, _), _| fresh.points.contains_key(p));
         Ok(fresh)
@@ -270,8 +331,29 @@ impl Vfs {
                     parse_time(&p.created),
                 )
             }
-            Node::Point(p) => dir(0o555, 3, parse_time(&snap.point(p)?.created)),
+            Node::Point(p) => dir(0o555, 4, parse_time(&snap.point(p)?.created)),
             Node::Disks(p) => dir(0o555, 2, parse_time(&snap.point(p)?.created)),
+            Node::Partitions(p) => {
+                let point = snap.point(p)?;
+                dir(
+                    0o555,
+                    2 + point.disks.len() as u32,
+                    parse_time(&point.created),
+                )
+            }
+            Node::PartitionDisk(p, _) => dir(0o555, 2, parse_time(&snap.point(p)?.created)),
+            Node::PartitionImage(p, d, n) => {
+                let point = snap.point(p)?;
+                let (part, allocated) = self.partition(snap, point, d, n)?;
+                (
+                    Kind::File,
+                    part.len,
+                    allocated.div_ceil(512),
+                    0o444,
+                    1,
+                    parse_time(&point.created),
+                )
+            }
             Node::PointJson(p) => {
                 let point = snap.point(p)?;
                 file(
@@ -365,8 +447,25 @@ impl Vfs {
                     POINT_JSON => Ok(Node::PointJson(p)),
                     VM_CONFIG => Ok(Node::VmConfig(p)),
                     DISKS => Ok(Node::Disks(p)),
+                    PARTITIONS => Ok(Node::Partitions(p)),
                     _ => Err(FsError::NotFound),
                 }
+            }
+            Node::Partitions(p) => snap
+                .point(p)?
+                .disks
+                .iter()
+                .find(|d| d.name == name)
+                .map(|d| Node::PartitionDisk(p, d.disk_id))
+                .ok_or(FsError::NotFound),
+            Node::PartitionDisk(p, d) => {
+                let n: u32 = name
+                    .strip_prefix('p')
+                    .and_then(|n| n.strip_suffix(IMAGE_SUFFIX))
+                    .and_then(|n| n.parse().ok())
+                    .ok_or(FsError::NotFound)?;
+                self.partition(snap, snap.point(p)?, d, n)?;
+                Ok(Node::PartitionImage(p, d, n))
             }
             Node::Disks(p) => {
                 let point = snap.point(p)?;
@@ -382,7 +481,8 @@ impl Vfs {
             | Node::Latest(_)
             | Node::PointJson(_)
             | Node::VmConfig(_)
-            | Node::DiskImage(..) => Err(FsError::NotDir),
+            | Node::DiskImage(..)
+            | Node::PartitionImage(..) => Err(FsError::NotDir),
         }
     }
 
@@ -435,9 +535,31 @@ impl Vfs {
                         entry(Node::PointJson(p), Kind::File, POINT_JSON),
                         entry(Node::VmConfig(p), Kind::File, VM_CONFIG),
                         entry(Node::Disks(p), Kind::Directory, DISKS),
+                        entry(Node::Partitions(p), Kind::Directory, PARTITIONS),
                     ],
                 )
             }
+            Node::Partitions(p) => (
+                Node::Point(p),
+                snap.point(p)?
+                    .disks
+                    .iter()
+                    .map(|d| entry(Node::PartitionDisk(p, d.disk_id), Kind::Directory, &d.name))
+                    .collect(),
+            ),
+            Node::PartitionDisk(p, d) => (
+                Node::Partitions(p),
+                self.partition_table(&snap, snap.point(p)?, d)?
+                    .iter()
+                    .map(|(part, _)| {
+                        entry(
+                            Node::PartitionImage(p, d, part.number),
+                            Kind::File,
+                            &format!("p{}{IMAGE_SUFFIX}", part.number),
+                        )
+                    })
+                    .collect(),
+            ),
             Node::Disks(p) => {
                 let point = snap.point(p)?;
                 (
@@ -459,7 +581,8 @@ impl Vfs {
             | Node::Latest(_)
             | Node::PointJson(_)
             | Node::VmConfig(_)
-            | Node::DiskImage(..) => return Err(FsError::NotDir),
+            | Node::DiskImage(..)
+            | Node::PartitionImage(..) => return Err(FsError::NotDir),
         };
         let mut out = vec![
             entry(node, Kind::Directory, "."),
@@ -570,6 +693,50 @@ impl Vfs {
         Ok(s)
     }
 
+    /// The partitions of disk `disk` of `point`, each with its data bytes; read once.
+    fn partition_table(
+        &self,
+        snap: &Snapshot,
+        point: &PointRecord,
+        disk: Uuid,
+    ) -> Result<PartitionTable, FsError> {
+        if let Some(t) = self.partitions.lock().get(&(point.id, disk)) {
+            return Ok(t.clone());
+        }
+        let image = self.image(snap, point, disk)?;
+        let table: Vec<(Partition, u64)> = partitions::read(&image)
+            .into_iter()
+            .map(|part| {
+                let view = View {
+                    image: image.clone(),
+                    start: part.start,
+                    len: part.len,
+                };
+                (part, view.allocated())
+            })
+            .collect();
+        let table = Arc::new(table);
+        self.partitions
+            .lock()
+            .insert((point.id, disk), table.clone());
+        Ok(table)
+    }
+
+    /// Partition `n` of disk `disk` of `point`, with its data bytes.
+    fn partition(
+        &self,
+        snap: &Snapshot,
+        point: &PointRecord,
+        disk: Uuid,
+        n: u32,
+    ) -> Result<(Partition, u64), FsError> {
+        self.partition_table(snap, point, disk)?
+            .iter()
+            .find(|(p, _)| p.number == n)
+            .copied()
+            .ok_or(FsError::NotFound)
+    }
+
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle);
@@ -586,7 +753,17 @@ impl Vfs {
         let (handle, keep_cache, direct_io) = match node {
             Node::DiskImage(p, d) => {
                 let image = self.image(&snap, snap.point(p)?, d)?;
-                (Handle::Image(image), true, false)
+                (Handle::Image(View::whole(image)), true, false)
+            }
+            Node::PartitionImage(p, d, n) => {
+                let point = snap.point(p)?;
+                let (part, _) = self.partition(&snap, point, d, n)?;
+                let view = View {
+                    image: self.image(&snap, point, d)?,
+                    start: part.start,
+                    len: part.len,
+                };
+                (Handle::Image(view), true, false)
             }
             Node::VmConfig(p) => {
                 let config = self.engine.point_config(snap.point(p)?)?;
@@ -602,7 +779,12 @@ impl Vfs {
                 false,
                 true,
             ),
-            Node::Root | Node::Collection(_) | Node::Point(_) | Node::Disks(_) => {
+            Node::Root
+            | Node::Collection(_)
+            | Node::Point(_)
+            | Node::Disks(_)
+            | Node::Partitions(_)
+            | Node::PartitionDisk(..) => {
                 return Err(FsError::IsDir);
             }
             Node::Latest(_) => {
@@ -653,10 +835,10 @@ impl Vfs {
     /// Reads up to `size` bytes at `offset`: exactly `size` unless the file ends first.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         match self.handle(fh)? {
-            Handle::Image(img) => {
-                let len = (size as u64).min(img.size().saturating_sub(offset)) as usize;
+            Handle::Image(view) => {
+                let len = (size as u64).min(view.len.saturating_sub(offset)) as usize;
                 let mut buf = vec![0u8; len];
-                let n = img.read_at(offset, &mut buf)?;
+                let n = view.image.read_at(view.start + offset, &mut buf)?;
                 buf.truncate(n);
                 Ok(buf)
             }
@@ -685,7 +867,7 @@ impl Vfs {
             u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset".into()))?;
         let handle = self.handle(fh)?;
         let size = match &handle {
-            Handle::Image(img) => img.size(),
+            Handle::Image(view) => view.len,
             Handle::Bytes(b) => b.len() as u64,
             Handle::Dir(_) => return Err(FsError::IsDir),
         };
@@ -693,8 +875,8 @@ impl Vfs {
             return Err(FsError::NoData(offset));
         }
         let at = match (&handle, whence == SEEK_DATA) {
-            (Handle::Image(img), true) => img.next_data(offset).ok_or(FsError::NoData(offset))?,
-            (Handle::Image(img), false) => img.next_hole(offset),
+            (Handle::Image(view), true) => view.next_data(offset).ok_or(FsError::NoData(offset))?,
+            (Handle::Image(view), false) => view.next_hole(offset),
             // Generated files are all data.
             (_, true) => offset,
             (_, false) => size,

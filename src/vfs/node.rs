@@ -10,6 +10,9 @@
 //! /<collection>/<point>/vm-config           VmConfig
 //! /<collection>/<point>/disks/              Disks
 //! /<collection>/<point>/disks/<disk>.img    DiskImage
+//! /<collection>/<point>/partitions/         Partitions
+//! /<collection>/<point>/partitions/<disk>/  PartitionDisk
+//! /<collection>/<point>/partitions/<disk>/p<N>.img  PartitionImage (a window of the disk)
 //! ```
 //!
 //! Invariants: a node is identified by the UUIDs of what it shows, never by a name, so renames
@@ -28,6 +31,7 @@ pub const ROOT_INO: u64 = 1;
 pub const POINT_JSON: &str = "restore-point.json";
 pub const VM_CONFIG: &str = "vm-config";
 pub const DISKS: &str = "disks";
+pub const PARTITIONS: &str = "partitions";
 /// Names inside a collection directory besides its points.
 pub const COLLECTION_JSON: &str = "collection.json";
 pub const LATEST: &str = "latest";
@@ -48,6 +52,11 @@ pub enum Node {
     Disks(Uuid),
     /// A disk restore point: (point id, disk id).
     DiskImage(Uuid, Uuid),
+    Partitions(Uuid),
+    /// The partitions of one disk: (point id, disk id).
+    PartitionDisk(Uuid, Uuid),
+    /// Partition N of a disk: (point id, disk id, N).
+    PartitionImage(Uuid, Uuid, u32),
 }
 
 impl Node {
@@ -55,7 +64,12 @@ impl Node {
     pub fn is_immutable(self) -> bool {
         matches!(
             self,
-            Node::VmConfig(_) | Node::Disks(_) | Node::DiskImage(..)
+            Node::VmConfig(_)
+                | Node::Disks(_)
+                | Node::DiskImage(..)
+                | Node::Partitions(_)
+                | Node::PartitionDisk(..)
+                | Node::PartitionImage(..)
         )
     }
 }
