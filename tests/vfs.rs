@@ -338,7 +338,7 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
         "c0/latest",
     );
 
-    // A point: restore-point.json, vm-config, disks; `..` is its collection.
+    // A point: restore-point.json, vm-config, disks, partitions; `..` is its collection.
     for (name, p) in [("zeta", zeta), ("alpha", alpha), ("mid", mid)] {
         assert_eq!(
             listing(&v, p),
@@ -358,6 +358,11 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
                 (
                     "disks".into(),
                     ino(&v, &format!("c1/{name}/disks")),
+                    Kind::Directory
+                ),
+                (
+                    "partitions".into(),
+                    ino(&v, &format!("c1/{name}/partitions")),
                     Kind::Directory
                 ),
             ],
