@@ -79,6 +79,13 @@ pub fn open<'a>(file: &str, kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], Cor
     if crc32c::crc32c(body) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
+    // The header line has no checksum of its own: only the exact form `seal` writes is
+    // accepted, so a flipped bit that still parses (a hex digit's case, say) is caught.
+    if header != format!("{MAGIC} {kind} v{VERSION} {len} {crc:08x}") {
+        return Err(corrupt(format!(
+            "envelope header {header:?} is not in canonical form"
+        )));
+    }
     Ok(body)
 }
 
@@ -91,6 +98,22 @@ mod tests {
         let sealed = seal("vm", b"{\"a\":1}");
         assert!(sealed.starts_with(b"RPFS vm v1 7 "));
         assert_eq!(open("f", "vm", &sealed).expect("valid"), b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_header_that_parses_but_is_not_canonical_is_refused() {
+        let sealed = String::from_utf8(seal("point", b"hello world")).expect("ascii");
+        let (header, body) = sealed.split_once('\n').expect("header");
+        let (front, crc) = header.rsplit_once(' ').expect("crc");
+        for variant in [
+            format!("{front} {}\n{body}", crc.to_uppercase()),
+            format!("{front} 0{crc}\n{body}"),
+            format!("{}\n{body}", header.replacen(" 11 ", " 011 ", 1)),
+        ] {
+            assert_ne!(variant, sealed);
+            let e = open("f", "point", variant.as_bytes()).expect_err(&variant);
+            assert!(e.to_string().contains("canonical"), "{variant:?}: {e}");
+        }
     }
 
     #[test]
