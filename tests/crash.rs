@@ -61,6 +61,17 @@ impl Fixture {
             .expect("spawn rpfs")
     }
 
+    /// Creates points `<prefix>0`.. in c1, changing 20% of the blocks before each, and records
+    /// them as committed.
+    fn commit_points(&mut self, prefix: &str, n: usize, rng: &mut StdRng) {
+        for i in 0..n {
+            change_blocks(&self.disk, &mut self.content, 64 * KIB, 0.2, rng);
+            let name = format!("{prefix}{i}");
+            self.ts.create("c1", &name);
+            self.committed.insert(name, hash(&self.content));
+        }
+    }
+
     /// Runs `args` to completion and returns how long it took.
     fn timed(&self, args: &[&str]) -> Duration {
         let start = Instant::now();
@@ -176,12 +187,7 @@ fn killed_deletions_never_change_the_other_points() {
     let mut rng = rng(seed());
     let mut f = Fixture::new(&mut rng);
     let disk = f.disk.clone();
-    for i in 0..6 {
-        change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
-        let name = format!("base{i}");
-        f.ts.create("c1", &name);
-        f.committed.insert(name, hash(&f.content));
-    }
+    f.commit_points("base", 6, &mut rng);
     let probe = f.committed.keys().next().cloned().expect("a point");
     let op = f.timed(&["point", "delete", &format!("c1/{probe}")]);
     f.committed.remove(&probe);
@@ -280,12 +286,7 @@ fn killed_collection_deletes_never_change_the_other_collections() {
     let mut rng = rng(seed());
     let mut f = Fixture::new(&mut rng);
     let disk = f.disk.clone();
-    for i in 0..3 {
-        change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
-        let name = format!("keep{i}");
-        f.ts.create("c1", &name);
-        f.committed.insert(name, hash(&f.content));
-    }
+    f.commit_points("keep", 3, &mut rng);
     let (mut deleted, mut mid) = (0, 0);
     let kills = kills().div_ceil(2);
     let mut window = None;

@@ -56,6 +56,21 @@ impl Drop for SmallFs {
     }
 }
 
+/// Creates a store at `store` with VM "vm" of one disk "d" at `disk`, and collection "c".
+fn init_with_vm(store: &Path, disk: &Path) {
+    expect_exit(rpfs_at(store).arg("init"), 0);
+    expect_exit(
+        rpfs_at(store)
+            .args(["vm", "add", "vm"])
+            .arg(format!("--disk=d={}", disk.display())),
+        0,
+    );
+    expect_exit(
+        rpfs_at(store).args(["collection", "create", "c", "--vm", "vm"]),
+        0,
+    );
+}
+
 #[test]
 fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
     if !root_or_skip("a_delete_on_a_full_store_succeeds_and_frees_the_space_later") {
@@ -67,17 +82,7 @@ fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
     let work = tempfile::tempdir().expect("tempdir");
     let disk = work.path().join("d.img");
     let mut content = random_image(&disk, 48 * MIB as usize, &mut rng);
-    expect_exit(rpfs_at(&store).arg("init"), 0);
-    expect_exit(
-        rpfs_at(&store)
-            .args(["vm", "add", "vm"])
-            .arg(format!("--disk=d={}", disk.display())),
-        0,
-    );
-    expect_exit(
-        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
-        0,
-    );
+    init_with_vm(&store, &disk);
     expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 0);
     change_blocks(&disk, &mut content, 64 * KIB, 0.5, &mut rng);
     expect_exit(rpfs_at(&store).args(["point", "create", "c", "p2"]), 0);
@@ -372,17 +377,7 @@ fn a_creation_the_store_has_no_room_for_is_refused_before_any_work() {
     let disk = work.path().join("d.img");
     // 400 MiB allocated (unwritten extents count): a full copy may need all of it.
     sh(&format!("fallocate -l 400M '{}'", disk.display()));
-    expect_exit(rpfs_at(&store).arg("init"), 0);
-    expect_exit(
-        rpfs_at(&store)
-            .args(["vm", "add", "vm"])
-            .arg(format!("--disk=d={}", disk.display())),
-        0,
-    );
-    expect_exit(
-        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
-        0,
-    );
+    init_with_vm(&store, &disk);
     let before = snapshot(&store);
     let (_, err) = expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 11);
     assert_mentions(
@@ -442,17 +437,7 @@ fn a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote()
             .trim()
             .to_string(),
     );
-    expect_exit(rpfs_at(&store).arg("init"), 0);
-    expect_exit(
-        rpfs_at(&store)
-            .args(["vm", "add", "vm"])
-            .arg(format!("--disk=d={}", dev.0)),
-        0,
-    );
-    expect_exit(
-        rpfs_at(&store).args(["collection", "create", "c", "--vm", "vm"]),
-        0,
-    );
+    init_with_vm(&store, Path::new(&dev.0));
     let free = || {
         sh(&format!(
             "df -B1 --output=avail '{}' | tail -1",

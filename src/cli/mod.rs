@@ -6,7 +6,6 @@ mod mount;
 mod output;
 mod progress;
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -189,7 +188,7 @@ fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<()
     } else {
         engine.check(read_data, &Bar::new())?
     };
-    let unreachable: HashSet<&String> = report.unreachable.iter().collect();
+    let unreachable = report.unreachable.len();
     let mut remaining = 0;
     for p in &report.problems {
         // A repair speaks of the unreachable files itself, below.
@@ -228,19 +227,17 @@ fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<()
         remaining,
         match (repair, yes) {
             (false, _) => String::new(),
-            (true, false) => format!(
-                ", {} unreachable files to remove (run again with --yes)",
-                unreachable.len()
-            ),
+            (true, false) =>
+                format!(", {unreachable} unreachable files to remove (run again with --yes)"),
             (true, true) => format!(", {} unreachable files removed", report.removed.len()),
         },
         started.elapsed().as_secs_f64()
     );
     // A dry run that found files to remove has something left to do, like a problem.
-    if remaining > 0 || (repair && !yes && !unreachable.is_empty()) {
+    if remaining > 0 || (repair && !yes && unreachable > 0) {
         Err(failure(
             exit::DAMAGED,
-            format!("check found {} problems", remaining.max(unreachable.len())),
+            format!("check found {} problems", remaining.max(unreachable)),
         ))
     } else {
         Ok(())

@@ -159,13 +159,13 @@ impl Engine {
             }
             if apply {
                 // Still under the VM's lock: no operation can have started using these files.
-                let mut removed = Vec::new();
                 for key in &report.unreachable[first_unreachable..] {
                     remove_if_present(storage, key)
                         .map_err(Error::io(format!("removing {key}")))?;
-                    removed.push(key.clone());
                 }
-                report.removed.extend(removed);
+                report
+                    .removed
+                    .extend_from_slice(&report.unreachable[first_unreachable..]);
             }
         }
         for (name, n) in vm_names.into_iter().chain(collection_names) {

@@ -14,7 +14,6 @@
 //! for) when both scripts succeeded; otherwise the mode requested. A failing pre-script fails the
 //! creation, committing nothing, unless crash consistency was requested.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -330,14 +329,12 @@ impl Engine {
         previous: &[Option<Uuid>],
     ) -> Result<()> {
         let mut need = CREATE_MARGIN;
-        for ((d, info), prev) in included.iter().zip(infos).zip(previous) {
+        for (info, prev) in infos.iter().zip(previous) {
             if prev.is_none() {
                 need += match info.kind {
                     // How much of a device holds data is unknown: only the margin is asked.
                     SourceKind::BlockDevice => 0,
-                    SourceKind::File => std::fs::metadata(&d.path)
-                        .map(|m| (m.blocks() * 512).min(info.size))
-                        .unwrap_or(info.size),
+                    SourceKind::File => info.allocated,
                 };
             }
         }

@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Whence, lseek};
@@ -29,6 +29,8 @@ pub enum SourceKind {
 pub struct SourceInfo {
     pub kind: SourceKind,
     pub size: u64,
+    /// Bytes the file has allocated (at most `size`); a block device's whole size.
+    pub allocated: u64,
 }
 
 /// Image formats recognised (and refused) by their magic: (name, offset, magic).
@@ -115,7 +117,15 @@ pub fn inspect(disk: &str, path: &Path) -> Result<SourceInfo> {
             )));
         }
     }
-    Ok(SourceInfo { kind, size })
+    let allocated = match kind {
+        SourceKind::File => (meta.blocks() * 512).min(size),
+        SourceKind::BlockDevice => size,
+    };
+    Ok(SourceInfo {
+        kind,
+        size,
+        allocated,
+    })
 }
 
 fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
