@@ -33,4 +33,18 @@ for i in 1 2 3 4 5 6; do head -c $((i * 24)) /dev/urandom > "fuzz/corpus/vfs_ops
 # lookup(1,"c") → lookup(2,"p1") → readdir; and a read of a disk image.
 printf '\x01\x01\x01c\x01\x02\x02p1\x02\x02\x0d\x00\x10\x00\x00\x00\x00\x00\x00\xff\xff\x00\x00\x00\x00\x00\x00' \
   > fuzz/corpus/vfs_ops/seed-walk
+# Guest filesystems: small ext4 (with and without extents, ext2) and FAT images of a tree with a
+# nested file, a symlink and a hard link (fuzz with -max_len=262144).
+mkdir -p fuzz/corpus/guest_fs "$work/tree/d/e"
+echo hello > "$work/tree/d/e/f"; ln -s d/e/f "$work/tree/link"; ln "$work/tree/d/e/f" "$work/tree/hard"
+for opts in "-t ext4 -O ^has_journal,^resize_inode" "-t ext4 -O ^has_journal,^resize_inode,^extent,^64bit,^metadata_csum" "-t ext2"; do
+  mkfs.ext4 -q -F $opts -b 1024 -N 16 -d "$work/tree" "$work/g.img" 128k 2>/dev/null
+  cp "$work/g.img" "fuzz/corpus/guest_fs/seed-$((n++))-ext"
+done
+for s in 1 2; do
+  rm -f "$work/g.img"; truncate -s $((32 + s * 32))k "$work/g.img"
+  mkfs.fat -F 12 -s "$s" "$work/g.img" >/dev/null
+  mcopy -s -i "$work/g.img" "$work/tree/d" ::/
+  cp "$work/g.img" "fuzz/corpus/guest_fs/seed-$((n++))-fat"
+done
 echo "seeded: $(find fuzz/corpus -type f | wc -l) inputs" >&2

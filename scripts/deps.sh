@@ -13,6 +13,7 @@ declare -A RPFS_PACKAGES=(
   [setpriv]=util-linux [prlimit]=util-linux
   [strace]=strace
   [sfdisk]=fdisk
+  [mkfs.fat]=dosfstools [mcopy]=mtools [mkntfs]=ntfs-3g [ntfs-3g]=ntfs-3g
   [python3]=python3
 )
 

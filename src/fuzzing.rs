@@ -1,5 +1,5 @@
-//! Fuzz targets: the parsers of everything read back from a store, the name validator, and
-//! sequences of file system operations on the vfs core. `fuzz/` drives them with cargo-fuzz;
+//! Fuzz targets: the parsers of everything read back from a store, the name validator,
+//! sequences of file system operations on the vfs core, and guest filesystems (ext4, FAT). `fuzz/` drives them with cargo-fuzz;
 //! `tests/fuzz_replay.rs` replays the kept corpora and crashes, and random inputs, on stable.
 //!
 //! Invariant each target asserts: any input gives a value or a typed error, never a panic,
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::create::CreateRequest;
+use crate::engine::guest::{FsType, Guest, GuestKind, Source};
 use crate::engine::progress::Silent;
 use crate::engine::vms::VmSpec;
 use crate::engine::{Engine, OpenOptions, names};
@@ -306,4 +307,49 @@ fn open_disk(vfs: &Vfs) -> Option<u64> {
         ino = vfs.lookup(ino, OsStr::new(name)).ok()?.attr.ino;
     }
     vfs.open(ino, libc::O_RDONLY).ok().map(|o| o.fh)
+}
+
+/// A guest filesystem image: probed, then (when rpfs reads it) walked through [`Guest`] as the
+/// mount would: every directory listed, every link read, every file read at its start and end,
+/// up to `MAX_NODES` files. Damage must give errors; parser panics stay in the parser's thread.
+pub fn guest_fs(data: &[u8]) {
+    const MAX_NODES: usize = 2000;
+    let source: Arc<dyn Source> = Arc::new(data.to_vec());
+    let Some(fs) = FsType::probe(source.as_ref()) else {
+        return;
+    };
+    let guest = Guest::new(fs, source);
+    let Ok(root) = guest.root() else {
+        return;
+    };
+    let mut queue = vec![root.ino];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(dir) = queue.pop() {
+        if seen.len() >= MAX_NODES || !seen.insert(dir) {
+            continue;
+        }
+        let Ok(listing) = guest.list(dir) else {
+            continue;
+        };
+        for (name, attr) in &listing.entries {
+            // What a listing names, a lookup and a stat find (a damaged directory may name
+            // one file twice, so the attributes may be the other one's).
+            assert!(guest.lookup(dir, name).is_ok());
+            assert!(guest.attr(attr.ino).is_ok());
+            match attr.kind {
+                GuestKind::Directory => queue.push(attr.ino),
+                GuestKind::Symlink => {
+                    let _ = guest.read_link(attr.ino);
+                }
+                GuestKind::File => {
+                    for at in [0, attr.size.saturating_sub(4096)] {
+                        if let Ok(bytes) = guest.read(attr.ino, at, 65536) {
+                            assert_eq!(bytes.len() as u64, attr.size.saturating_sub(at).min(65536));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }

@@ -50,10 +50,17 @@ fn kept_inputs_replay_without_panics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vfs = fuzzing::vfs_fixture(dir.path());
     replay("vfs_ops", |data| fuzzing::vfs_ops(&vfs, data));
+    replay("guest_fs", fuzzing::guest_fs);
 }
 
 /// A kept input of `target` with a few bytes overwritten, or random bytes.
 fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    mutated_within(target, usize::MAX)
+}
+
+/// Like [`mutated`], with the overwritten bytes among the first `span` (where the metadata of
+/// a filesystem image is).
+fn mutated_within(target: &'static str, span: usize) -> impl Strategy<Value = Vec<u8>> {
     let seeds: Vec<Vec<u8>> = kept(target).into_iter().map(|(_, d)| d).collect();
     let n = seeds.len().max(1);
     prop_oneof![
@@ -66,7 +73,7 @@ fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
                 let mut d = seeds.get(i).cloned().unwrap_or_default();
                 for (at, b) in edits {
                     if !d.is_empty() {
-                        let at = at % d.len();
+                        let at = at % d.len().min(span);
                         d[at] = b;
                     }
                 }
@@ -96,6 +103,11 @@ proptest! {
     #[test]
     fn names_never_panic(data in mutated("name")) {
         fuzzing::name(&data);
+    }
+
+    #[test]
+    fn guest_filesystems_never_panic(data in mutated_within("guest_fs", 16384)) {
+        fuzzing::guest_fs(&data);
     }
 }
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mount::{MountGuard, fuse_or_skip, is_mounted};
+use common::mount::{MountGuard, as_nobody, fuse_or_skip, is_mounted};
 use common::*;
 use rand::{Rng, RngCore};
 use rpfs::engine::vms::VmSpec;
@@ -107,7 +107,11 @@ fn the_tree_is_exactly_what_the_store_holds() {
     }
     let f = Fixture::new();
     let m = f.mount(&[]);
-    let found = sh(&format!("cd '{}' && find . | sort", m.mountpoint.display()));
+    // The guest files under files/os are tests/files.rs's to check; here they must only exist.
+    let found = sh(&format!(
+        "cd '{}' && find . -path './*/*/files/os/*' -prune -o -print | sort",
+        m.mountpoint.display()
+    ));
     let mut want = vec![".".to_string()];
     for coll in ["daily", "weekly"] {
         want.push(format!("./{coll}"));
@@ -126,6 +130,10 @@ fn the_tree_is_exactly_what_the_store_holds() {
             "/partitions",
             "/partitions/os",
             "/partitions/data",
+            // The OS disk is one ext4 filesystem, the data disk holds none.
+            "/files",
+            "/files/os",
+            "/files/data",
         ] {
             want.push(format!("./{coll}/{point}{rel}"));
         }
@@ -736,29 +744,6 @@ fn allow_other_lets_others_read_but_only_root_and_the_owner_change() {
     random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
     ts.vm("vm", &[("d", &disk)], "c");
     ts.create("c", "p");
-    let as_nobody = |m: &MountGuard, cmd: &str| {
-        // The temporary directories are private (0700): let others reach the mount point.
-        let mut dir = m.mountpoint.parent();
-        while let Some(d) = dir {
-            if d == Path::new("/") {
-                break;
-            }
-            let _ = fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-            dir = d.parent();
-        }
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .current_dir(&m.mountpoint)
-            .output()
-            .expect("setpriv")
-    };
     let m = MountGuard::new(&ts.store_path(), &["--allow-other", "--allow-delete"]);
     let out = as_nobody(
         &m,

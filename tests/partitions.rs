@@ -21,28 +21,11 @@ fn partitioned(path: &Path, size: u64, script: &str) -> (Vec<u8>, Vec<(u32, u64,
         "printf '{script}' | sfdisk -q '{}' >/dev/null",
         path.display()
     ));
-    let dump = sh(&format!("sfdisk -J '{}'", path.display()));
-    let v: serde_json::Value = serde_json::from_str(&dump).expect("sfdisk json");
-    let mut parts = Vec::new();
-    for p in v["partitiontable"]["partitions"]
-        .as_array()
-        .expect("partitions")
-    {
-        let node = p["node"].as_str().expect("node");
-        let number: u32 = node
-            .rsplit(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse().ok())
-            .expect("number");
-        let (start, len) = (
-            p["start"].as_u64().expect("start") * 512,
-            p["size"].as_u64().expect("size") * 512,
-        );
-        let extended = matches!(p["type"].as_str(), Some("5" | "f" | "85"));
-        if !extended {
-            parts.push((number, start, len));
-        }
-    }
+    let parts: Vec<(u32, u64, u64)> = sfdisk_partitions(path)
+        .into_iter()
+        .filter(|(_, _, _, kind)| !matches!(kind.as_str(), "5" | "f" | "85"))
+        .map(|(n, start, len, _)| (n, start, len))
+        .collect();
     let mut content = fs::read(path).expect("read");
     let mut rng = rng(seed());
     for &(_, start, _) in &parts {

@@ -93,7 +93,7 @@ fn listing(v: &Vfs, ino: u64) -> Vec<(String, u64, Kind)> {
     v.readdir(ino)
         .unwrap_or_else(|e| panic!("readdir {ino}: {e}"))
         .into_iter()
-        .map(|d| (d.name, d.ino, d.kind))
+        .map(|d| (d.name.to_string_lossy().into_owned(), d.ino, d.kind))
         .collect()
 }
 
@@ -317,7 +317,7 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
     assert_eq!(v.readlink(latest).expect("readlink"), b"mid");
     let l = v.getattr(latest).expect("getattr latest").attr;
     assert_eq!((l.kind, l.perm, l.size), (Kind::Symlink, 0o777, 3));
-    assert_eq!(l.time, created("mid"));
+    assert_eq!(l.mtime, created("mid"));
 
     // An empty collection has no `latest`.
     assert_eq!(
@@ -338,7 +338,7 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
         "c0/latest",
     );
 
-    // A point: restore-point.json, vm-config, disks, partitions; `..` is its collection.
+    // A point: restore-point.json, vm-config, disks, partitions, files; `..` is its collection.
     for (name, p) in [("zeta", zeta), ("alpha", alpha), ("mid", mid)] {
         assert_eq!(
             listing(&v, p),
@@ -363,6 +363,11 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
                 (
                     "partitions".into(),
                     ino(&v, &format!("c1/{name}/partitions")),
+                    Kind::Directory
+                ),
+                (
+                    "files".into(),
+                    ino(&v, &format!("c1/{name}/files")),
                     Kind::Directory
                 ),
             ],
@@ -424,13 +429,13 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
             "/disks/os.img",
         ] {
             let path = format!("c1/{name}{sub}");
-            assert_eq!(attr(&path).time, created(name), "time of {path}");
+            assert_eq!(attr(&path).mtime, created(name), "time of {path}");
         }
     }
     // A collection's time is its newest point's; an empty one's its creation.
-    assert_eq!(attr("c1").time, created("mid"));
+    assert_eq!(attr("c1").mtime, created("mid"));
     let c0_created = parse_time(&cat.collection("c0").expect("c0").created);
-    assert_eq!(attr("c0").time, c0_created);
+    assert_eq!(attr("c0").mtime, c0_created);
 
     // Sizes: images the disk size; blocks only the stored data.
     let os = attr("c1/zeta/disks/os.img");
@@ -1543,7 +1548,11 @@ fn a_listing_stays_consistent_while_the_directory_changes() {
     create(&other, "c", "point-new");
     std::thread::sleep(Duration::from_millis(120));
     let rest = v.readdir_at(fh, resume).expect("readdir");
-    let mut seen: Vec<String> = first.into_iter().chain(rest).map(|(_, e)| e.name).collect();
+    let mut seen: Vec<String> = first
+        .into_iter()
+        .chain(rest)
+        .map(|(_, e)| e.name.to_string_lossy().into_owned())
+        .collect();
     let total = seen.len();
     seen.sort();
     seen.dedup();
@@ -1563,4 +1572,123 @@ fn a_listing_stays_consistent_while_the_directory_changes() {
     // A new opendir sees the change.
     let names = names(&v, dir);
     assert!(names.contains(&"point-new".to_string()) && !names.contains(&"point-005".to_string()));
+}
+
+/// Overwrites the first inode table of the ext4 image at `image` with random bytes.
+fn damage_inode_table(image: &Path, rng: &mut StdRng) {
+    let at = inode_table_offset(image);
+    let mut junk = vec![0u8; 64 * KIB as usize];
+    rng.fill_bytes(&mut junk);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .expect("open image");
+    std::os::unix::fs::FileExt::write_all_at(&f, &junk, at).expect("damage");
+}
+
+#[test]
+fn guest_files_show_their_own_attributes_and_refuse_what_they_must() {
+    let ts = TestStore::new(4096);
+    let mut r = rng(seed());
+    let tree = ts.path("tree");
+    std::fs::create_dir_all(tree.join("d")).expect("tree");
+    std::fs::write(tree.join("a.txt"), "guest file\n").expect("file");
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("l")).expect("link");
+    sh(&format!("chmod 0640 '{}/a.txt'", tree.display()));
+    // Another owner, where the test may give one.
+    let owner = if is_root() {
+        sh(&format!("chown 7:8 '{}/a.txt'", tree.display()));
+        (7, 8)
+    } else {
+        let m = std::fs::metadata(tree.join("a.txt")).expect("stat");
+        (
+            std::os::unix::fs::MetadataExt::uid(&m),
+            std::os::unix::fs::MetadataExt::gid(&m),
+        )
+    };
+    let (os, bad) = (ts.path("os.img"), ts.path("bad.img"));
+    ext4_image(&tree, &os, 8 * MIB);
+    ext4_image(&tree, &bad, 8 * MIB);
+    damage_inode_table(&bad, &mut r);
+    ts.vm("vm", &[("os", &os), ("bad", &bad)], "c");
+    ts.create("c", "p");
+    let v = mount(&ts, false, false, FOREVER);
+
+    let a = resolve(&v, "c/p/files/os/a.txt");
+    assert_eq!(a.ttl, IMMUTABLE_TTL);
+    assert_eq!(
+        (
+            a.attr.kind,
+            a.attr.perm,
+            a.attr.uid,
+            a.attr.gid,
+            a.attr.size
+        ),
+        (Kind::File, 0o640, owner.0, owner.1, 11),
+        "the guest's own attributes, not the mount owner's"
+    );
+    let fh = v.open(a.attr.ino, libc::O_RDONLY).expect("open").fh;
+    assert_eq!(v.read(fh, 0, 4096).expect("read"), b"guest file\n");
+    assert_eq!(v.read(fh, 6, 3).expect("read"), b"fil");
+    assert!(v.read(fh, 11, 10).expect("read at the end").is_empty());
+    assert_eq!(v.lseek(fh, 0, SEEK_HOLE).expect("hole"), 11);
+    v.release(fh);
+    let l = resolve(&v, "c/p/files/os/l");
+    assert_eq!(l.attr.kind, Kind::Symlink);
+    assert_eq!(v.readlink(l.attr.ino).expect("readlink"), b"/etc/passwd");
+    let d = ino(&v, "c/p/files/os/d");
+    let root = ino(&v, "c/p/files/os");
+    // `..` of the guest root is files/, of a guest directory its parent.
+    assert_eq!(listing(&v, d)[1], ("..".into(), root, Kind::Directory));
+    assert_eq!(
+        listing(&v, root)[1],
+        ("..".into(), ino(&v, "c/p/files"), Kind::Directory)
+    );
+
+    fails(v.open(d, libc::O_RDONLY), libc::EISDIR, "open a directory");
+    fails(
+        v.open(a.attr.ino, libc::O_WRONLY),
+        libc::EROFS,
+        "open for writing",
+    );
+    fails(
+        v.open(l.attr.ino, libc::O_RDONLY),
+        libc::EINVAL,
+        "open a link",
+    );
+    fails(v.readlink(a.attr.ino), libc::EINVAL, "readlink of a file");
+    fails(
+        v.lookup(a.attr.ino, OsStr::new("x")),
+        libc::ENOTDIR,
+        "under a file",
+    );
+    fails(
+        v.lookup(root, OsStr::new("nope")),
+        libc::ENOENT,
+        "a missing name",
+    );
+    fails(
+        v.lookup(root, OsStr::from_bytes(b"\xff")),
+        libc::ENOENT,
+        "a name no guest file has",
+    );
+    fails(
+        v.mkdir(root, OsStr::new("new"), 0),
+        libc::EPERM,
+        "mkdir in a guest",
+    );
+
+    // A damaged filesystem: EIO naming it, and nothing else is affected.
+    let files = ino(&v, "c/p/files");
+    let e = match v.lookup(files, OsStr::new("bad")) {
+        Err(e) => e,
+        Ok(bad) => v
+            .readdir(bad.attr.ino)
+            .expect_err("a damaged filesystem lists"),
+    };
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert_mentions(&e.to_string(), &["ext4", "disk bad", "c/p"]);
+    let a = resolve(&v, "c/p/files/os/a.txt");
+    let fh = v.open(a.attr.ino, libc::O_RDONLY).expect("open").fh;
+    assert_eq!(v.read(fh, 0, 4096).expect("read"), b"guest file\n");
 }

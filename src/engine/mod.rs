@@ -20,6 +20,7 @@ pub mod check;
 pub mod create;
 pub mod delete;
 pub mod error;
+pub mod guest;
 mod hooks;
 pub mod ingest;
 pub mod names;
@@ -32,6 +33,7 @@ pub mod resource;
 pub mod restore;
 pub mod source;
 pub mod vms;
+pub mod window;
 
 use std::sync::Arc;
 

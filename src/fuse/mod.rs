@@ -40,22 +40,30 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.blocks,
-        atime: a.time,
-        mtime: a.time,
-        ctime: a.time,
-        crtime: a.time,
-        kind: match a.kind {
-            Kind::Directory => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-            Kind::Symlink => FileType::Symlink,
-        },
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -234,12 +242,7 @@ impl Filesystem for RpfsFs {
         match self.vfs.readdir_at(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
-                    let kind = match e.kind {
-                        Kind::Directory => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                        Kind::Symlink => FileType::Symlink,
-                    };
-                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
                         break;
                     }
                 }

@@ -35,6 +35,9 @@ pub enum FsError {
     Invalid(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A guest filesystem that cannot be read (damaged or unsupported): says which and why.
+    #[error("{0}")]
+    Guest(String),
 }
 
 /// How loudly a failed request is logged.
@@ -62,6 +65,8 @@ impl FsError {
             FsError::BadName => libc::EINVAL,
             FsError::NoData(_) => libc::ENXIO,
             FsError::Invalid(_) => libc::EINVAL,
+            // Damage is never papered over: what cannot be read is an I/O error.
+            FsError::Guest(_) => libc::EIO,
             FsError::Engine(e) => match e.kind() {
                 ErrorKind::NotFound => libc::ENOENT,
                 ErrorKind::Exists => libc::EEXIST,
@@ -96,6 +101,7 @@ impl FsError {
             FsError::ReadOnly(_) | FsError::NotPermitted(_) | FsError::AccessDenied(_) => {
                 Level::Info
             }
+            FsError::Guest(_) => Level::Error,
             FsError::Engine(e) => match e.kind() {
                 ErrorKind::NotFound => Level::Debug,
                 ErrorKind::Exists

@@ -11,14 +11,17 @@
 //! - What a committed point holds never changes: its disk images and configuration are served
 //!   with long cache lifetimes; what changes (collection listings, `latest`, JSON resources) is
 //!   served with short ones.
-//! - Locks: `inodes`, `snapshot`, `handles` and `images` are each held only for a lookup or an
-//!   insert, never across I/O or a creation, so a long `mkdir` blocks no read.
+//! - Locks: `inodes`, `snapshot`, `handles`, `images` and `guests` are each held only for a
+//!   lookup or an insert, never across I/O or a creation, so a long `mkdir` blocks no read.
+//! - `files/` costs nothing until entered: a disk's table is read and its filesystems probed on
+//!   first use, each parsed by its own [`Guest`]; what one cannot read is EIO in it alone.
 
 mod errno;
 mod node;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,12 +33,14 @@ pub use errno::{FsError, Level};
 pub use node::{Attr, DirEntry, Entry, Kind, Node, ROOT_INO};
 
 use crate::engine::create::CreateRequest;
+use crate::engine::guest::{FsType, Guest, GuestAttr, GuestError, GuestKind};
 use crate::engine::partitions::{self, Partition};
 use crate::engine::progress::Silent;
+use crate::engine::window::Window;
 use crate::engine::{Catalog, DiskImage, Engine, now_rfc3339, resource};
 use crate::store::records::{CollectionRecord, LastOperation, PointRecord};
 use node::{
-    COLLECTION_JSON, DISKS, IMAGE_SUFFIX, Inodes, LATEST, PARTITIONS, POINT_JSON, VM_CONFIG,
+    COLLECTION_JSON, DISKS, FILES, IMAGE_SUFFIX, Inodes, LATEST, PARTITIONS, POINT_JSON, VM_CONFIG,
 };
 
 /// Cache lifetime of what changes: listings, `latest`, JSON resources.
@@ -83,63 +88,28 @@ pub struct FsStat {
 
 enum Handle {
     /// A disk image, or the window of it a partition covers.
-    Image(View),
+    Image(Window),
     Bytes(Arc<Vec<u8>>),
+    /// A file inside a guest filesystem: the filesystem, the file's guest inode number, and
+    /// what to call the filesystem in errors.
+    Guest(Arc<Guest>, u64, Arc<str>),
     /// A directory listing, taken at `opendir`, so offsets stay valid while the directory
     /// changes.
     Dir(Arc<Vec<DirEntry>>),
 }
 
-/// `len` bytes of a disk image from `start`: the whole disk, or one partition.
-#[derive(Clone)]
-struct View {
-    image: Arc<DiskImage>,
-    start: u64,
-    len: u64,
-}
-
-impl View {
-    fn whole(image: Arc<DiskImage>) -> View {
-        let len = image.size();
-        View {
-            image,
-            start: 0,
-            len,
-        }
-    }
-
-    /// The first data at or after `offset` (within the view), if any.
-    fn next_data(&self, offset: u64) -> Option<u64> {
-        let at = self.image.next_data(self.start + offset)?;
-        (at < self.start + self.len).then_some(at - self.start)
-    }
-
-    /// The first hole at or after `offset`, or the view's end.
-    fn next_hole(&self, offset: u64) -> u64 {
-        self.image
-            .next_hole(self.start + offset)
-            .min(self.start + self.len)
-            - self.start
-    }
-
-    /// Bytes of the view that hold data (not holes).
-    fn allocated(&self) -> u64 {
-        let mut total = 0;
-        let mut at = 0;
-        while let Some(data) = self.next_data(at) {
-            let hole = self.next_hole(data);
-            total += hole - data;
-            at = hole;
-            if at >= self.len {
-                break;
-            }
-        }
-        total
-    }
-}
-
 /// The partitions of a disk image, each with its data bytes.
 type PartitionTable = Arc<Vec<(Partition, u64)>>;
+
+/// A guest filesystem of a point, keyed by (point, disk, partition number or 0 for the disk).
+type GuestKey = (Uuid, Uuid, u32);
+
+/// A guest filesystem rpfs can read, with what to call it in errors.
+#[derive(Clone)]
+struct GuestFs {
+    fs: Arc<Guest>,
+    label: Arc<str>,
+}
 
 /// A catalog with indexes by id.
 struct Snapshot {
@@ -210,6 +180,9 @@ pub struct Vfs {
     image_sizes: Mutex<HashMap<(Uuid, Uuid), (u64, u64)>>,
     /// Partitions of disk images, with the data bytes of each: immutable, read on first use.
     partitions: Mutex<HashMap<(Uuid, Uuid), PartitionTable>>,
+    /// Guest filesystems probed so far (None: nothing rpfs reads there). Immutable, made on
+    /// first use.
+    guests: Mutex<HashMap<GuestKey, Option<GuestFs>>>,
     store_created: SystemTime,
 }
 
@@ -237,6 +210,7 @@ impl Vfs {
             images: Mutex::new(HashMap::new()),
             image_sizes: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
+            guests: Mutex::new(HashMap::new()),
             store_created,
         })
     }
@@ -286,6 +260,9 @@ impl Vfs {
         self.partitions
             .lock()
             .retain(|(p, _), _| fresh.points.contains_key(p));
+        self.guests
+            .lock()
+            .retain(|(p, _, _), _| fresh.points.contains_key(p));
         Ok(fresh)
     }
 
@@ -300,6 +277,15 @@ impl Vfs {
     // ----- attributes -----
 
     fn attr(&self, snap: &Snapshot, node: Node) -> Result<Attr, FsError> {
+        if let Node::Guest(p, d, n, ino) = node {
+            let g = self.guest_fs(snap, p, d, n)?;
+            let a = if ino == 0 {
+                g.fs.root()
+            } else {
+                g.fs.attr(ino)
+            };
+            return Ok(self.guest_attr(node, a.map_err(|e| guest_error(&g, e))?));
+        }
         let dir = |perm: u16, nlink: u32, time| (Kind::Directory, 0, 0, perm, nlink, time);
         let file = |size: u64, time| (Kind::File, size, size.div_ceil(512), 0o444, 1, time);
         let (kind, size, blocks, perm, nlink, time) = match node {
@@ -341,7 +327,10 @@ impl Vfs {
                     parse_time(&point.created),
                 )
             }
-            Node::PartitionDisk(p, _) => dir(0o555, 2, parse_time(&snap.point(p)?.created)),
+            Node::PartitionDisk(p, _) | Node::Files(p) | Node::FilesDisk(p, _) => {
+                dir(0o555, 2, parse_time(&snap.point(p)?.created))
+            }
+            Node::Guest(..) => return Err(FsError::NotFound),
             Node::PartitionImage(p, d, n) => {
                 let point = snap.point(p)?;
                 let (part, allocated) = self.partition(snap, point, d, n)?;
@@ -387,8 +376,30 @@ impl Vfs {
             nlink,
             uid: self.options.owner_uid,
             gid: self.options.owner_gid,
-            time,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            rdev: 0,
         })
+    }
+
+    /// A guest file's attributes as the mount shows them: the guest's own, owned by the mount's
+    /// owner where the filesystem has no owners.
+    fn guest_attr(&self, node: Node, a: GuestAttr) -> Attr {
+        Attr {
+            ino: self.ino(node),
+            kind: kind(a.kind),
+            size: a.size,
+            blocks: a.blocks,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid.unwrap_or(self.options.owner_uid),
+            gid: a.gid.unwrap_or(self.options.owner_gid),
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            rdev: a.rdev,
+        }
     }
 
     /// A collection's directory changes when a point is added: its time is its newest point's.
@@ -448,6 +459,7 @@ impl Vfs {
                     VM_CONFIG => Ok(Node::VmConfig(p)),
                     DISKS => Ok(Node::Disks(p)),
                     PARTITIONS => Ok(Node::Partitions(p)),
+                    FILES => Ok(Node::Files(p)),
                     _ => Err(FsError::NotFound),
                 }
             }
@@ -458,6 +470,26 @@ impl Vfs {
                 .find(|d| d.name == name)
                 .map(|d| Node::PartitionDisk(p, d.disk_id))
                 .ok_or(FsError::NotFound),
+            Node::Files(p) => {
+                let point = snap.point(p)?;
+                let d = point
+                    .disks
+                    .iter()
+                    .find(|d| d.name == name)
+                    .ok_or(FsError::NotFound)?;
+                self.files_disk(snap, point, d.disk_id)
+            }
+            Node::FilesDisk(p, d) => {
+                let n: u32 = name
+                    .strip_prefix('p')
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0 && name == format!("p{n}"))
+                    .ok_or(FsError::NotFound)?;
+                self.guest_fs(snap, p, d, n)?;
+                Ok(Node::Guest(p, d, n, 0))
+            }
+            // Guest names are bytes: `lookup` resolves them.
+            Node::Guest(..) => Err(FsError::NotFound),
             Node::PartitionDisk(p, d) => {
                 let n: u32 = name
                     .strip_prefix('p')
@@ -489,9 +521,21 @@ impl Vfs {
     /// Resolves `name` inside directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let parent = self.node(parent)?;
+        let snap = self.snapshot()?;
+        if let Node::Guest(p, d, n, ino) = parent {
+            let g = self.guest_fs(&snap, p, d, n)?;
+            let dir = Self::guest_ino(&g, ino)?;
+            let a =
+                g.fs.lookup(dir, name.as_bytes())
+                    .map_err(|e| guest_error(&g, e))?;
+            let node = Self::guest_node(&g, (p, d, n), a.ino)?;
+            return Ok(Entry {
+                attr: self.guest_attr(node, a),
+                ttl: IMMUTABLE_TTL,
+            });
+        }
         // No rpfs name is anything but UTF-8, so such a name simply does not exist.
         let name = name.to_str().ok_or(FsError::NotFound)?;
-        let snap = self.snapshot()?;
         let node = self.child(&snap, parent, name)?;
         self.entry(&snap, node)
     }
@@ -503,7 +547,7 @@ impl Vfs {
         let entry = |node: Node, kind: Kind, name: &str| DirEntry {
             ino: self.ino(node),
             kind,
-            name: name.to_string(),
+            name: name.into(),
         };
         let (parent, children): (Node, Vec<DirEntry>) = match node {
             Node::Root => (
@@ -536,8 +580,53 @@ impl Vfs {
                         entry(Node::VmConfig(p), Kind::File, VM_CONFIG),
                         entry(Node::Disks(p), Kind::Directory, DISKS),
                         entry(Node::Partitions(p), Kind::Directory, PARTITIONS),
+                        entry(Node::Files(p), Kind::Directory, FILES),
                     ],
                 )
+            }
+            Node::Files(p) => {
+                let point = snap.point(p)?;
+                let mut out = Vec::with_capacity(point.disks.len());
+                for d in &point.disks {
+                    let node = self.files_disk(&snap, point, d.disk_id)?;
+                    out.push(entry(node, Kind::Directory, &d.name));
+                }
+                (Node::Point(p), out)
+            }
+            Node::FilesDisk(p, d) => {
+                let point = snap.point(p)?;
+                let mut out = Vec::new();
+                for (part, _) in self.partition_table(&snap, point, d)?.iter() {
+                    if self.guest(&snap, point, d, part.number)?.is_some() {
+                        let node = Node::Guest(p, d, part.number, 0);
+                        out.push(entry(node, Kind::Directory, &format!("p{}", part.number)));
+                    }
+                }
+                (Node::Files(p), out)
+            }
+            Node::Guest(p, d, n, ino) => {
+                let g = self.guest_fs(&snap, p, d, n)?;
+                let key = (p, d, n);
+                let listing =
+                    g.fs.list(Self::guest_ino(&g, ino)?)
+                        .map_err(|e| guest_error(&g, e))?;
+                let parent = match (ino, n) {
+                    (0, 0) => Node::Files(p),
+                    (0, _) => Node::FilesDisk(p, d),
+                    _ => {
+                        let up = g.fs.parent(ino).map_err(|e| guest_error(&g, e))?;
+                        Self::guest_node(&g, key, up)?
+                    }
+                };
+                let mut out = Vec::with_capacity(listing.entries.len());
+                for (name, a) in &listing.entries {
+                    out.push(DirEntry {
+                        ino: self.ino(Self::guest_node(&g, key, a.ino)?),
+                        kind: kind(a.kind),
+                        name: OsString::from(OsStr::from_bytes(name)),
+                    });
+                }
+                (parent, out)
             }
             Node::Partitions(p) => (
                 Node::Point(p),
@@ -599,6 +688,11 @@ impl Vfs {
                 let snap = self.snapshot()?;
                 let p = snap.latest(c).ok_or(FsError::NotFound)?;
                 Ok(p.name.clone().into_bytes())
+            }
+            Node::Guest(p, d, n, ino) => {
+                let snap = self.snapshot()?;
+                let g = self.guest_fs(&snap, p, d, n)?;
+                g.fs.read_link(ino).map_err(|e| guest_error(&g, e))
             }
             _ => Err(FsError::Invalid("not a symbolic link".into())),
         }
@@ -707,7 +801,7 @@ impl Vfs {
         let table: Vec<(Partition, u64)> = partitions::read(&image)
             .into_iter()
             .map(|part| {
-                let view = View {
+                let view = Window {
                     image: image.clone(),
                     start: part.start,
                     len: part.len,
@@ -737,6 +831,84 @@ impl Vfs {
             .ok_or(FsError::NotFound)
     }
 
+    /// The node of `files/<disk>`: the disk's filesystem when it has no partition table, else
+    /// the directory of its partitions' filesystems.
+    fn files_disk(&self, snap: &Snapshot, point: &PointRecord, d: Uuid) -> Result<Node, FsError> {
+        if self.partition_table(snap, point, d)?.is_empty()
+            && self.guest(snap, point, d, 0)?.is_some()
+        {
+            Ok(Node::Guest(point.id, d, 0, 0))
+        } else {
+            Ok(Node::FilesDisk(point.id, d))
+        }
+    }
+
+    /// The filesystem in partition `n` (0: the whole disk) of disk `d` of `point`, if rpfs
+    /// reads it; probed once.
+    fn guest(
+        &self,
+        snap: &Snapshot,
+        point: &PointRecord,
+        d: Uuid,
+        n: u32,
+    ) -> Result<Option<GuestFs>, FsError> {
+        let key = (point.id, d, n);
+        if let Some(g) = self.guests.lock().get(&key) {
+            return Ok(g.clone());
+        }
+        let image = self.image(snap, point, d)?;
+        let window = if n == 0 {
+            Window::whole(image)
+        } else {
+            let (part, _) = self.partition(snap, point, d, n)?;
+            Window {
+                image,
+                start: part.start,
+                len: part.len,
+            }
+        };
+        let found = FsType::probe(&window).map(|fs| {
+            let coll = snap
+                .collection(point.collection_id)
+                .map_or("?", |c| &c.name);
+            let disk = point
+                .disks
+                .iter()
+                .find(|x| x.disk_id == d)
+                .map_or("?", |x| &x.name);
+            let place = match n {
+                0 => format!("disk {disk}"),
+                n => format!("partition {n} of disk {disk}"),
+            };
+            GuestFs {
+                fs: Arc::new(Guest::new(fs, Arc::new(window))),
+                label: format!("{} in {place} of {coll}/{}", fs.name(), point.name).into(),
+            }
+        });
+        // Whoever probed first wins, so one parser serves each filesystem.
+        Ok(self.guests.lock().entry(key).or_insert(found).clone())
+    }
+
+    /// The filesystem `files/` shows for `(p, d, n)`; there is none where rpfs reads none.
+    fn guest_fs(&self, snap: &Snapshot, p: Uuid, d: Uuid, n: u32) -> Result<GuestFs, FsError> {
+        self.guest(snap, snap.point(p)?, d, n)?
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The guest's inode number for a node's (0: the root).
+    fn guest_ino(g: &GuestFs, ino: u64) -> Result<u64, FsError> {
+        match ino {
+            0 => Ok(g.fs.root().map_err(|e| guest_error(g, e))?.ino),
+            ino => Ok(ino),
+        }
+    }
+
+    /// The node of guest file `ino` (the root is always number 0, so it has one node).
+    fn guest_node(g: &GuestFs, (p, d, n): GuestKey, ino: u64) -> Result<Node, FsError> {
+        let root = g.fs.root().map_err(|e| guest_error(g, e))?.ino;
+        Ok(Node::Guest(p, d, n, if ino == root { 0 } else { ino }))
+    }
+
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle);
@@ -753,12 +925,12 @@ impl Vfs {
         let (handle, keep_cache, direct_io) = match node {
             Node::DiskImage(p, d) => {
                 let image = self.image(&snap, snap.point(p)?, d)?;
-                (Handle::Image(View::whole(image)), true, false)
+                (Handle::Image(Window::whole(image)), true, false)
             }
             Node::PartitionImage(p, d, n) => {
                 let point = snap.point(p)?;
                 let (part, _) = self.partition(&snap, point, d, n)?;
-                let view = View {
+                let view = Window {
                     image: self.image(&snap, point, d)?,
                     start: part.start,
                     len: part.len,
@@ -779,12 +951,39 @@ impl Vfs {
                 false,
                 true,
             ),
+            Node::Guest(p, d, n, ino) => {
+                let g = self.guest_fs(&snap, p, d, n)?;
+                let a = if ino == 0 {
+                    g.fs.root()
+                } else {
+                    g.fs.attr(ino)
+                };
+                match a.map_err(|e| guest_error(&g, e))?.kind {
+                    GuestKind::File => (Handle::Guest(g.fs, ino, g.label), true, false),
+                    GuestKind::Directory => return Err(FsError::IsDir),
+                    GuestKind::Symlink => {
+                        return Err(FsError::Invalid("a symbolic link cannot be opened".into()));
+                    }
+                    // The mount is `nodev`, so the kernel refuses these before asking.
+                    GuestKind::CharDevice
+                    | GuestKind::BlockDevice
+                    | GuestKind::Fifo
+                    | GuestKind::Socket => {
+                        return Err(FsError::AccessDenied(
+                            "device files, fifos and sockets of a restore point cannot be opened"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             Node::Root
             | Node::Collection(_)
             | Node::Point(_)
             | Node::Disks(_)
             | Node::Partitions(_)
-            | Node::PartitionDisk(..) => {
+            | Node::PartitionDisk(..)
+            | Node::Files(_)
+            | Node::FilesDisk(..) => {
                 return Err(FsError::IsDir);
             }
             Node::Latest(_) => {
@@ -827,6 +1026,7 @@ impl Vfs {
         match self.handles.lock().get(&fh) {
             Some(Handle::Image(i)) => Ok(Handle::Image(i.clone())),
             Some(Handle::Bytes(b)) => Ok(Handle::Bytes(b.clone())),
+            Some(Handle::Guest(g, ino, label)) => Ok(Handle::Guest(g.clone(), *ino, label.clone())),
             Some(Handle::Dir(_)) => Err(FsError::IsDir),
             None => Err(FsError::BadHandle(fh)),
         }
@@ -847,6 +1047,9 @@ impl Vfs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
+            Handle::Guest(g, ino, label) => g
+                .read(ino, offset, size)
+                .map_err(|e| guest_error_in(&label, e)),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
     }
@@ -869,6 +1072,9 @@ impl Vfs {
         let size = match &handle {
             Handle::Image(view) => view.len,
             Handle::Bytes(b) => b.len() as u64,
+            Handle::Guest(g, ino, label) => {
+                g.attr(*ino).map_err(|e| guest_error_in(label, e))?.size
+            }
             Handle::Dir(_) => return Err(FsError::IsDir),
         };
         if offset >= size {
@@ -877,7 +1083,7 @@ impl Vfs {
         let at = match (&handle, whence == SEEK_DATA) {
             (Handle::Image(view), true) => view.next_data(offset).ok_or(FsError::NoData(offset))?,
             (Handle::Image(view), false) => view.next_hole(offset),
-            // Generated files are all data.
+            // Generated files and guest files are all data.
             (_, true) => offset,
             (_, false) => size,
         };
@@ -1002,6 +1208,32 @@ impl Vfs {
         if let Err(e) = self.engine.record_operation(collection, op) {
             tracing::warn!("recording the {operation} of {collection}/{point}: {e}");
         }
+    }
+}
+
+fn kind(k: GuestKind) -> Kind {
+    match k {
+        GuestKind::Directory => Kind::Directory,
+        GuestKind::File => Kind::File,
+        GuestKind::Symlink => Kind::Symlink,
+        GuestKind::CharDevice => Kind::CharDevice,
+        GuestKind::BlockDevice => Kind::BlockDevice,
+        GuestKind::Fifo => Kind::Fifo,
+        GuestKind::Socket => Kind::Socket,
+    }
+}
+
+fn guest_error(g: &GuestFs, e: GuestError) -> FsError {
+    guest_error_in(&g.label, e)
+}
+
+/// A guest error as the mount reports it; damage names the filesystem it is in.
+fn guest_error_in(label: &str, e: GuestError) -> FsError {
+    match e {
+        GuestError::NotFound => FsError::NotFound,
+        GuestError::NotDir => FsError::NotDir,
+        GuestError::NotFile => FsError::Invalid("not a regular file".into()),
+        GuestError::Damaged(why) => FsError::Guest(format!("{label}: {why}")),
     }
 }
 

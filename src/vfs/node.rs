@@ -13,6 +13,10 @@
 //! /<collection>/<point>/partitions/         Partitions
 //! /<collection>/<point>/partitions/<disk>/  PartitionDisk
 //! /<collection>/<point>/partitions/<disk>/p<N>.img  PartitionImage (a window of the disk)
+//! /<collection>/<point>/files/              Files
+//! /<collection>/<point>/files/<disk>/       FilesDisk (a disk with a partition table)
+//! /<collection>/<point>/files/<disk>/p<N>/… Guest (the files of partition N)
+//! /<collection>/<point>/files/<disk>/…      Guest (a disk that is one filesystem; N = 0)
 //! ```
 //!
 //! Invariants: a node is identified by the UUIDs of what it shows, never by a name, so renames
@@ -20,6 +24,7 @@
 //! the mount and is never reused (a deleted point's inodes simply stop resolving).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
@@ -32,6 +37,7 @@ pub const POINT_JSON: &str = "restore-point.json";
 pub const VM_CONFIG: &str = "vm-config";
 pub const DISKS: &str = "disks";
 pub const PARTITIONS: &str = "partitions";
+pub const FILES: &str = "files";
 /// Names inside a collection directory besides its points.
 pub const COLLECTION_JSON: &str = "collection.json";
 pub const LATEST: &str = "latest";
@@ -57,6 +63,12 @@ pub enum Node {
     PartitionDisk(Uuid, Uuid),
     /// Partition N of a disk: (point id, disk id, N).
     PartitionImage(Uuid, Uuid, u32),
+    Files(Uuid),
+    /// The filesystems of a partitioned disk: (point id, disk id).
+    FilesDisk(Uuid, Uuid),
+    /// A file inside partition N (0: the whole disk) of a disk: (point id, disk id, N, guest
+    /// inode number). Hard links share the guest's number, so they share this node.
+    Guest(Uuid, Uuid, u32, u64),
 }
 
 impl Node {
@@ -70,6 +82,9 @@ impl Node {
                 | Node::Partitions(_)
                 | Node::PartitionDisk(..)
                 | Node::PartitionImage(..)
+                | Node::Files(_)
+                | Node::FilesDisk(..)
+                | Node::Guest(..)
         )
     }
 }
@@ -80,6 +95,10 @@ pub enum Kind {
     Directory,
     File,
     Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
 }
 
 /// Attributes of a node.
@@ -94,7 +113,11 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
-    pub time: SystemTime,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    /// Device number of a device file.
+    pub rdev: u32,
 }
 
 /// A resolved name: its attributes and how long the kernel may cache them and the name.
@@ -109,7 +132,7 @@ pub struct Entry {
 pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
-    pub name: String,
+    pub name: OsString,
 }
 
 /// The two-way map between nodes and inode numbers.

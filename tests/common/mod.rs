@@ -504,3 +504,54 @@ pub fn env_count(var: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The partitions `sfdisk -J` reports for the image at `path`: (number, start, length in bytes,
+/// type), extended containers included.
+pub fn sfdisk_partitions(path: &Path) -> Vec<(u32, u64, u64, String)> {
+    let dump = sh(&format!("sfdisk -J '{}'", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&dump).expect("sfdisk json");
+    let mut parts = Vec::new();
+    for p in v["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+    {
+        let node = p["node"].as_str().expect("node");
+        let number: u32 = node
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("number");
+        parts.push((
+            number,
+            p["start"].as_u64().expect("start") * 512,
+            p["size"].as_u64().expect("size") * 512,
+            p["type"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    parts
+}
+
+/// The names in directory `dir`, sorted.
+#[track_caller]
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte offset of the first inode table of the ext4 image at `image` (from `dumpe2fs`; 4 KiB
+/// blocks).
+pub fn inode_table_offset(image: &Path) -> u64 {
+    let dump = sh(&format!("dumpe2fs '{}' 2>/dev/null", image.display()));
+    let block: u64 = dump
+        .lines()
+        .find_map(|l| {
+            let at = l.trim().strip_prefix("Inode table at ")?;
+            at.split('-').next()?.trim().parse().ok()
+        })
+        .expect("inode table location");
+    block * 4096
+}

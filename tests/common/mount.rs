@@ -104,6 +104,32 @@ impl MountGuard {
     }
 }
 
+/// Runs `cmd` with `sh` as user and group `nobody` (65534, no supplementary groups) in the
+/// mount's root, after opening the temporary directories above it (they are private, 0700).
+pub fn as_nobody(m: &MountGuard, cmd: &str) -> std::process::Output {
+    super::require_tool("setpriv");
+    let mut dir = m.mountpoint.parent();
+    while let Some(d) = dir {
+        if d == Path::new("/") {
+            break;
+        }
+        let _ = std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        dir = d.parent();
+    }
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .current_dir(&m.mountpoint)
+        .output()
+        .expect("setpriv")
+}
+
 impl Drop for MountGuard {
     fn drop(&mut self) {
         if is_mounted(&self.mountpoint) {

@@ -1,0 +1,611 @@
+//! Filesystems inside a disk restore point (the whole disk or one partition), read-only, for
+//! file-level restore: ext2/3/4 through `ext4-view` (journal replayed in memory), FAT through
+//! `fatfs` and NTFS through `ntfs`.
+//!
+//! Invariants:
+//! - The guest's bytes are untrusted. A parser sees only its window, runs on its own thread
+//!   ([`worker`]), and its errors and panics become [`GuestError`]s of this filesystem alone.
+//!   Listings, link targets and paths are bounded ([`MAX_DIR_ENTRIES`], [`MAX_LINK`],
+//!   [`MAX_PATH`]), so a cycle in damaged metadata ends in an error, not a loop.
+//! - Symlinks are returned as their targets and never followed here.
+//! - A committed point never changes, so what is cached here (attributes, listings) stays true.
+//! - Inode numbers are the filesystem's own where it has them (ext4: hard links share one), else
+//!   assigned per path on first sight (FAT); either way one number names one file for the life
+//!   of the [`Guest`]. Every number handed out was first seen in a listing, so its path is known.
+
+mod ext4;
+mod fat;
+mod ntfs;
+mod worker;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::window::Window;
+use worker::Worker;
+
+/// Bytes a guest filesystem is read from: a window of a disk restore point, or (in tests and
+/// fuzzing) memory.
+pub trait Source: Send + Sync + 'static {
+    /// Bytes in the source.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`, or fails naming the range.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl Source for Window {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        Window::read_exact_at(self, offset, buf)
+    }
+}
+
+impl Source for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// Most entries a directory may list before it is refused as damaged.
+pub const MAX_DIR_ENTRIES: usize = 1 << 20;
+/// Longest symbolic link target read.
+pub const MAX_LINK: u64 = 4096;
+/// Longest path inside a guest filesystem (Linux's PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+/// Directory listings kept per filesystem.
+const LISTINGS: usize = 256;
+/// Inode number of the root directory where the filesystem assigns none (FAT).
+const SYNTHETIC_ROOT: u64 = 1;
+/// How much of a file's placement is asked of the parser at once, so a sequential read asks
+/// once per stretch rather than once per request.
+const STRETCH: u64 = 64 << 20;
+/// Stretches kept per filesystem.
+const STRETCHES: usize = 64;
+
+/// A source as a seekable stream, for parsers that want `Read + Seek`.
+pub(crate) struct Stream {
+    source: Arc<dyn Source>,
+    pos: u64,
+}
+
+impl Stream {
+    fn new(source: Arc<dyn Source>) -> Stream {
+        Stream { source, pos: 0 }
+    }
+}
+
+impl std::io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.source.size().saturating_sub(self.pos)) as usize;
+        self.source.read_exact_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Stream {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.source.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+/// A filesystem rpfs reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Fat,
+    Ntfs,
+}
+
+impl FsType {
+    /// The filesystem whose signature `source` starts with, if rpfs reads it.
+    pub fn probe(source: &dyn Source) -> Option<FsType> {
+        let mut head = [0u8; 2048];
+        // Too short for a superblock: no filesystem rpfs reads.
+        source.read_exact_at(0, &mut head).ok()?;
+        if head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
+            return Some(FsType::Ext4);
+        }
+        // A FAT boot sector: a jump, the boot signature and a type string (FAT12/16 at 54,
+        // FAT32 at 82).
+        let boot = matches!(head[0], 0xEB | 0xE9) && head[510..512] == [0x55, 0xAA];
+        if boot && (head[54..57] == *b"FAT" || head[82..87] == *b"FAT32") {
+            return Some(FsType::Fat);
+        }
+        if boot && head[3..11] == *b"NTFS    " {
+            return Some(FsType::Ntfs);
+        }
+        None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Fat => "FAT",
+            FsType::Ntfs => "NTFS",
+        }
+    }
+}
+
+/// What a guest file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    Directory,
+    File,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+/// A guest file's attributes, as its filesystem records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestAttr {
+    pub ino: u64,
+    pub kind: GuestKind,
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Permission bits with setuid, setgid and sticky (0o7777).
+    pub perm: u16,
+    pub nlink: u32,
+    /// None where the filesystem has no owners (FAT): the mount's owner then.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    /// Device number (Linux encoding) of a device file.
+    pub rdev: u32,
+}
+
+impl GuestAttr {
+    /// A directory of a filesystem without inodes.
+    fn synthetic_dir(time: SystemTime) -> GuestAttr {
+        GuestAttr {
+            ino: 0,
+            kind: GuestKind::Directory,
+            size: 0,
+            blocks: 0,
+            perm: 0o755,
+            nlink: 2,
+            uid: None,
+            gid: None,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            rdev: 0,
+        }
+    }
+}
+
+/// Why a guest filesystem request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("not a regular file")]
+    NotFile,
+    /// The filesystem cannot be read here: damaged, or using what the parser does not support.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Part of a read: `len` bytes at `at` within the requested range, found at byte `source` of
+/// the filesystem's image, or zeros (a hole) when `source` is None.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub at: usize,
+    pub len: usize,
+    pub source: Option<u64>,
+}
+
+/// A filesystem parser; lives on its worker thread. Paths are absolute, `/`-separated bytes.
+pub trait Backend {
+    /// Attributes of the root directory.
+    fn root(&mut self) -> Result<GuestAttr, GuestError>;
+    /// The entries of directory `path` (inode `ino`) without `.` and `..`; an entry's `ino` of
+    /// 0 asks for one.
+    fn list(&mut self, path: &[u8], ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError>;
+    fn read_link(&mut self, path: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Where `len` bytes of file `path` (inode `ino`) from `offset` lie in the image, so the
+    /// caller can read them itself (on its own thread); None where the parser must read them.
+    fn map(
+        &mut self,
+        _path: &[u8],
+        _ino: u64,
+        _offset: u64,
+        _len: usize,
+    ) -> Result<Option<Vec<Piece>>, GuestError> {
+        Ok(None)
+    }
+    /// Reads file `path` (inode `ino`) at `offset`; short only at the end of the file.
+    fn read(
+        &mut self,
+        path: &[u8],
+        ino: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, GuestError>;
+}
+
+/// Fills `buf` with `read` (a reader's `read`) until it is full or the reader ends; returns the
+/// bytes read.
+fn fill(
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, GuestError>,
+) -> Result<usize, GuestError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// A directory's entries, by position and by name.
+pub struct Listing {
+    pub entries: Vec<(Vec<u8>, GuestAttr)>,
+    by_name: HashMap<Vec<u8>, usize>,
+}
+
+impl Listing {
+    pub fn get(&self, name: &[u8]) -> Option<&GuestAttr> {
+        self.by_name.get(name).map(|&i| &self.entries[i].1)
+    }
+}
+
+/// A file seen in a listing: where it is and what it is.
+struct Known {
+    path: Arc<[u8]>,
+    parent: u64,
+    attr: GuestAttr,
+}
+
+#[derive(Default)]
+struct Names {
+    known: HashMap<u64, Known>,
+    /// Numbers given to paths, where the filesystem has none.
+    assigned: HashMap<Arc<[u8]>, u64>,
+}
+
+/// Where `len` bytes of a file from `start` lie: pieces relative to `start`, in order, covering
+/// it all.
+struct Stretch {
+    start: u64,
+    len: u64,
+    pieces: Vec<Piece>,
+}
+
+/// One guest filesystem, shared by the mount's threads.
+pub struct Guest {
+    fs: FsType,
+    source: Arc<dyn Source>,
+    worker: Worker,
+    root: Mutex<Option<GuestAttr>>,
+    names: Mutex<Names>,
+    listings: Mutex<LruCache<u64, Arc<Listing>>>,
+    stretches: Mutex<LruCache<u64, Arc<Stretch>>>,
+}
+
+impl Guest {
+    /// The `fs` filesystem in `source`; loaded on first use.
+    pub fn new(fs: FsType, source: Arc<dyn Source>) -> Guest {
+        let parsed = source.clone();
+        let worker = Worker::new(move || match fs {
+            FsType::Ext4 => ext4::open(parsed.clone()),
+            FsType::Fat => fat::open(parsed.clone()),
+            FsType::Ntfs => ntfs::open(parsed.clone()),
+        });
+        Guest {
+            fs,
+            source,
+            worker,
+            root: Mutex::new(None),
+            names: Mutex::new(Names::default()),
+            listings: Mutex::new(LruCache::new(
+                NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN),
+            )),
+            stretches: Mutex::new(LruCache::new(
+                NonZeroUsize::new(STRETCHES).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    pub fn fs_type(&self) -> FsType {
+        self.fs
+    }
+
+    /// Attributes of the root directory (loading the filesystem if need be).
+    pub fn root(&self) -> Result<GuestAttr, GuestError> {
+        if let Some(a) = *self.root.lock() {
+            return Ok(a);
+        }
+        let mut attr = self.worker.call(|b| b.root())?;
+        if attr.ino == 0 {
+            attr.ino = SYNTHETIC_ROOT;
+        }
+        self.names.lock().known.insert(
+            attr.ino,
+            Known {
+                path: Arc::from(&b"/"[..]),
+                parent: 0,
+                attr,
+            },
+        );
+        *self.root.lock() = Some(attr);
+        Ok(attr)
+    }
+
+    fn known<R>(&self, ino: u64, f: impl FnOnce(&Known) -> R) -> Result<R, GuestError> {
+        // The root becomes known when the filesystem loads.
+        self.root()?;
+        self.names
+            .lock()
+            .known
+            .get(&ino)
+            .map(f)
+            .ok_or(GuestError::NotFound)
+    }
+
+    /// Attributes of file `ino`.
+    pub fn attr(&self, ino: u64) -> Result<GuestAttr, GuestError> {
+        self.known(ino, |k| k.attr)
+    }
+
+    /// The directory holding `ino` (0 for the root).
+    pub fn parent(&self, ino: u64) -> Result<u64, GuestError> {
+        self.known(ino, |k| k.parent)
+    }
+
+    /// The entries of directory `ino`.
+    pub fn list(&self, ino: u64) -> Result<Arc<Listing>, GuestError> {
+        if let Some(l) = self.listings.lock().get(&ino) {
+            return Ok(l.clone());
+        }
+        let (path, kind) = self.known(ino, |k| (k.path.clone(), k.attr.kind))?;
+        if kind != GuestKind::Directory {
+            return Err(GuestError::NotDir);
+        }
+        let dir = path.clone();
+        let mut entries = self.worker.call(move |b| b.list(&dir, ino))?;
+        // A directory names each file once; damage may repeat a name: the first one stands, so
+        // listings, lookups and attributes agree.
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        entries.retain(|(name, _)| seen.insert(name.clone()));
+        let mut names = self.names.lock();
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, (name, attr)) in entries.iter_mut().enumerate() {
+            let mut child = Vec::with_capacity(path.len() + 1 + name.len());
+            child.extend_from_slice(&path);
+            if child.last() != Some(&b'/') {
+                child.push(b'/');
+            }
+            child.extend_from_slice(name);
+            if child.len() > MAX_PATH {
+                return Err(GuestError::Damaged(format!(
+                    "a path longer than {MAX_PATH} bytes (a directory cycle?)"
+                )));
+            }
+            let child: Arc<[u8]> = Arc::from(child);
+            if attr.ino == 0 {
+                let next = SYNTHETIC_ROOT + 1 + names.assigned.len() as u64;
+                attr.ino = *names.assigned.entry(child.clone()).or_insert(next);
+            }
+            // A hard link keeps the path it was first seen at: both name the same data.
+            names.known.entry(attr.ino).or_insert(Known {
+                path: child,
+                parent: ino,
+                attr: *attr,
+            });
+            by_name.insert(name.clone(), i);
+        }
+        drop(names);
+        let listing = Arc::new(Listing { entries, by_name });
+        self.listings.lock().put(ino, listing.clone());
+        Ok(listing)
+    }
+
+    /// Entry `name` of directory `dir`.
+    pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<GuestAttr, GuestError> {
+        self.list(dir)?
+            .get(name)
+            .copied()
+            .ok_or(GuestError::NotFound)
+    }
+
+    /// The target of symlink `ino`, as stored (never followed).
+    pub fn read_link(&self, ino: u64) -> Result<Vec<u8>, GuestError> {
+        let (path, kind) = self.known(ino, |k| (k.path.clone(), k.attr.kind))?;
+        if kind != GuestKind::Symlink {
+            return Err(GuestError::NotFile);
+        }
+        self.worker.call(move |b| b.read_link(&path))
+    }
+
+    /// Where the file's bytes `offset..offset + len` lie: a cached stretch holding them, or a
+    /// new one asked of the parser; None where the parser must read the data itself.
+    fn stretch(
+        &self,
+        path: &Arc<[u8]>,
+        ino: u64,
+        offset: u64,
+        len: usize,
+        size: u64,
+    ) -> Result<Option<Arc<Stretch>>, GuestError> {
+        let end = offset + len as u64;
+        if let Some(s) = self.stretches.lock().get(&ino)
+            && s.start <= offset
+            && end <= s.start + s.len
+        {
+            return Ok(Some(s.clone()));
+        }
+        let want = (len as u64).max(STRETCH).min(size - offset);
+        let path = path.clone();
+        let Some(pieces) = self.worker.call(move |b| {
+            b.map(
+                &path,
+                ino,
+                offset,
+                usize::try_from(want).unwrap_or(usize::MAX),
+            )
+        })?
+        else {
+            return Ok(None);
+        };
+        let mut covered = 0u64;
+        for p in &pieces {
+            if p.at as u64 != covered {
+                return Err(GuestError::Damaged(format!(
+                    "the file's blocks leave a gap at {}",
+                    offset + covered
+                )));
+            }
+            covered += p.len as u64;
+        }
+        if covered != want {
+            return Err(GuestError::Damaged(format!(
+                "the file's blocks cover {covered} of the {want} bytes from {offset}"
+            )));
+        }
+        let stretch = Arc::new(Stretch {
+            start: offset,
+            len: want,
+            pieces,
+        });
+        self.stretches.lock().put(ino, stretch.clone());
+        Ok(Some(stretch))
+    }
+
+    /// Reads `len` bytes at `offset` of a file from where `stretch` says they lie.
+    fn read_pieces(
+        &self,
+        stretch: &Stretch,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, GuestError> {
+        let mut buf = vec![0u8; len];
+        let rel = (offset - stretch.start) as usize;
+        let first = stretch.pieces.partition_point(|p| p.at + p.len <= rel);
+        for p in &stretch.pieces[first..] {
+            if p.at >= rel + len {
+                break;
+            }
+            let (s, e) = (p.at.max(rel), (p.at + p.len).min(rel + len));
+            if let Some(at) = p.source {
+                self.source
+                    .read_exact_at(at + (s - p.at) as u64, &mut buf[s - rel..e - rel])
+                    .map_err(|e| GuestError::Damaged(format!("reading file data: {e}")))?;
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Reads up to `size` bytes of regular file `ino` at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, GuestError> {
+        let (path, attr) = self.known(ino, |k| (k.path.clone(), k.attr))?;
+        if attr.kind != GuestKind::File {
+            return Err(GuestError::NotFile);
+        }
+        let len = u64::from(size).min(attr.size.saturating_sub(offset)) as usize;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(stretch) = self.stretch(&path, ino, offset, len, attr.size)? {
+            // The data is read here, on the caller's thread, so reads of one filesystem run in
+            // parallel; the parser only said where it lies.
+            return self.read_pieces(&stretch, offset, len);
+        }
+        self.worker.call(move |b| {
+            let mut buf = vec![0u8; len];
+            let n = b.read(&path, ino, offset, &mut buf)?;
+            if n < len {
+                // The inode says the file is longer than its data: never pad with zeros.
+                return Err(GuestError::Damaged(format!(
+                    "the file ends at {} of {} bytes",
+                    offset + n as u64,
+                    attr.size
+                )));
+            }
+            Ok(buf)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_knows_ext4_and_fat_by_their_signatures_only() {
+        let mut ext = vec![0u8; 4096];
+        ext[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xEF]);
+        assert_eq!(FsType::probe(&ext), Some(FsType::Ext4));
+        let mut fat = vec![0u8; 4096];
+        fat[0] = 0xEB;
+        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
+        fat[54..59].copy_from_slice(b"FAT16");
+        assert_eq!(FsType::probe(&fat), Some(FsType::Fat));
+        fat[54..59].copy_from_slice(b"EXFAT");
+        assert_eq!(FsType::probe(&fat), None, "a boot sector is not enough");
+        fat[3..11].copy_from_slice(b"NTFS    ");
+        assert_eq!(FsType::probe(&fat), Some(FsType::Ntfs));
+        // An MBR has the boot signature but no jump.
+        let mut mbr = vec![0u8; 4096];
+        mbr[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(FsType::probe(&mbr), None);
+        assert_eq!(FsType::probe(&vec![0u8; 1500]), None, "too short");
+        assert_eq!(FsType::probe(&Vec::new()), None);
+    }
+
+    #[test]
+    fn memory_sources_read_exactly_or_fail() {
+        let src: Vec<u8> = (0..100u8).collect();
+        let mut buf = [0u8; 10];
+        src.read_exact_at(90, &mut buf).expect("last ten");
+        assert_eq!(buf[0], 90);
+        assert!(src.read_exact_at(91, &mut buf).is_err());
+        assert!(src.read_exact_at(u64::MAX, &mut buf).is_err());
+    }
+
+    #[test]
+    fn garbage_with_a_signature_is_damage_not_a_crash() {
+        for fs in [FsType::Ext4, FsType::Fat, FsType::Ntfs] {
+            let mut junk = vec![0xA5u8; 64 * 1024];
+            junk[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xEF]);
+            let g = Guest::new(fs, Arc::new(junk));
+            let e = g.root().expect_err("garbage");
+            assert!(matches!(e, GuestError::Damaged(_)), "{fs:?}: {e:?}");
+            // Unknown numbers are simply not there.
+            assert!(g.attr(12345).is_err());
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The thread a filesystem parser lives on.
+//!
+//! Invariants:
+//! - The parser is made on, and never leaves, its thread (`ext4-view` is not thread-safe), so
+//!   requests reach it as jobs over a channel, one at a time.
+//! - A parser that fails to load, or panics, marks the filesystem broken: that request and every
+//!   later one get the same error, and nothing else in the daemon is touched.
+//! - An idle thread ends after [`IDLE`], and at once when its worker is dropped; the next request
+//!   starts a new one. The slot holding the sender is locked for every send and for the decision
+//!   to end, so no job is ever lost.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use super::{Backend, GuestError};
+
+/// How long an unused parser thread waits before it ends.
+const IDLE: Duration = Duration::from_secs(60);
+
+type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+type Open = dyn Fn() -> Result<Box<dyn Backend>, GuestError> + Send + Sync;
+
+struct Shared {
+    open: Box<Open>,
+    /// The running thread's inbox, if one runs.
+    inbox: Mutex<Option<Sender<Job>>>,
+    /// Why this filesystem cannot be read, once known.
+    broken: Mutex<Option<GuestError>>,
+}
+
+/// Runs jobs against one parser on its own thread.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker whose parser `open` makes (on the worker's thread, at first use).
+    pub fn new(
+        open: impl Fn() -> Result<Box<dyn Backend>, GuestError> + Send + Sync + 'static,
+    ) -> Worker {
+        Worker {
+            shared: Arc::new(Shared {
+                open: Box::new(open),
+                inbox: Mutex::new(None),
+                broken: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Runs `f` against the parser and returns its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, GuestError> + Send + 'static,
+    ) -> Result<R, GuestError> {
+        if let Some(e) = self.shared.broken.lock().clone() {
+            return Err(e);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move |backend| {
+            // The caller waits for this answer; it cannot have gone.
+            let _ = reply.send(f(backend));
+        });
+        {
+            let mut inbox = self.shared.inbox.lock();
+            let tx = match inbox.as_ref() {
+                Some(tx) => tx.clone(),
+                None => {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    let shared = self.shared.clone();
+                    thread::Builder::new()
+                        .name("rpfs-guest".into())
+                        .spawn(move || serve(&shared, &rx))
+                        .map_err(|e| GuestError::Damaged(format!("starting a reader: {e}")))?;
+                    *inbox = Some(tx.clone());
+                    tx
+                }
+            };
+            // The thread drops its receiver only after clearing the slot under this lock.
+            tx.send(job)
+                .map_err(|_| GuestError::Damaged("the reader thread is gone".into()))?;
+        }
+        match answer.recv() {
+            Ok(r) => r,
+            // The job was dropped unrun: the parser failed to load or panicked.
+            Err(_) => Err(self
+                .shared
+                .broken
+                .lock()
+                .clone()
+                .unwrap_or_else(|| GuestError::Damaged("the reader stopped".into()))),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Dropping the last sender ends the thread once it has answered what it holds.
+        *self.shared.inbox.lock() = None;
+    }
+}
+
+/// The thread's body: load the parser, then run jobs until idle or broken.
+fn serve(shared: &Shared, rx: &Receiver<Job>) {
+    let stop = |why: GuestError| {
+        *shared.broken.lock() = Some(why);
+        *shared.inbox.lock() = None;
+    };
+    let mut backend = match catch_unwind(AssertUnwindSafe(|| (shared.open)())) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return stop(e),
+        Err(_) => {
+            return stop(GuestError::Damaged(
+                "the parser panicked while loading".into(),
+            ));
+        }
+    };
+    loop {
+        let job = match rx.recv_timeout(IDLE) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut inbox = shared.inbox.lock();
+                if rx.is_empty() {
+                    *inbox = None;
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if catch_unwind(AssertUnwindSafe(|| job(backend.as_mut()))).is_err() {
+            return stop(GuestError::Damaged(
+                "the parser panicked on damaged data".into(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::guest::GuestAttr;
+
+    /// A parser that panics when asked to list `/boom`.
+    struct Fragile;
+
+    impl Backend for Fragile {
+        fn root(&mut self) -> Result<GuestAttr, GuestError> {
+            Err(GuestError::NotFound)
+        }
+        fn list(&mut self, path: &[u8], _: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+            assert!(path != b"/boom", "damaged data");
+            Ok(Vec::new())
+        }
+        fn read_link(&mut self, _: &[u8]) -> Result<Vec<u8>, GuestError> {
+            Ok(b"target".to_vec())
+        }
+        fn read(&mut self, _: &[u8], _: u64, _: u64, _: &mut [u8]) -> Result<usize, GuestError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_panicking_parser_breaks_only_its_own_filesystem() {
+        let fragile = Worker::new(|| Ok(Box::new(Fragile) as Box<dyn Backend>));
+        let healthy = Worker::new(|| Ok(Box::new(Fragile) as Box<dyn Backend>));
+        assert!(fragile.call(|b| b.list(b"/", 1)).is_ok());
+        let err = fragile.call(|b| b.list(b"/boom", 2)).expect_err("panic");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        // Every later request gets the same answer, at once.
+        let again = fragile.call(|b| b.read_link(b"/x")).expect_err("broken");
+        assert_eq!(again.to_string(), err.to_string());
+        assert_eq!(
+            healthy.call(|b| b.read_link(b"/x")).expect("healthy"),
+            b"target"
+        );
+    }
+
+    #[test]
+    fn a_parser_that_fails_to_load_reports_why_every_time() {
+        let w = Worker::new(|| Err(GuestError::Damaged("bad superblock".into())));
+        for _ in 0..3 {
+            let e = w.call(|b| b.list(b"/", 1)).expect_err("cannot load");
+            assert_eq!(e.to_string(), "bad superblock");
+        }
+    }
+
+    #[test]
+    fn a_dropped_worker_ends_its_thread() {
+        let w = Worker::new(|| Ok(Box::new(Fragile) as Box<dyn Backend>));
+        w.call(|b| b.read_link(b"/x")).expect("answer");
+        let shared = Arc::downgrade(&w.shared);
+        drop(w);
+        // The thread holds the shared state until it ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shared.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread did not end"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn requests_from_many_threads_all_get_answers() {
+        let w = Arc::new(Worker::new(|| Ok(Box::new(Fragile) as Box<dyn Backend>)));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let w = w.clone();
+                thread::spawn(move || (0..200).all(|_| w.call(|b| b.read_link(b"/x")).is_ok()))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().expect("thread"));
+        }
+    }
+}
