@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks rpfs side by side with its peers (restic, borg, a qcow2 chain, the raw image read
 # directly and through a FUSE export) in one run, and writes BENCHMARKS.md and BENCHMARKS.svg.
-# Usage: scripts/bench.sh [--full] [--only peers|chain|idle] [--reps N] [--work DIR]
+# Usage: scripts/bench.sh [--full] [--only peers|chain|idle|files] [--reps N] [--work DIR]
 # Needs root: it drops the page cache between measures and mounts FUSE filesystems.
 set -euo pipefail
 cd "$(dirname "$0")/.."
