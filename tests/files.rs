@@ -352,8 +352,11 @@ fn a_large_directory_lists_fast_and_the_guest_view_is_lazy() {
     ));
     let took = start.elapsed();
     assert_eq!(out.trim(), "10001");
+    // The figure itself (well under a second) comes from scripts/bench.sh on a quiet machine;
+    // here, beside other tests, a generous bound still catches a listing that grows
+    // quadratically (10,000 lookups each scanning the directory take minutes).
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(5),
         "ls -l of 10,000 entries took {took:?}, first entry into files/ included"
     );
     assert_eq!(
