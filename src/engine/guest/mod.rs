@@ -73,10 +73,13 @@ const LISTINGS: usize = 256;
 /// Inode number of the root directory where the filesystem assigns none (FAT).
 const SYNTHETIC_ROOT: u64 = 1;
 /// How much of a file's placement is asked of the parser at once, so a sequential read asks
-/// once per stretch rather than once per request.
-const STRETCH: u64 = 64 << 20;
+/// once per stretch rather than once per request. Large, because readers on several threads
+/// at a stretch's edge each ask again.
+const STRETCH: u64 = 512 << 20;
+/// Most pieces a stretch keeps (a fragmented file's stretch is cut short): 1.5 MiB each.
+const MAX_PIECES: usize = 1 << 16;
 /// Stretches kept per filesystem.
-const STRETCHES: usize = 64;
+const STRETCHES: usize = 16;
 
 /// A source as a seekable stream, for parsers that want `Read + Seek`.
 pub(crate) struct Stream {
@@ -470,7 +473,7 @@ impl Guest {
         }
         let want = (len as u64).max(STRETCH).min(size - offset);
         let path = path.clone();
-        let Some(pieces) = self.worker.call(move |b| {
+        let Some(mut pieces) = self.worker.call(move |b| {
             b.map(
                 &path,
                 ino,
@@ -481,6 +484,13 @@ impl Guest {
         else {
             return Ok(None);
         };
+        let mut want = want;
+        if pieces.len() > MAX_PIECES {
+            // Keep what the request needs, and no more than the cap beyond it.
+            let needed = pieces.partition_point(|p| p.at < len);
+            pieces.truncate(needed.max(MAX_PIECES));
+            want = pieces.last().map_or(0, |p| (p.at + p.len) as u64);
+        }
         let mut covered = 0u64;
         for p in &pieces {
             if p.at as u64 != covered {
