@@ -61,6 +61,16 @@ pub enum Command {
         /// Where the store is mounted
         mountpoint: PathBuf,
     },
+    /// Apply retention policies now: print, per point, kept (and by which rules) or deleted
+    Prune {
+        /// Only this collection [default: every collection with a retention policy]
+        collection: Option<String>,
+        /// Print the decisions and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run every schedule that is due, once, and exit (for cron or a systemd timer)
+    RunDue,
     /// Verify the store's structure and indexes (and every block with --read-data)
     Check {
         /// Also read every stored block and verify its hash
@@ -93,6 +103,9 @@ pub struct MountArgs {
     /// Stay attached and unmount on SIGINT/SIGTERM, instead of returning once mounted
     #[arg(long)]
     pub foreground: bool,
+    /// Do not run the collections' schedules while mounted
+    #[arg(long)]
+    pub no_schedule: bool,
     /// Where the background daemon logs [default: /var/log/rpfs/mount.log as root, else
     /// $XDG_STATE_HOME/rpfs/mount.log or ~/.local/state/rpfs/mount.log]
     #[arg(long, value_name = "PATH")]
@@ -116,6 +129,13 @@ pub enum VmCommand {
     },
     /// Rename a VM; its collections and restore points follow it
     Rename { old: String, new: String },
+    /// Change a VM's settings
+    Set {
+        name: String,
+        /// Refuse a creation within this time of the VM's newest point (e.g. 20m); `off` clears
+        #[arg(long, value_name = "DURATION")]
+        min_interval: Option<String>,
+    },
     /// Remove a VM (refused while it has restore points); its empty collections go with it
     Remove { name: String },
 }
@@ -207,6 +227,15 @@ pub enum CollectionCommand {
         /// pre-script, else crash
         #[arg(long, value_enum)]
         consistency: Option<DefaultConsistencyArg>,
+        /// Take a point every INTERVAL (30s, 15m, 1h, 1d, 1w…), named by its UTC time; `off`
+        /// stops the schedule
+        #[arg(long, value_name = "INTERVAL")]
+        schedule: Option<String>,
+        /// Keep-rules applied after each scheduled point, e.g.
+        /// last=24,hourly=48,daily=7,weekly=4,monthly=6,yearly=2 (each keeps the newest point of
+        /// its N most recent periods; `all` keeps everything)
+        #[arg(long, value_name = "POLICY")]
+        retain: Option<String>,
     },
     /// Delete a collection; refused unless empty, or with --force, which deletes its points
     Delete {

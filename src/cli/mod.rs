@@ -14,8 +14,12 @@ use std::time::Instant;
 use rpfs::engine::create::{Consistency, CreateRequest};
 use rpfs::engine::restore::RestoreRequest;
 use rpfs::engine::vms::VmSpec;
-use rpfs::engine::{Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource};
-use rpfs::store::records::{ConfigSource, ConsistencyMode, DiskType, Orchestration};
+use rpfs::engine::{
+    Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource, schedule,
+};
+use rpfs::store::records::{
+    ConfigSource, ConsistencyMode, DiskType, Orchestration, RetentionPolicy,
+};
 use rpfs::store::storage::LocalStorage;
 
 use args::{
@@ -38,6 +42,7 @@ pub mod exit {
     pub const SCRIPT: i32 = 9;
     pub const DAMAGED: i32 = 10;
     pub const NO_SPACE: i32 = 11;
+    pub const THROTTLED: i32 = 12;
 }
 
 /// An error on its way out, with its exit code.
@@ -56,6 +61,7 @@ impl From<Error> for Failure {
             }
             ErrorKind::Limit => exit::LIMIT,
             ErrorKind::Busy => exit::BUSY,
+            ErrorKind::Throttled => exit::THROTTLED,
             ErrorKind::Unsupported => exit::UNSUPPORTED,
             ErrorKind::NotEmpty => exit::NOT_EMPTY,
             ErrorKind::NoSpace => exit::NO_SPACE,
@@ -177,6 +183,89 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             repair,
             yes,
         } => check(&open_store(&dir)?, read_data, repair, yes),
+        Command::Prune {
+            collection,
+            dry_run,
+        } => prune(&open_store(&dir)?, collection.as_deref(), dry_run),
+        Command::RunDue => run_due(&open_store(&dir)?),
+    }
+}
+
+/// `rpfs prune [COLLECTION] [--dry-run]`: one line per point, the same with and without
+/// `--dry-run`, then what was (or would be) deleted.
+fn prune(engine: &Engine, collection: Option<&str>, dry_run: bool) -> Result<(), Failure> {
+    let names: Vec<String> = match collection {
+        Some(c) => vec![c.to_string()],
+        None => load_catalog(engine)?
+            .collections
+            .iter()
+            .filter(|c| c.schedule.as_ref().is_some_and(|s| s.retain.is_some()))
+            .map(|c| c.name.clone())
+            .collect(),
+    };
+    for name in names {
+        let (decisions, deleted) = engine.prune(&name, dry_run)?;
+        for d in &decisions {
+            if d.kept() {
+                let rules: Vec<&str> = d.kept_by.iter().map(|r| r.name()).collect();
+                say!("{name}/{}\tkeep\t{}", d.point, rules.join(","));
+            } else {
+                say!("{name}/{}\tdelete", d.point);
+            }
+        }
+        let doomed = decisions.iter().filter(|d| !d.kept()).count();
+        if dry_run {
+            say!(
+                "{name}: would delete {doomed} of {} restore points (dry run)",
+                decisions.len()
+            );
+        } else {
+            say!(
+                "{name}: deleted {} of {} restore points",
+                deleted.len(),
+                decisions.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `rpfs run-due`: runs what is due once; fails when a run failed or found the VM busy.
+fn run_due(engine: &Engine) -> Result<(), Failure> {
+    let reports = engine.run_due()?;
+    if reports.is_empty() {
+        say!("nothing is due");
+    }
+    let mut worst = None;
+    for r in &reports {
+        let run = &r.run;
+        let pruned = if run.pruned.is_empty() {
+            String::new()
+        } else {
+            format!("; pruned {}", run.pruned.join(", "))
+        };
+        match &run.error {
+            None => say!("{}/{}: {}{pruned}", r.collection, run.point, run.result),
+            Some(e) => {
+                eprintln!(
+                    "{}/{}: {}: {e}{pruned}",
+                    r.collection, run.point, run.result
+                );
+                let code = if run.result == "Busy" {
+                    exit::BUSY
+                } else {
+                    exit::FAILURE
+                };
+                worst = Some(worst.map_or(code, |w: i32| w.max(code)));
+            }
+        }
+    }
+    match worst {
+        Some(code) => Err(failure(
+            code,
+            "a scheduled run did not create its point (see above)",
+        )),
+        None => Ok(()),
     }
 }
 
@@ -310,6 +399,32 @@ fn vm(engine: &Engine, cmd: VmCommand) -> Result<(), Failure> {
             say!("renamed VM {old} to {} ({})", vm.name, vm.id);
             Ok(())
         }
+        VmCommand::Set { name, min_interval } => {
+            let Some(text) = min_interval else {
+                return Err(failure(exit::USAGE, "nothing to set: give --min-interval"));
+            };
+            let secs = if text == "off" {
+                None
+            } else {
+                let d = humantime::parse_duration(&text).map_err(|e| {
+                    failure(
+                        exit::USAGE,
+                        format!("minimum interval '{text}' is not a duration like 20m or 1h: {e}"),
+                    )
+                })?;
+                Some(d.as_secs())
+            };
+            let vm = engine.set_vm_min_interval(&name, secs)?;
+            match vm.min_interval_secs {
+                Some(s) => say!(
+                    "VM {}: at most one restore point every {}",
+                    vm.name,
+                    humantime::format_duration(std::time::Duration::from_secs(s))
+                ),
+                None => say!("VM {}: no minimum interval between restore points", vm.name),
+            }
+            Ok(())
+        }
         VmCommand::Remove { name } => {
             let vm = engine.remove_vm(&name)?;
             say!("removed VM {} ({})", vm.name, vm.id);
@@ -353,7 +468,12 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
             exclude,
             include_all_disks,
             consistency,
+            schedule,
+            retain,
         } => {
+            // Everything is checked before anything is written: the schedule here, the disks by
+            // the defaults' own write, which comes first.
+            let schedule = schedule_change(engine, &name, schedule.as_deref(), retain.as_deref())?;
             let exclude = if include_all_disks {
                 Some(Vec::new())
             } else if exclude.is_empty() {
@@ -367,13 +487,30 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
                 DefaultConsistencyArg::Crash => Some(ConsistencyMode::CrashConsistent),
                 DefaultConsistencyArg::Default => None,
             });
-            let c = engine.set_collection_defaults(&name, exclude, consistency)?;
-            say!(
-                "collection {}: new points exclude [{}], consistency {}",
-                c.name,
-                c.defaults.exclude_disks.join(", "),
-                c.defaults.consistency.map_or("default", |m| m.as_str())
-            );
+            if schedule.is_none() || exclude.is_some() || consistency.is_some() {
+                let c = engine.set_collection_defaults(&name, exclude, consistency)?;
+                say!(
+                    "collection {}: new points exclude [{}], consistency {}",
+                    c.name,
+                    c.defaults.exclude_disks.join(", "),
+                    c.defaults.consistency.map_or("default", |m| m.as_str())
+                );
+            }
+            if let Some((interval, policy)) = schedule {
+                let c = engine.set_schedule(&name, interval, policy)?;
+                match &c.schedule {
+                    Some(s) => say!(
+                        "collection {}: a restore point every {}, keeping {}; next at {}",
+                        c.name,
+                        humantime::format_duration(std::time::Duration::from_secs(s.interval_secs)),
+                        s.retain
+                            .as_ref()
+                            .map_or("all".to_string(), schedule::policy_text),
+                        s.next_run
+                    ),
+                    None => say!("collection {}: no schedule", c.name),
+                }
+            }
             Ok(())
         }
         CollectionCommand::Delete { name, force } => {
@@ -389,6 +526,54 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The schedule change `collection set` asks for, checked: None when it asks none; else the
+/// interval (None: off) and the policy.
+#[allow(clippy::type_complexity)]
+fn schedule_change(
+    engine: &Engine,
+    name: &str,
+    schedule: Option<&str>,
+    retain: Option<&str>,
+) -> Result<Option<(Option<std::time::Duration>, Option<RetentionPolicy>)>, Failure> {
+    if schedule.is_none() && retain.is_none() {
+        return Ok(None);
+    }
+    let current = load_catalog(engine)?.collection(name)?.schedule.clone();
+    let interval = match schedule {
+        Some("off") => {
+            if retain.is_some() {
+                return Err(failure(
+                    exit::USAGE,
+                    "--retain needs a schedule: it cannot go with --schedule off",
+                ));
+            }
+            return Ok(Some((None, None)));
+        }
+        Some(text) => schedule::parse_interval(text)?,
+        None => match &current {
+            Some(s) => std::time::Duration::from_secs(s.interval_secs),
+            None => {
+                return Err(failure(
+                    exit::USAGE,
+                    format!(
+                        "collection '{name}' has no schedule: give --schedule INTERVAL with \
+                         --retain"
+                    ),
+                ));
+            }
+        },
+    };
+    let policy = match retain {
+        Some("all") => None,
+        Some(text) => Some(schedule::parse_policy(text)?),
+        None => current.and_then(|s| s.retain),
+    };
+    if let Some(p) = &policy {
+        engine.check_policy(name, p)?;
+    }
+    Ok(Some((Some(interval), policy)))
 }
 
 fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {

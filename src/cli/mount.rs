@@ -129,6 +129,7 @@ fn serve(
             cache_bytes: usize::try_from(args.cache_size).unwrap_or(usize::MAX),
         },
     )?;
+    let scheduler_engine = engine.clone();
     let vfs = Vfs::new(
         engine,
         VfsOptions {
@@ -165,6 +166,7 @@ fn serve(
         )
     })?;
     drop(mount_lock);
+    let scheduler = (!args.no_schedule).then(|| Scheduler::start(scheduler_engine));
     std::thread::spawn(move || {
         for sig in signals.forever() {
             tracing::info!("signal {sig}: unmounting");
@@ -189,7 +191,10 @@ fn serve(
             mountpoint.display()
         );
     }
-    mounted.wait(&stop_rx).map_err(|e| {
+    let served = mounted.wait(&stop_rx);
+    // A scheduled creation in flight finishes before the daemon exits.
+    drop(scheduler);
+    served.map_err(|e| {
         failure(
             exit::FAILURE,
             format!("serving {}: {e}", mountpoint.display()),
@@ -197,6 +202,45 @@ fn serve(
     })?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// How often the mount daemon looks for due schedules.
+const SCHEDULE_TICK: Duration = Duration::from_secs(1);
+
+/// Runs the store's due schedules while the mount lives (every [`SCHEDULE_TICK`]); stops,
+/// after any run in flight, when dropped.
+struct Scheduler {
+    stop: crossbeam_channel::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scheduler {
+    fn start(engine: rpfs::engine::Engine) -> Scheduler {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("rpfs-schedule".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(SCHEDULE_TICK)
+                {
+                    if let Err(e) = engine.run_due() {
+                        tracing::warn!("running due schedules: {e}");
+                    }
+                }
+            })
+            .map_err(|e| tracing::error!("starting the scheduler: {e}"))
+            .ok();
+        Scheduler { stop, thread }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.stop.try_send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn start_daemon(store: &Path, mountpoint: &Path, args: &MountArgs) -> Result<(), Failure> {
@@ -229,6 +273,9 @@ fn start_daemon(store: &Path, mountpoint: &Path, args: &MountArgs) -> Result<(),
     }
     if args.allow_delete {
         cmd.arg("--allow-delete");
+    }
+    if args.no_schedule {
+        cmd.arg("--no-schedule");
     }
     if std::env::var_os("RPFS_LOG").is_none() {
         cmd.env("RPFS_LOG", "info");

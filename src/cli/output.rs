@@ -140,6 +140,34 @@ pub fn collection_details(cat: &Catalog, c: &CollectionRecord) {
     );
     say!("location: {}", c.location);
     say!("created:  {}", c.created);
+    match &c.schedule {
+        None => say!("schedule: none"),
+        Some(s) => {
+            say!(
+                "schedule: a restore point every {}, keeping {}",
+                humantime::format_duration(std::time::Duration::from_secs(s.interval_secs)),
+                s.retain
+                    .as_ref()
+                    .map_or("all".to_string(), rpfs::engine::schedule::policy_text)
+            );
+            match &s.last_run {
+                None => say!("last run: none yet"),
+                Some(r) => say!(
+                    "last run: {} {} {}{}{}",
+                    r.at,
+                    r.point,
+                    r.result,
+                    r.error.as_ref().map_or(String::new(), |e| format!(": {e}")),
+                    if r.pruned.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; pruned {}", r.pruned.join(", "))
+                    }
+                ),
+            }
+            say!("next run: {}", s.next_run);
+        }
+    }
     let points: Vec<&PointRecord> = cat.points_in(c.id).collect();
     say!("restore points: {}", points.len());
     if !points.is_empty() {

@@ -192,6 +192,30 @@ impl Engine {
         }
     }
 
+    /// Refuses a creation within `min` of the VM's newest point (by the engine's clock).
+    fn refuse_too_soon(&self, vm: &VmRecord, points: &[PointRecord], min: Duration) -> Result<()> {
+        let newest = points
+            .iter()
+            .filter_map(|p| humantime::parse_rfc3339_weak(&p.created).ok())
+            .max();
+        let Some(newest) = newest else {
+            return Ok(());
+        };
+        // A clock set back counts as no time passed.
+        let age = self.now().duration_since(newest).unwrap_or_default();
+        if age >= min {
+            return Ok(());
+        }
+        let round =
+            |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs().max(1)));
+        Err(Error::Throttled {
+            vm: vm.name.clone(),
+            min_interval: round(min).to_string(),
+            age: round(age).to_string(),
+            wait: round(min - age).to_string(),
+        })
+    }
+
     /// All checks, on records re-read under the VM's lock; nothing is written.
     fn plan(&self, req: &CreateRequest, vm_id: Uuid, collection_id: Uuid) -> Result<Plan> {
         let storage = &*self.shared.storage;
@@ -242,6 +266,9 @@ impl Engine {
                 count: points.len(),
                 limit: MAX_POINTS_PER_VM,
             });
+        }
+        if let Some(min) = vm.min_interval_secs {
+            self.refuse_too_soon(vm, &points, Duration::from_secs(min))?;
         }
         for name in exclude {
             if !vm.disks.iter().any(|d| &d.name == name) {
@@ -500,7 +527,7 @@ impl Engine {
             collection_id: plan.collection_id,
             vm_id: plan.vm.id,
             seq: plan.seq,
-            created: now_rfc3339(),
+            created: humantime::format_rfc3339_millis(self.now()).to_string(),
             vm_name: plan.vm.name.clone(),
             consistency_mode,
             disks,

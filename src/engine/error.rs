@@ -62,6 +62,17 @@ pub enum Error {
     )]
     Busy { vm: String },
 
+    #[error(
+        "VM '{vm}' takes at most one restore point every {min_interval}: its newest is {age} \
+         old; retry in {wait}"
+    )]
+    Throttled {
+        vm: String,
+        min_interval: String,
+        age: String,
+        wait: String,
+    },
+
     #[error("{0}")]
     Unsupported(String),
 
@@ -107,6 +118,7 @@ pub enum ErrorKind {
     InvalidArgument,
     Limit,
     Busy,
+    Throttled,
     Unsupported,
     NotEmpty,
     NoSpace,
@@ -125,6 +137,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::LimitReached { .. } => ErrorKind::Limit,
             Error::Busy { .. } => ErrorKind::Busy,
+            Error::Throttled { .. } => ErrorKind::Throttled,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotEmpty(_) => ErrorKind::NotEmpty,
             Error::NoSpace(_) => ErrorKind::NoSpace,

@@ -31,6 +31,7 @@ pub mod read;
 mod recovery;
 pub mod resource;
 pub mod restore;
+pub mod schedule;
 pub mod source;
 pub mod vms;
 pub mod window;
@@ -80,10 +81,36 @@ impl Default for OpenOptions {
     }
 }
 
+/// Where the engine reads the time: the system clock, or a test's.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>);
+
+impl Clock {
+    pub fn new(now: impl Fn() -> std::time::SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+    pub fn now(&self) -> std::time::SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new(std::time::SystemTime::now)
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// An open store.
 #[derive(Debug, Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
+    clock: Clock,
 }
 
 /// Checks a block size: a power of two within [`BLOCK_SIZE_RANGE`].
@@ -163,9 +190,22 @@ impl Engine {
                 cache: BlockCache::new(options.cache_bytes),
                 packs: PackRegistry::default(),
             }),
+            clock: Clock::default(),
         };
         recovery::recover(&engine.shared)?;
         Ok(engine)
+    }
+
+    /// This engine, reading the time from `clock` (points' creation times, schedules and the
+    /// minimum interval between creations follow it).
+    pub fn with_clock(mut self, clock: Clock) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    /// The time, from the engine's clock.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
     }
 
     pub fn header(&self) -> &StoreHeader {

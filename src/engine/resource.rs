@@ -131,6 +131,7 @@ pub fn collection(store_id: uuid::Uuid, cat: &Catalog, c: &CollectionRecord) -> 
                 "status": o.status,
                 "error": o.error,
             })),
+            "schedule": c.schedule,
         },
     })
 }

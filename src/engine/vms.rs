@@ -138,6 +138,7 @@ impl Engine {
             pre_script: spec.pre_script.clone(),
             post_script: spec.post_script.clone(),
             script_timeout_secs: timeout,
+            min_interval_secs: None,
         };
         let _store = self.store_lock()?;
         if self.catalog()?.vm(&vm.name).is_ok() {
@@ -165,6 +166,23 @@ impl Engine {
             });
         }
         vm.name = new.to_string();
+        let key = layout::vm_record(vm.id);
+        write_record(&*self.shared.storage, &key, kind::VM, &vm)
+            .map_err(Error::io(format!("writing {key}")))?;
+        Ok(vm)
+    }
+
+    /// Sets (or, with None, clears) the shortest time allowed between two creations for a VM.
+    pub fn set_vm_min_interval(&self, name: &str, secs: Option<u64>) -> Result<VmRecord> {
+        if secs == Some(0) {
+            return Err(Error::InvalidArgument(
+                "a minimum interval must be longer than zero (use `off` to clear it)".into(),
+            ));
+        }
+        let _store = self.store_lock()?;
+        let cat = self.catalog()?;
+        let mut vm = cat.vm(name)?.clone();
+        vm.min_interval_secs = secs;
         let key = layout::vm_record(vm.id);
         write_record(&*self.shared.storage, &key, kind::VM, &vm)
             .map_err(Error::io(format!("writing {key}")))?;
@@ -232,6 +250,7 @@ impl Engine {
             created: now_rfc3339(),
             defaults: PointDefaults::default(),
             last_operation: None,
+            schedule: None,
         };
         let key = layout::collection(vm.id, c.id);
         write_record(&*self.shared.storage, &key, kind::COLLECTION, &c)
@@ -281,7 +300,7 @@ impl Engine {
     }
 
     /// Re-reads a collection under the store lock, changes it, and publishes it.
-    fn update_collection(
+    pub(crate) fn update_collection(
         &self,
         name: &str,
         change: impl FnOnce(&mut CollectionRecord, &VmRecord) -> Result<()>,

@@ -89,6 +89,10 @@ pub struct VmRecord {
     pub pre_script: Option<String>,
     pub post_script: Option<String>,
     pub script_timeout_secs: u64,
+    /// Shortest time allowed between two creations for this VM (any collection); None: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval_secs: Option<u64>,
 }
 
 /// A restore point collection (`vms/<vm>/collections/<id>.json`).
@@ -105,6 +109,58 @@ pub struct CollectionRecord {
     /// The outcome of the last creation or deletion made through the mount.
     #[serde(default)]
     pub last_operation: Option<LastOperation>,
+    /// Points taken at regular intervals, and which to keep (`rpfs collection set --schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleRecord>,
+}
+
+/// A collection's schedule: a point every `interval_secs`, pruned by `retain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleRecord {
+    pub interval_secs: u64,
+    /// Which points to keep; None keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<RetentionPolicy>,
+    /// When the next point is due (RFC 3339).
+    pub next_run: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<ScheduledRun>,
+}
+
+/// Keep-rules: each keeps the newest point of each of the most recent N periods that have
+/// points (`last`: the N newest points); a point kept by any rule stays.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yearly: Option<u32>,
+}
+
+/// The outcome of one scheduled run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledRun {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// The point it created, or tried to.
+    pub point: String,
+    /// "Succeeded", "Busy" (another creation ran; retried at the next tick) or "Failed".
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Points the retention policy deleted in this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
 }
 
 /// Defaults of a collection for new points (`rpfs collection set`).

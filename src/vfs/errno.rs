@@ -76,6 +76,8 @@ impl FsError {
                 // The 500-point limit is a quota on the VM.
                 ErrorKind::Limit => libc::EDQUOT,
                 ErrorKind::Busy => libc::EBUSY,
+                // The VM's minimum interval between creations has not passed yet.
+                ErrorKind::Throttled => libc::EAGAIN,
                 ErrorKind::Unsupported => libc::EOPNOTSUPP,
                 ErrorKind::NotEmpty => libc::ENOTEMPTY,
                 ErrorKind::NoSpace => libc::ENOSPC,
@@ -110,6 +112,7 @@ impl FsError {
                 | ErrorKind::InvalidArgument
                 | ErrorKind::Limit
                 | ErrorKind::Busy
+                | ErrorKind::Throttled
                 | ErrorKind::Unsupported
                 | ErrorKind::NotEmpty
                 | ErrorKind::NoSpace => Level::Warn,
