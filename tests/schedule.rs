@@ -234,23 +234,17 @@ fn missed_runs_give_one_catch_up_point_and_a_busy_vm_is_retried() {
     assert!(engine.run_due().expect("again").is_empty());
     assert_eq!(engine.catalog().expect("catalog").points.len(), 2);
 
-    // An hour later, a CLI-like creation holds the VM: the scheduled run records Busy and
-    // leaves the run due; the next tick creates the point.
+    // An hour later, a CLI creation holds the VM: the scheduled run records Busy and leaves
+    // the run due; the next tick creates the point.
     secs.fetch_add(HOUR, Ordering::SeqCst);
-    let other = engine.clone();
-    let manual = std::thread::spawn(move || {
-        other.create_point(
-            &rpfs::engine::create::CreateRequest {
-                collection: "c".into(),
-                name: "manual".into(),
-                exclude: vec![],
-                consistency: None,
-            },
-            &rpfs::engine::progress::Silent,
-        )
-    });
+    let mut manual = std::process::Command::new(env!("CARGO_BIN_EXE_rpfs"))
+        .args(["point", "create", "c", "manual"])
+        .env("RPFS_STORE", dir.path().join("store"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("rpfs point create");
     wait_until(
-        "the manual creation's pre-script",
+        "the CLI creation's pre-script",
         Duration::from_secs(10),
         || marker.exists(),
     );
@@ -264,7 +258,10 @@ fn missed_runs_give_one_catch_up_point_and_a_busy_vm_is_retried() {
         .clone();
     let s = recorded.schedule.expect("schedule");
     assert_eq!(s.last_run.expect("recorded").result, "Busy");
-    manual.join().expect("thread").expect("manual point");
+    assert!(
+        manual.wait().expect("wait").success(),
+        "the CLI creation failed"
+    );
     let retried = engine.run_due().expect("retry");
     assert_eq!(retried[0].run.result, "Succeeded", "{retried:?}");
     assert_eq!(engine.catalog().expect("catalog").points.len(), 4);
