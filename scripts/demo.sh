@@ -79,7 +79,13 @@ step "delete the first point; the others still read identically"
 "$rpfs" check --read-data
 du -sh store
 
-step "mount the store, take a point with mkdir, copy a file out of it"
+step "schedule hourly points with a retention policy; run what is due; see what pruning keeps"
+"$rpfs" collection set daily --schedule 1h --retain last=3,daily=7
+"$rpfs" run-due
+"$rpfs" prune daily --dry-run
+"$rpfs" collection show daily | grep -E '^(schedule|last run|next run):'
+
+step "mount the store, take a point with mkdir, copy files out of it"
 mkdir -p mnt
 "$rpfs" mount mnt --log-file "$demo/mount.log"
 trap '"$rpfs" umount "$demo/mnt" 2>/dev/null || true' EXIT
@@ -89,6 +95,13 @@ mkdir mnt/daily/by-mkdir
 ls -l mnt/daily/by-mkdir mnt/daily/by-mkdir/disks
 readlink mnt/daily/latest
 cmp mnt/daily/by-mkdir/disks/os.img os.img
+# Single files come straight out of files/, as any user the guest's modes allow.
+ls -l mnt/daily/by-mkdir/files/os/srv/new4.bin
+cp mnt/daily/by-mkdir/files/os/srv/new4.bin restored-from-files.bin
+cmp restored-from-files.bin new4.bin
+cmp mnt/daily/rp3/files/os/srv/new3.bin new3.bin
+test ! -e mnt/daily/rp2/files/os/srv/new3.bin
+echo "copied /srv/new4.bin out of daily/by-mkdir/files/os/: identical; rp2 predates /srv/new3.bin"
 if [ "$(id -u)" -eq 0 ]; then
   mkdir -p guest
   mount -o loop,ro mnt/daily/by-mkdir/disks/os.img guest
