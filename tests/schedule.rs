@@ -443,10 +443,11 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
         .expect("vm");
     engine.create_collection("manual", "vm", None).expect("c1");
     engine.create_collection("c", "vm", None).expect("c2");
-    for i in 0..498 {
+    for i in 0..497 {
         create(&engine, "manual", &format!("m{i}"));
     }
-    // 498 held elsewhere plus at most 2 here: allowed; 3 here would not be.
+    // 497 held elsewhere plus at most 2 here, plus the one a run adds before it prunes: allowed;
+    // 3 here would reach the limit.
     let refused = engine
         .set_schedule(
             "c",
@@ -454,7 +455,7 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
             Some(parse_policy("last=3").expect("policy")),
         )
         .expect_err("501 could be kept");
-    assert_mentions(&refused.to_string(), &["501", "498 in 'manual'"]);
+    assert_mentions(&refused.to_string(), &["500", "497 in 'manual'"]);
     engine
         .set_schedule(
             "c",
@@ -467,8 +468,10 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
         let r = engine.run_due().expect("run");
         assert_eq!(r[0].run.result, "Succeeded", "{r:?}");
     }
-    assert_eq!(engine.catalog().expect("catalog").points.len(), 500);
-    // At the limit: pruning first frees nothing (it keeps the 2), so the run fails, recorded.
+    assert_eq!(engine.catalog().expect("catalog").points.len(), 499);
+    // A manual point fills the VM. At the limit, pruning first frees nothing (the policy keeps
+    // both of its points), so the run fails, and says why.
+    create(&engine, "manual", "m-last");
     secs.store(T0 + 2 * HOUR, Ordering::SeqCst);
     let r = engine.run_due().expect("run");
     assert_eq!(r[0].run.result, "Failed");
@@ -486,4 +489,54 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(T0 + 3 * HOUR))
             .to_string()
     );
+}
+
+#[test]
+fn two_schedulers_on_one_store_take_each_run_once() {
+    let (dir, engine, secs) = shm_store();
+    let disk = dir.path().join("d.img");
+    std::fs::write(&disk, vec![5u8; BLOCK]).expect("disk");
+    engine
+        .add_vm(&VmSpec {
+            name: "vm".into(),
+            disks: vec![("d".into(), disk)],
+            ..VmSpec::default()
+        })
+        .expect("vm");
+    engine
+        .create_collection("c", "vm", None)
+        .expect("collection");
+    engine
+        .set_schedule("c", Some(Duration::from_secs(HOUR)), None)
+        .expect("schedule");
+    // A second engine on the same store and clock, as a mount daemon beside `rpfs run-due`.
+    let other = Engine::open(
+        Arc::new(LocalStorage::new(dir.path().join("store"))),
+        OpenOptions::default(),
+    )
+    .expect("second engine")
+    .with_clock(Clock::new({
+        let s = secs.clone();
+        move || UNIX_EPOCH + Duration::from_secs(s.load(Ordering::SeqCst))
+    }));
+    for h in 0..12u64 {
+        secs.store(T0 + h * HOUR, Ordering::SeqCst);
+        let a = engine.clone();
+        let b = other.clone();
+        let ta = std::thread::spawn(move || a.run_due().expect("a"));
+        let tb = std::thread::spawn(move || b.run_due().expect("b"));
+        let runs: Vec<_> = [ta, tb]
+            .into_iter()
+            .flat_map(|t| t.join().expect("thread"))
+            .collect();
+        // One took it; the other found it claimed or saw it not due, or met the VM busy and
+        // gave the claim back, to retry.
+        let made = runs.iter().filter(|r| r.run.result == "Succeeded").count();
+        assert_eq!(made, 1, "hour {h}: {runs:?}");
+        assert_eq!(
+            engine.catalog().expect("catalog").points.len() as u64,
+            h + 1,
+            "hour {h}"
+        );
+    }
 }

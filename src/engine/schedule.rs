@@ -11,6 +11,8 @@
 //! - The 500-point limit holds: a policy that could keep more than 500 points for its VM
 //!   (with what the VM's other collections keep or hold) is refused when set, and a run that
 //!   would reach the limit prunes first.
+//! - A run is claimed before it starts (`next_run` moves on under the store lock), so two
+//!   schedulers on one store (a mount and `run-due`) never both take it.
 //! - Every run, prune and failure is logged and kept in the collection (`last_run`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,8 @@ use crate::store::records::{CollectionRecord, RetentionPolicy, ScheduleRecord, S
 
 /// Shortest schedule interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest schedule interval (a year), so run times stay far from the calendar's end.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
 
 /// A keep-rule of a retention policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +128,12 @@ pub fn parse_interval(text: &str) -> Result<Duration> {
         return Err(Error::InvalidArgument(format!(
             "schedule interval '{text}' is shorter than {}",
             humantime::format_duration(MIN_INTERVAL)
+        )));
+    }
+    if d > MAX_INTERVAL {
+        return Err(Error::InvalidArgument(format!(
+            "schedule interval '{text}' is longer than {}",
+            humantime::format_duration(MAX_INTERVAL)
         )));
     }
     Ok(Duration::from_secs(d.as_secs()))
@@ -277,18 +287,21 @@ impl Engine {
             .iter()
             .filter(|c| c.vm_id == coll.vm_id && c.id != coll.id)
         {
+            // What it holds until its next prune, or what its policy keeps, whichever is more.
+            let held = cat.points_in(other.id).count() as u64;
             let n = match other.schedule.as_ref().and_then(|s| s.retain.as_ref()) {
-                Some(p) => policy_bound(p),
-                None => cat.points_in(other.id).count() as u64,
+                Some(p) => policy_bound(p).max(held),
+                None => held,
             };
             total += n;
             parts.push(format!("{n} in '{}'", other.name));
         }
-        if total > MAX_POINTS_PER_VM as u64 {
+        // A creation comes before its prune: the kept points plus the new one must fit.
+        if total >= MAX_POINTS_PER_VM as u64 {
             return Err(Error::InvalidArgument(format!(
                 "retention policy '{}' could keep {total} restore points for the VM of \
-                 collection '{collection}' ({}), more than the limit of {MAX_POINTS_PER_VM}; \
-                 lower its counts",
+                 collection '{collection}' ({}); with the point a run adds before pruning, that \
+                 reaches the limit of {MAX_POINTS_PER_VM}; lower its counts",
                 policy_text(policy),
                 parts.join(", ")
             )));
@@ -339,13 +352,25 @@ impl Engine {
         let now = self.now();
         let cat = self.catalog()?;
         let mut reports = Vec::new();
+        // Points per VM, kept current through this pass's own runs.
+        let mut held: std::collections::HashMap<uuid::Uuid, usize> =
+            std::collections::HashMap::new();
         for c in &cat.collections {
             let Some(s) = &c.schedule else { continue };
             if parse_time(&s.next_run) > now {
                 continue;
             }
-            let held = cat.points_of_vm(c.vm_id).count();
-            reports.push(self.run_one(c, s, now, held)?);
+            let count = held
+                .entry(c.vm_id)
+                .or_insert_with(|| cat.points_of_vm(c.vm_id).count());
+            let Some(report) = self.run_one(c, s, now, *count)? else {
+                continue;
+            };
+            if report.run.result == "Succeeded" {
+                *count += 1;
+            }
+            *count -= report.run.pruned.len().min(*count);
+            reports.push(report);
         }
         Ok(reports)
     }
@@ -358,7 +383,28 @@ impl Engine {
         s: &ScheduleRecord,
         now: SystemTime,
         held: usize,
-    ) -> Result<RunReport> {
+    ) -> Result<Option<RunReport>> {
+        // Claim the run: move `next_run` on under the store lock, unless another scheduler (a
+        // second daemon, or `run-due` beside the mount) already has.
+        let observed = s.next_run.clone();
+        let next = now
+            .checked_add(Duration::from_secs(s.interval_secs))
+            .map_or_else(|| observed.clone(), rfc3339);
+        let claim = next.clone();
+        let claimed = self.update_collection(&c.name, |c, vm| match &mut c.schedule {
+            Some(s) if s.next_run == observed => {
+                s.next_run = claim;
+                Ok(())
+            }
+            _ => Err(Error::Busy {
+                vm: vm.name.clone(),
+            }),
+        });
+        match claimed {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Busy => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let name = point_name(now);
         let mut pruned = Vec::new();
         let prune = |pruned: &mut Vec<String>| -> Result<()> {
@@ -383,9 +429,13 @@ impl Engine {
                 &Silent,
             )
         });
-        let outcome = created.and_then(|_| prune(&mut pruned));
-        let (result, error, retry) = match &outcome {
-            Ok(()) => ("Succeeded", None, false),
+        // Busy means the point was not made: a prune that meets another operation after the
+        // creation is a failed prune of a made point, and the run is not repeated.
+        let (result, error, retry) = match created {
+            Ok(_) => match prune(&mut pruned) {
+                Ok(()) => ("Succeeded", None, false),
+                Err(e) => ("Succeeded", Some(format!("pruning afterwards: {e}")), false),
+            },
             Err(e) if e.kind() == ErrorKind::Busy => ("Busy", Some(e.to_string()), true),
             Err(e) => ("Failed", Some(e.to_string()), false),
         };
@@ -408,21 +458,21 @@ impl Engine {
             error,
             pruned,
         };
-        let next = rfc3339(now + Duration::from_secs(s.interval_secs));
         let recorded = run.clone();
         self.update_collection(&c.name, move |c, _| {
             if let Some(s) = &mut c.schedule {
                 s.last_run = Some(recorded);
-                if !retry {
-                    s.next_run = next;
+                // A busy run gives its claim back, so the next tick retries it.
+                if retry && s.next_run == next {
+                    s.next_run = observed;
                 }
             }
             Ok(())
         })?;
-        Ok(RunReport {
+        Ok(Some(RunReport {
             collection: c.name.clone(),
             run,
-        })
+        }))
     }
 }
 
@@ -465,7 +515,7 @@ mod tests {
             parse_interval("1w").expect("1w"),
             Duration::from_secs(7 * 86400)
         );
-        for bad in ["0", "0s", "-1h", "1 parsec", "", "500ms"] {
+        for bad in ["0", "0s", "-1h", "1 parsec", "", "500ms", "2y", "10000y"] {
             assert_eq!(
                 parse_interval(bad).expect_err(bad).kind(),
                 ErrorKind::InvalidArgument,

@@ -91,6 +91,19 @@ fn damaged(e: Ext4Error) -> GuestError {
     }
 }
 
+/// Refuses a file that is not inode `ino`: a damaged directory naming two files alike must not
+/// serve one file's bytes for the other.
+fn same_inode(file: &ext4_view::File, ino: u64) -> Result<(), GuestError> {
+    if u64::from(file.metadata().inode()) == ino {
+        Ok(())
+    } else {
+        Err(GuestError::Damaged(format!(
+            "the path of inode {ino} leads to inode {}",
+            file.metadata().inode()
+        )))
+    }
+}
+
 fn time(t: Timestamp) -> SystemTime {
     let nanos = Duration::from_nanos(u64::from(t.nanoseconds().min(999_999_999)));
     match u64::try_from(t.seconds()) {
@@ -172,9 +185,12 @@ impl Backend for Ext4Fs {
             return Ok(Some(Vec::new()));
         }
         let p = match self.placements.get_mut(&ino) {
+            Some(p) if p.learnt == u64::MAX => return Ok(None),
             Some(p) => p,
             None => {
-                let rest: Offsets = Box::new(self.fs.open(path).map_err(damaged)?.data_offsets());
+                let file = self.fs.open(path).map_err(damaged)?;
+                same_inode(&file, ino)?;
+                let rest: Offsets = Box::new(file.data_offsets());
                 self.placements.get_or_insert_mut(ino, || Placement {
                     runs: Vec::new(),
                     rest,
@@ -191,7 +207,10 @@ impl Backend for Ext4Fs {
                 None => p.done = true,
             }
             if p.runs.len() > MAX_RUNS {
-                self.placements.pop(&ino);
+                // Too fragmented to map: the parser reads it, now and later.
+                p.runs.clear();
+                p.done = true;
+                p.learnt = u64::MAX;
                 return Ok(None);
             }
         }
@@ -223,6 +242,7 @@ impl Backend for Ext4Fs {
             Some(f) => f,
             None => {
                 let f = self.fs.open(path).map_err(damaged)?;
+                same_inode(&f, ino)?;
                 self.files.get_or_insert_mut(ino, || f)
             }
         };

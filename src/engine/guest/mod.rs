@@ -402,8 +402,16 @@ impl Guest {
         let mut entries = self.worker.call(move |b| b.list(&dir, ino))?;
         // A directory names each file once; damage may repeat a name: the first one stands, so
         // listings, lookups and attributes agree.
+        // FAT finds names regardless of case, so there names differing only in case are alike.
+        let fat = self.fs == FsType::Fat;
         let mut seen = std::collections::HashSet::with_capacity(entries.len());
-        entries.retain(|(name, _)| seen.insert(name.clone()));
+        entries.retain(|(name, _)| {
+            seen.insert(if fat {
+                name.to_ascii_lowercase()
+            } else {
+                name.clone()
+            })
+        });
         let mut names = self.names.lock();
         let mut by_name = HashMap::with_capacity(entries.len());
         for (i, (name, attr)) in entries.iter_mut().enumerate() {

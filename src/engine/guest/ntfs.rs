@@ -158,8 +158,36 @@ impl Backend for NtfsFs {
                 "NTFS: compressed and encrypted files are not read".into(),
             ));
         }
+        // Past its initialized size a file reads as zeros (NTFS does not write them), which
+        // the `ntfs` crate does not know: read the size from the attribute header (0x38).
+        let initialized = if data.is_resident() {
+            u64::MAX
+        } else {
+            let at = data
+                .position()
+                .value()
+                .ok_or_else(|| GuestError::Damaged("NTFS: an attribute with no position".into()))?
+                .get()
+                + 0x38;
+            if at % 512 > 502 {
+                // It would straddle a sector's update sequence bytes; refuse rather than guess.
+                return Err(GuestError::Damaged(
+                    "NTFS: an initialized size that cannot be read".into(),
+                ));
+            }
+            let mut raw = [0u8; 8];
+            fs.seek(SeekFrom::Start(at))
+                .and_then(|_| fs.read_exact(&mut raw))
+                .map_err(|e| GuestError::Damaged(format!("NTFS: {e}")))?;
+            u64::from_le_bytes(raw)
+        };
         let mut value = data.value(fs).map_err(damaged)?;
         value.seek(fs, SeekFrom::Start(offset)).map_err(damaged)?;
-        super::fill(buf, |b| value.read(fs, b).map_err(damaged))
+        let n = super::fill(buf, |b| value.read(fs, b).map_err(damaged))?;
+        let valid = usize::try_from(initialized.saturating_sub(offset)).unwrap_or(usize::MAX);
+        if valid < n {
+            buf[valid..n].fill(0);
+        }
+        Ok(n)
     }
 }

@@ -21,8 +21,14 @@ use super::{Backend, GuestError};
 
 /// How long an unused parser thread waits before it ends.
 const IDLE: Duration = Duration::from_secs(60);
+/// Longest a request may take: a parser looping on damaged metadata is given up on, and its
+/// filesystem reads as damaged from then on.
+const PATIENCE: Duration = Duration::from_secs(60);
 
-type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+/// A request for the parser; returns true when the parser panicked on it.
+type Job = Box<dyn FnOnce(&mut dyn Backend) -> bool + Send>;
+const PANICKED: &str = "the parser panicked on damaged data";
+
 type Open = dyn Fn() -> Result<Box<dyn Backend>, GuestError> + Send + Sync;
 
 struct Shared {
@@ -62,8 +68,14 @@ impl Worker {
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
         let job: Job = Box::new(move |backend| {
-            // The caller waits for this answer; it cannot have gone.
-            let _ = reply.send(f(backend));
+            // A panic is answered like any failure, before the thread marks the filesystem.
+            let (result, panicked) = match catch_unwind(AssertUnwindSafe(|| f(backend))) {
+                Ok(r) => (r, false),
+                Err(_) => (Err(GuestError::Damaged(PANICKED.into())), true),
+            };
+            // The caller may have given up waiting; then nobody needs the answer.
+            let _ = reply.send(result);
+            panicked
         });
         {
             let mut inbox = self.shared.inbox.lock();
@@ -84,10 +96,18 @@ impl Worker {
             tx.send(job)
                 .map_err(|_| GuestError::Damaged("the reader thread is gone".into()))?;
         }
-        match answer.recv() {
+        match answer.recv_timeout(PATIENCE) {
             Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let e = GuestError::Damaged(format!(
+                    "the parser gave no answer in {} s (looping on damaged metadata?)",
+                    PATIENCE.as_secs()
+                ));
+                *self.shared.broken.lock() = Some(e.clone());
+                Err(e)
+            }
             // The job was dropped unrun: the parser failed to load or panicked.
-            Err(_) => Err(self
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(self
                 .shared
                 .broken
                 .lock()
@@ -132,10 +152,8 @@ fn serve(shared: &Shared, rx: &Receiver<Job>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if catch_unwind(AssertUnwindSafe(|| job(backend.as_mut()))).is_err() {
-            return stop(GuestError::Damaged(
-                "the parser panicked on damaged data".into(),
-            ));
+        if job(backend.as_mut()) {
+            return stop(GuestError::Damaged(PANICKED.into()));
         }
     }
 }
