@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,6 +112,26 @@ fn expected_kept(hours: u64) -> BTreeSet<u64> {
     keep
 }
 
+/// VM `vm` with one disk `d` (at `dir/d.img`, holding `content`), on `engine`; returns its path.
+fn vm_with_disk(
+    engine: &Engine,
+    dir: &Path,
+    content: &[u8],
+    pre_script: Option<String>,
+) -> PathBuf {
+    let disk = dir.join("d.img");
+    std::fs::write(&disk, content).expect("disk");
+    engine
+        .add_vm(&VmSpec {
+            name: "vm".into(),
+            disks: vec![("d".into(), disk.clone())],
+            pre_script,
+            ..VmSpec::default()
+        })
+        .expect("vm");
+    disk
+}
+
 fn shm_store() -> (tempfile::TempDir, Engine, Arc<AtomicU64>) {
     // tmpfs where there is one: thousands of creations and deletions, each fsynced.
     let dir = if Path::new("/dev/shm").is_dir() {
@@ -134,15 +154,7 @@ fn shm_store() -> (tempfile::TempDir, Engine, Arc<AtomicU64>) {
 fn an_hourly_schedule_over_400_days_keeps_exactly_what_the_policy_says() {
     let days = env_count("RPFS_SCHEDULE_DAYS", 400) as u64;
     let (dir, engine, secs) = shm_store();
-    let disk = dir.path().join("d.img");
-    std::fs::write(&disk, vec![0u8; BLOCK * BLOCKS]).expect("disk");
-    engine
-        .add_vm(&VmSpec {
-            name: "vm".into(),
-            disks: vec![("d".into(), disk.clone())],
-            ..VmSpec::default()
-        })
-        .expect("vm");
+    let disk = vm_with_disk(&engine, dir.path(), &vec![0u8; BLOCK * BLOCKS], None);
     engine
         .create_collection("c", "vm", None)
         .expect("collection");
@@ -207,20 +219,16 @@ fn an_hourly_schedule_over_400_days_keeps_exactly_what_the_policy_says() {
 #[test]
 fn missed_runs_give_one_catch_up_point_and_a_busy_vm_is_retried() {
     let (dir, engine, secs) = shm_store();
-    let disk = dir.path().join("d.img");
-    std::fs::write(&disk, vec![1u8; BLOCK]).expect("disk");
     let marker = dir.path().join("in-pre-script");
-    engine
-        .add_vm(&VmSpec {
-            name: "vm".into(),
-            disks: vec![("d".into(), disk)],
-            pre_script: Some(format!(
-                "touch '{m}'; sleep 1.5; rm -f '{m}'",
-                m = marker.display()
-            )),
-            ..VmSpec::default()
-        })
-        .expect("vm");
+    vm_with_disk(
+        &engine,
+        dir.path(),
+        &[1u8; BLOCK],
+        Some(format!(
+            "touch '{m}'; sleep 1.5; rm -f '{m}'",
+            m = marker.display()
+        )),
+    );
     engine
         .create_collection("c", "vm", None)
         .expect("collection");
@@ -432,15 +440,7 @@ fn the_mount_daemon_runs_due_schedules() {
 #[test]
 fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
     let (dir, engine, secs) = shm_store();
-    let disk = dir.path().join("d.img");
-    std::fs::write(&disk, vec![3u8; BLOCK]).expect("disk");
-    engine
-        .add_vm(&VmSpec {
-            name: "vm".into(),
-            disks: vec![("d".into(), disk)],
-            ..VmSpec::default()
-        })
-        .expect("vm");
+    vm_with_disk(&engine, dir.path(), &[3u8; BLOCK], None);
     engine.create_collection("manual", "vm", None).expect("c1");
     engine.create_collection("c", "vm", None).expect("c2");
     for i in 0..497 {
@@ -494,15 +494,7 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
 #[test]
 fn two_schedulers_on_one_store_take_each_run_once() {
     let (dir, engine, secs) = shm_store();
-    let disk = dir.path().join("d.img");
-    std::fs::write(&disk, vec![5u8; BLOCK]).expect("disk");
-    engine
-        .add_vm(&VmSpec {
-            name: "vm".into(),
-            disks: vec![("d".into(), disk)],
-            ..VmSpec::default()
-        })
-        .expect("vm");
+    vm_with_disk(&engine, dir.path(), &[5u8; BLOCK], None);
     engine
         .create_collection("c", "vm", None)
         .expect("collection");
