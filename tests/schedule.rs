@@ -26,14 +26,16 @@ const POLICY: &str = "last=24,hourly=48,daily=7,weekly=4,monthly=6,yearly=2";
 const BLOCK: usize = 4096;
 const BLOCKS: usize = 4;
 
-/// A clock the test moves by hand.
+/// A clock reading `secs` (seconds since the epoch), which the test moves by hand.
+fn clock_of(secs: &Arc<AtomicU64>) -> Clock {
+    let s = secs.clone();
+    Clock::new(move || UNIX_EPOCH + Duration::from_secs(s.load(Ordering::SeqCst)))
+}
+
+/// A clock at T0 the test moves by hand.
 fn clock() -> (Clock, Arc<AtomicU64>) {
     let secs = Arc::new(AtomicU64::new(T0));
-    let s = secs.clone();
-    (
-        Clock::new(move || UNIX_EPOCH + Duration::from_secs(s.load(Ordering::SeqCst))),
-        secs,
-    )
+    (clock_of(&secs), secs)
 }
 
 /// Generation `g` writes block `g % BLOCKS` with a pattern of `g`: the disk at generation `h`
@@ -507,10 +509,7 @@ fn two_schedulers_on_one_store_take_each_run_once() {
         OpenOptions::default(),
     )
     .expect("second engine")
-    .with_clock(Clock::new({
-        let s = secs.clone();
-        move || UNIX_EPOCH + Duration::from_secs(s.load(Ordering::SeqCst))
-    }));
+    .with_clock(clock_of(&secs));
     for h in 0..12u64 {
         secs.store(T0 + h * HOUR, Ordering::SeqCst);
         let a = engine.clone();

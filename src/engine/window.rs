@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
+use super::partitions::Partition;
 use super::read::DiskImage;
 
 /// `len` bytes of a disk image from `start`.
@@ -24,6 +25,15 @@ impl Window {
             image,
             start: 0,
             len,
+        }
+    }
+
+    /// The bytes of partition `part`.
+    pub fn partition(image: Arc<DiskImage>, part: &Partition) -> Window {
+        Window {
+            image,
+            start: part.start,
+            len: part.len,
         }
     }
 

@@ -90,9 +90,8 @@ enum Handle {
     /// A disk image, or the window of it a partition covers.
     Image(Window),
     Bytes(Arc<Vec<u8>>),
-    /// A file inside a guest filesystem: the filesystem, the file's guest inode number, and
-    /// what to call the filesystem in errors.
-    Guest(Arc<Guest>, u64, Arc<str>),
+    /// A file inside a guest filesystem, by its guest inode number.
+    Guest(GuestFs, u64),
     /// A directory listing, taken at `opendir`, so offsets stay valid while the directory
     /// changes.
     Dir(Arc<Vec<DirEntry>>),
@@ -279,11 +278,7 @@ impl Vfs {
     fn attr(&self, snap: &Snapshot, node: Node) -> Result<Attr, FsError> {
         if let Node::Guest(p, d, n, ino) = node {
             let g = self.guest_fs(snap, p, d, n)?;
-            let a = if ino == 0 {
-                g.fs.root()
-            } else {
-                g.fs.attr(ino)
-            };
+            let a = g.fs.attr(Self::guest_ino(&g, ino)?);
             return Ok(self.guest_attr(node, a.map_err(|e| guest_error(&g, e))?));
         }
         let dir = |perm: u16, nlink: u32, time| (Kind::Directory, 0, 0, perm, nlink, time);
@@ -800,14 +795,7 @@ impl Vfs {
         let image = self.image(snap, point, disk)?;
         let table: Vec<(Partition, u64)> = partitions::read(&image)
             .into_iter()
-            .map(|part| {
-                let view = Window {
-                    image: image.clone(),
-                    start: part.start,
-                    len: part.len,
-                };
-                (part, view.allocated())
-            })
+            .map(|part| (part, Window::partition(image.clone(), &part).allocated()))
             .collect();
         let table = Arc::new(table);
         self.partitions
@@ -860,12 +848,7 @@ impl Vfs {
         let window = if n == 0 {
             Window::whole(image)
         } else {
-            let (part, _) = self.partition(snap, point, d, n)?;
-            Window {
-                image,
-                start: part.start,
-                len: part.len,
-            }
+            Window::partition(image, &self.partition(snap, point, d, n)?.0)
         };
         let found = FsType::probe(&window).map(|fs| {
             let coll = snap
@@ -930,11 +913,7 @@ impl Vfs {
             Node::PartitionImage(p, d, n) => {
                 let point = snap.point(p)?;
                 let (part, _) = self.partition(&snap, point, d, n)?;
-                let view = Window {
-                    image: self.image(&snap, point, d)?,
-                    start: part.start,
-                    len: part.len,
-                };
+                let view = Window::partition(self.image(&snap, point, d)?, &part);
                 (Handle::Image(view), true, false)
             }
             Node::VmConfig(p) => {
@@ -953,13 +932,9 @@ impl Vfs {
             ),
             Node::Guest(p, d, n, ino) => {
                 let g = self.guest_fs(&snap, p, d, n)?;
-                let a = if ino == 0 {
-                    g.fs.root()
-                } else {
-                    g.fs.attr(ino)
-                };
+                let a = g.fs.attr(Self::guest_ino(&g, ino)?);
                 match a.map_err(|e| guest_error(&g, e))?.kind {
-                    GuestKind::File => (Handle::Guest(g.fs, ino, g.label), true, false),
+                    GuestKind::File => (Handle::Guest(g, ino), true, false),
                     GuestKind::Directory => return Err(FsError::IsDir),
                     GuestKind::Symlink => {
                         return Err(FsError::Invalid("a symbolic link cannot be opened".into()));
@@ -1026,7 +1001,7 @@ impl Vfs {
         match self.handles.lock().get(&fh) {
             Some(Handle::Image(i)) => Ok(Handle::Image(i.clone())),
             Some(Handle::Bytes(b)) => Ok(Handle::Bytes(b.clone())),
-            Some(Handle::Guest(g, ino, label)) => Ok(Handle::Guest(g.clone(), *ino, label.clone())),
+            Some(Handle::Guest(g, ino)) => Ok(Handle::Guest(g.clone(), *ino)),
             Some(Handle::Dir(_)) => Err(FsError::IsDir),
             None => Err(FsError::BadHandle(fh)),
         }
@@ -1038,7 +1013,7 @@ impl Vfs {
             Handle::Image(view) => {
                 let len = (size as u64).min(view.len.saturating_sub(offset)) as usize;
                 let mut buf = vec![0u8; len];
-                let n = view.image.read_at(view.start + offset, &mut buf)?;
+                let n = view.read_at(offset, &mut buf)?;
                 buf.truncate(n);
                 Ok(buf)
             }
@@ -1047,9 +1022,7 @@ impl Vfs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
-            Handle::Guest(g, ino, label) => g
-                .read(ino, offset, size)
-                .map_err(|e| guest_error_in(&label, e)),
+            Handle::Guest(g, ino) => g.fs.read(ino, offset, size).map_err(|e| guest_error(&g, e)),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
     }
@@ -1072,9 +1045,7 @@ impl Vfs {
         let size = match &handle {
             Handle::Image(view) => view.len,
             Handle::Bytes(b) => b.len() as u64,
-            Handle::Guest(g, ino, label) => {
-                g.attr(*ino).map_err(|e| guest_error_in(label, e))?.size
-            }
+            Handle::Guest(g, ino) => g.fs.attr(*ino).map_err(|e| guest_error(g, e))?.size,
             Handle::Dir(_) => return Err(FsError::IsDir),
         };
         if offset >= size {
@@ -1223,17 +1194,13 @@ fn kind(k: GuestKind) -> Kind {
     }
 }
 
-fn guest_error(g: &GuestFs, e: GuestError) -> FsError {
-    guest_error_in(&g.label, e)
-}
-
 /// A guest error as the mount reports it; damage names the filesystem it is in.
-fn guest_error_in(label: &str, e: GuestError) -> FsError {
+fn guest_error(g: &GuestFs, e: GuestError) -> FsError {
     match e {
         GuestError::NotFound => FsError::NotFound,
         GuestError::NotDir => FsError::NotDir,
         GuestError::NotFile => FsError::Invalid("not a regular file".into()),
-        GuestError::Damaged(why) => FsError::Guest(format!("{label}: {why}")),
+        GuestError::Damaged(why) => FsError::Guest(format!("{}: {why}", g.label)),
     }
 }
 
