@@ -337,7 +337,7 @@ fn repack(shared: &Shared, key: &str, pack: Uuid, u: &PackUse) -> std::result::R
             .index
             .read_stored(&*u.object, e)
             .map_err(|e| e.to_string())?;
-        w.append(e.block, &stored, e.compressed, e.hash)
+        w.append(e.block, &stored, e.codec, e.hash)
             .map_err(|e| e.to_string())?;
     }
     w.finish().map_err(|e| e.to_string())

@@ -1,15 +1,34 @@
-//! How one block's bytes are encoded on disk: hashed, compressed with zstd when that pays, and
+//! How one block's bytes are encoded on disk: hashed, compressed with LZ4 when that pays, and
 //! decoded with the output bounded by the block size.
 //!
 //! Invariants: every stored block carries the xxh3-128 hash of its *uncompressed* content, and
 //! [`decode`] never returns bytes whose hash differs from it. Decompression writes into a buffer
-//! of exactly one block, so a hostile frame cannot make it allocate more.
+//! of exactly one block, so a hostile frame cannot make it allocate more. New blocks are LZ4;
+//! zstd blocks (written by rpfs 0.1 stores) are still read.
 
 use std::cell::RefCell;
 
-/// zstd level for new blocks: the fast level -1 compresses real filesystem data 2.3x at
-/// ~520 MB/s per core here (level 1: 2.5x at ~380 MB/s), which keeps ingest near disk speed.
-pub const ZSTD_LEVEL: i32 = -1;
+/// How a stored block's bytes encode its content.
+///
+/// New blocks use LZ4: on 64 KiB blocks of real filesystem data it compresses ~2.5x at
+/// ~740 MB/s per core here, against zstd -1's ~3.0x at ~490 MB/s; a first point is bound by
+/// compression on two cores, so the faster codec wins more time than the ratio costs space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Stored as is (compression would not have saved enough).
+    Raw,
+    /// One zstd frame (blocks written before LZ4 was adopted).
+    Zstd,
+    /// One LZ4 block (no frame header; the content length is the block size).
+    Lz4,
+}
+
+impl Codec {
+    /// True for the codecs that store fewer bytes than the block.
+    pub fn is_compressed(self) -> bool {
+        self != Codec::Raw
+    }
+}
 
 /// A block is stored raw unless compression saves at least 1/32 of it; raw blocks read faster.
 const MIN_SAVING_DIVISOR: usize = 32;
@@ -30,51 +49,44 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
     pub hash: u128,
-    pub compressed: bool,
+    pub codec: Codec,
     pub bytes: Vec<u8>,
 }
 
 thread_local! {
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Room [`compress_into`] needs for a block of `len` bytes.
-pub fn compressed_capacity(len: usize) -> usize {
-    len - len / MIN_SAVING_DIVISOR
+/// The codec [`compress_into`] writes.
+pub const COMPRESSED: Codec = Codec::Lz4;
+
+/// Room [`compress_into`] needs for a block of `len` bytes (LZ4's worst case).
+pub fn compress_bound(len: usize) -> usize {
+    lz4_flex::block::get_maximum_output_size(len)
 }
 
-/// Compresses `data` into `dst` (at least [`compressed_capacity`] bytes) and returns the
-/// compressed length, or `None` when compression does not save enough: store the block raw.
+/// Compresses `data` with LZ4 into `dst` (at least [`compress_bound`] bytes) and returns the
+/// compressed length, or `None` when that does not save at least 1/32: store the block raw.
 pub fn compress_into(data: &[u8], dst: &mut [u8]) -> Option<usize> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-        }
-        let limit = compressed_capacity(data.len()).min(dst.len());
-        // A frame that does not fit in `limit` fails with "destination too small": store raw.
-        slot.as_mut()?
-            .compress_to_buffer(data, &mut dst[..limit])
-            .ok()
-    })
+    let n = lz4_flex::block::compress_into(data, dst).ok()?;
+    (n <= data.len() - data.len() / MIN_SAVING_DIVISOR).then_some(n)
 }
 
 /// Compresses `data` (whose hash is `hash`) if that saves enough, else keeps it raw.
 pub fn encode(data: &[u8], hash: u128) -> Encoded {
-    let mut out = vec![0u8; compressed_capacity(data.len())];
+    let mut out = vec![0u8; compress_bound(data.len())];
     match compress_into(data, &mut out) {
         Some(n) => {
             out.truncate(n);
             Encoded {
                 hash,
-                compressed: true,
+                codec: COMPRESSED,
                 bytes: out,
             }
         }
         None => Encoded {
             hash,
-            compressed: false,
+            codec: Codec::Raw,
             bytes: data.to_vec(),
         },
     }
@@ -83,8 +95,8 @@ pub fn encode(data: &[u8], hash: u128) -> Encoded {
 /// Why a stored block could not be turned back into its content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("zstd frame does not decompress: {0}")]
-    Decompress(String),
+    #[error("{0} data does not decompress: {1}")]
+    Decompress(&'static str, String),
     #[error("decompressed to {got} bytes, expected {want}")]
     Length { got: usize, want: usize },
     #[error("content hash mismatch (stored {stored:032x}, computed {computed:032x})")]
@@ -94,40 +106,35 @@ pub enum DecodeError {
 /// Decodes `stored` into `out` (exactly one block) and verifies the content hash.
 pub fn decode(
     stored: &[u8],
-    compressed: bool,
+    codec: Codec,
     hash_want: u128,
     out: &mut [u8],
 ) -> Result<(), DecodeError> {
-    if compressed {
-        let n = DECOMPRESSOR.with(|cell| {
+    let n = match codec {
+        Codec::Raw => {
+            if stored.len() == out.len() {
+                out.copy_from_slice(stored);
+            }
+            stored.len()
+        }
+        Codec::Lz4 => lz4_flex::block::decompress_into(stored, out)
+            .map_err(|e| DecodeError::Decompress("LZ4", e.to_string()))?,
+        Codec::Zstd => DECOMPRESSOR.with(|cell| {
+            let zstd_error = |e: std::io::Error| DecodeError::Decompress("zstd", e.to_string());
             let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| DecodeError::Decompress(e.to_string()))?,
-                );
-            }
-            match slot.as_mut() {
-                Some(d) => d
-                    .decompress_to_buffer(stored, &mut *out)
-                    .map_err(|e| DecodeError::Decompress(e.to_string())),
-                None => Err(DecodeError::Decompress("no decompressor".into())),
-            }
-        })?;
-        if n != out.len() {
-            return Err(DecodeError::Length {
-                got: n,
-                want: out.len(),
-            });
-        }
-    } else {
-        if stored.len() != out.len() {
-            return Err(DecodeError::Length {
-                got: stored.len(),
-                want: out.len(),
-            });
-        }
-        out.copy_from_slice(stored);
+            let d = match &mut *slot {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new().map_err(zstd_error)?),
+            };
+            d.decompress_to_buffer(stored, &mut *out)
+                .map_err(zstd_error)
+        })?,
+    };
+    if n != out.len() {
+        return Err(DecodeError::Length {
+            got: n,
+            want: out.len(),
+        });
     }
     verify(out, hash_want)
 }
@@ -176,14 +183,24 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        for (data, expect_compressed) in [(text, true), (random, false)] {
+        for (data, expect) in [(text, Codec::Lz4), (random, Codec::Raw)] {
             let h = hash(&data);
             let enc = encode(&data, h);
-            assert_eq!(enc.compressed, expect_compressed);
+            assert_eq!(enc.codec, expect);
             let mut out = vec![0u8; data.len()];
-            decode(&enc.bytes, enc.compressed, h, &mut out).expect("decodes");
+            decode(&enc.bytes, enc.codec, h, &mut out).expect("decodes");
             assert_eq!(out, data);
         }
+    }
+
+    #[test]
+    fn zstd_blocks_of_older_stores_still_decode() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 7 % 251) as u8).collect();
+        let frame = zstd::bulk::compress(&data, -1).expect("compresses");
+        let mut out = vec![0u8; data.len()];
+        decode(&frame, Codec::Zstd, hash(&data), &mut out).expect("decodes");
+        assert_eq!(out, data);
+        assert!(decode(&frame, Codec::Lz4, hash(&data), &mut out).is_err());
     }
 
     #[test]
@@ -191,13 +208,13 @@ mod tests {
         let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
         let h = hash(&data);
         let enc = encode(&data, h);
-        assert!(enc.compressed);
+        assert_eq!(enc.codec, Codec::Lz4);
         let mut out = vec![0u8; data.len()];
         for i in [0, enc.bytes.len() / 2, enc.bytes.len() - 1] {
             let mut bad = enc.bytes.clone();
             bad[i] ^= 0x10;
             assert!(
-                decode(&bad, true, h, &mut out).is_err(),
+                decode(&bad, Codec::Lz4, h, &mut out).is_err(),
                 "flip at {i} missed"
             );
         }
@@ -205,11 +222,11 @@ mod tests {
         let mut bad = raw.clone();
         bad[100] ^= 1;
         assert!(matches!(
-            decode(&bad, false, h, &mut out),
+            decode(&bad, Codec::Raw, h, &mut out),
             Err(DecodeError::Hash { .. })
         ));
         assert!(matches!(
-            decode(&raw[..100], false, h, &mut out),
+            decode(&raw[..100], Codec::Raw, h, &mut out),
             Err(DecodeError::Length { .. })
         ));
     }

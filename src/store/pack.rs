@@ -5,9 +5,10 @@
 //! 0               64    header: magic "RPFSPACK", version u16, reserved u16, block size u32,
 //!                       pack id (16 bytes, the UUID of the disk restore point that wrote it),
 //!                       reserved (28 zero bytes), crc32c of bytes 0..60
-//! 64              ...   stored blocks, back to back (zstd frames or raw blocks)
+//! 64              ...   stored blocks, back to back (LZ4 blocks, zstd frames or raw blocks)
 //! table_offset    40*n  table, sorted by block number: block u64, offset u64, stored length u32,
-//!                       flags u32 (bit 0: zstd), xxh3-128 of the uncompressed block (16 bytes)
+//!                       flags u32 (bit 0: zstd, bit 1: LZ4, neither: raw; version 1 packs have
+//!                       no LZ4), xxh3-128 of the uncompressed block (16 bytes)
 //! len - 32        32    trailer: magic "RPFSPEND", table offset u64, entry count u64,
 //!                       crc32c of the table u32, crc32c of trailer bytes 0..28
 //! ```
@@ -21,7 +22,7 @@
 use std::io::{self, Write};
 
 use super::Corrupt;
-use super::block::{self, DecodeError};
+use super::block::{self, Codec, DecodeError};
 use super::storage::{Object, ObjectWriter};
 use uuid::Uuid;
 
@@ -30,8 +31,9 @@ thread_local! {
     static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Format version of pack files written by this build.
-pub const VERSION: u16 = 1;
+/// Format version of pack files written by this build: 2 added LZ4 blocks. Version 1 packs
+/// (zstd or raw blocks only) are still read.
+pub const VERSION: u16 = 2;
 const HEADER_MAGIC: &[u8; 8] = b"RPFSPACK";
 const TRAILER_MAGIC: &[u8; 8] = b"RPFSPEND";
 /// Size of the fixed header.
@@ -41,6 +43,7 @@ pub const ENTRY_LEN: usize = 40;
 /// Size of the fixed trailer.
 pub const TRAILER_LEN: usize = 32;
 const FLAG_ZSTD: u32 = 1;
+const FLAG_LZ4: u32 = 2;
 /// A pack being written starts writeback every this many bytes (see `start_writeback`).
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
@@ -54,8 +57,28 @@ pub struct PackEntry {
     pub block: u64,
     pub offset: u64,
     pub stored_len: u32,
-    pub compressed: bool,
+    pub codec: Codec,
     pub hash: u128,
+}
+
+impl PackEntry {
+    fn flags(&self) -> u32 {
+        match self.codec {
+            Codec::Raw => 0,
+            Codec::Zstd => FLAG_ZSTD,
+            Codec::Lz4 => FLAG_LZ4,
+        }
+    }
+}
+
+/// The codec a table entry's flags name in a pack of `version`, if they name exactly one.
+fn codec_of(flags: u32, version: u16) -> Option<Codec> {
+    match flags {
+        0 => Some(Codec::Raw),
+        FLAG_ZSTD => Some(Codec::Zstd),
+        FLAG_LZ4 if version >= 2 => Some(Codec::Lz4),
+        _ => None,
+    }
 }
 
 /// Streams blocks into a new pack object.
@@ -88,7 +111,7 @@ impl PackWriter {
         &mut self,
         block: u64,
         stored: &[u8],
-        compressed: bool,
+        codec: Codec,
         hash: u128,
     ) -> io::Result<()> {
         if self.entries.last().is_some_and(|e| e.block >= block) {
@@ -107,7 +130,7 @@ impl PackWriter {
             block,
             offset: self.pos,
             stored_len,
-            compressed,
+            codec,
             hash,
         });
         self.pos += stored.len() as u64;
@@ -131,8 +154,7 @@ impl PackWriter {
             table.extend_from_slice(&e.block.to_le_bytes());
             table.extend_from_slice(&e.offset.to_le_bytes());
             table.extend_from_slice(&e.stored_len.to_le_bytes());
-            let flags = if e.compressed { FLAG_ZSTD } else { 0 };
-            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&e.flags().to_le_bytes());
             table.extend_from_slice(&e.hash.to_le_bytes());
         }
         let mut t = [0u8; TRAILER_LEN];
@@ -201,7 +223,7 @@ impl PackIndex {
             return Err(corrupt("bad pack magic".into()));
         }
         let version = le_u16(&h, 8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(format!("unsupported pack version {version}")));
         }
         let block_size = le_u32(&h, 12);
@@ -246,20 +268,21 @@ impl PackIndex {
         }
         let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
         for (i, e) in table.chunks_exact(ENTRY_LEN).enumerate() {
+            let flags = le_u32(e, 20);
+            let codec = codec_of(flags, version);
             let entry = PackEntry {
                 block: le_u64(e, 0),
                 offset: le_u64(e, 8),
                 stored_len: le_u32(e, 16),
-                compressed: le_u32(e, 20) & FLAG_ZSTD != 0,
+                codec: codec.unwrap_or(Codec::Raw),
                 hash: le_u128(e, 24),
             };
-            let flags = le_u32(e, 20);
             let in_bounds = entry.offset >= HEADER_LEN as u64
                 && entry
                     .offset
                     .checked_add(u64::from(entry.stored_len))
                     .is_some_and(|end| end <= table_offset);
-            let len_ok = if entry.compressed {
+            let len_ok = if entry.codec.is_compressed() {
                 entry.stored_len > 0 && entry.stored_len < block_size
             } else {
                 entry.stored_len == block_size
@@ -268,7 +291,13 @@ impl PackIndex {
             let ordered = entries.last().is_none_or(|p: &PackEntry| {
                 p.block < entry.block && p.offset + u64::from(p.stored_len) <= entry.offset
             });
-            if flags & !FLAG_ZSTD != 0 || !in_bounds || !len_ok || !ordered {
+            if codec.is_none() {
+                return Err(corrupt(format!(
+                    "table entry {i} has flags {flags:#x}, which name no codec of a version \
+                     {version} pack"
+                )));
+            }
+            if !in_bounds || !len_ok || !ordered {
                 return Err(corrupt(format!("table entry {i} is invalid: {entry:?}")));
             }
             entries.push(entry);
@@ -304,7 +333,7 @@ impl PackIndex {
         entry: &PackEntry,
         out: &mut [u8],
     ) -> Result<(), BlockReadError> {
-        if !entry.compressed {
+        if entry.codec == Codec::Raw {
             if entry.stored_len as usize != out.len() {
                 return Err(BlockReadError::Decode(block::DecodeError::Length {
                     got: entry.stored_len as usize,
@@ -319,7 +348,7 @@ impl PackIndex {
             stored.resize(entry.stored_len as usize, 0);
             obj.read_exact_at(stored, entry.offset)
                 .map_err(BlockReadError::Io)?;
-            block::decode(stored, true, entry.hash, out).map_err(BlockReadError::Decode)
+            block::decode(stored, entry.codec, entry.hash, out).map_err(BlockReadError::Decode)
         })
     }
 }
@@ -359,7 +388,7 @@ mod tests {
         for (i, b) in blocks.iter().enumerate() {
             let h = block::hash(b);
             let enc = block::encode(b, h);
-            w.append(i as u64 * 3, &enc.bytes, enc.compressed, h)
+            w.append(i as u64 * 3, &enc.bytes, enc.codec, h)
                 .expect("append");
         }
         w.finish().expect("finish");
@@ -394,8 +423,77 @@ mod tests {
         let mut w =
             PackWriter::new(s.create("p.pack").expect("create"), Uuid::new_v4(), BS).expect("new");
         let b = block(1);
-        w.append(5, &b, false, block::hash(&b)).expect("first");
-        assert!(w.append(5, &b, false, block::hash(&b)).is_err());
+        w.append(5, &b, Codec::Raw, block::hash(&b)).expect("first");
+        assert!(w.append(5, &b, Codec::Raw, block::hash(&b)).is_err());
+    }
+
+    /// Rewrites a pack's header version and each table entry's flags, with valid checksums.
+    fn rewrite(bytes: &mut [u8], version: u16, flags: impl Fn(u32) -> u32) {
+        bytes[8..10].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..60]);
+        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        let len = bytes.len();
+        let t = len - TRAILER_LEN;
+        let (table_at, count) = (
+            le_u64(bytes, t + 8) as usize,
+            le_u64(bytes, t + 16) as usize,
+        );
+        for i in 0..count {
+            let at = table_at + i * ENTRY_LEN + 20;
+            let f = flags(le_u32(bytes, at));
+            bytes[at..at + 4].copy_from_slice(&f.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&bytes[table_at..t]);
+        bytes[t + 24..t + 28].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[t..t + 28]);
+        bytes[t + 28..t + 32].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Packs of rpfs 0.1 (version 1, zstd frames) still read; a version 1 pack cannot hold
+    /// LZ4 blocks, and flags naming no codec, or two, are refused.
+    #[test]
+    fn version_1_zstd_packs_still_read_and_bad_flags_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::new(dir.path());
+        let id = Uuid::new_v4();
+        let blocks: Vec<Vec<u8>> = (1..=4).map(block).collect();
+        let mut w = PackWriter::new(s.create("p.pack").expect("create"), id, BS).expect("new");
+        for (i, b) in blocks.iter().enumerate() {
+            let frame = zstd::bulk::compress(b, -1).expect("zstd");
+            assert!(frame.len() < b.len());
+            w.append(i as u64, &frame, Codec::Zstd, block::hash(b))
+                .expect("append");
+        }
+        w.finish().expect("finish");
+        let mut v1 = s.read("p.pack").expect("read");
+        rewrite(&mut v1, 1, |f| f);
+        s.put("p.pack", &v1).expect("put");
+        let idx = load(&s, id).expect("a version 1 pack loads");
+        let obj = s.open("p.pack").expect("open");
+        for (e, b) in idx.entries.iter().zip(&blocks) {
+            assert_eq!(e.codec, Codec::Zstd);
+            let mut out = vec![0u8; BS as usize];
+            idx.read_block(&*obj, e, &mut out).expect("reads");
+            assert_eq!(&out, b);
+        }
+
+        let cases: [(u16, u32, &str); 4] = [
+            (
+                1,
+                FLAG_LZ4,
+                "flags 0x2, which name no codec of a version 1 pack",
+            ),
+            (2, FLAG_ZSTD | FLAG_LZ4, "flags 0x3"),
+            (2, 8, "flags 0x8"),
+            (3, FLAG_ZSTD, "unsupported pack version 3"),
+        ];
+        for (version, flags, want) in cases {
+            let mut bad = v1.clone();
+            rewrite(&mut bad, version, |_| flags);
+            s.put("p.pack", &bad).expect("put");
+            let err = load(&s, id).expect_err(want).to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     /// One corruption per documented byte range, each with its exact diagnosis.
