@@ -567,8 +567,10 @@ def machine():
                 break
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    if subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                      capture_output=True, text=True).stdout.strip():
+    # The previous run's own output does not change what is measured.
+    changed = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
+                              "--", ".", ":!BENCHMARKS*"], capture_output=True, text=True).stdout
+    if changed.strip():
         commit += " with uncommitted changes"
     versions = {
         "rpfs": out(RPFS, "--version").strip(),
