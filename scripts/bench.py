@@ -383,16 +383,17 @@ def peers_section(args, work):
             if g == 0:
                 full[p.name].append(secs)
             log(f"gen {g}: {p.name} {secs:.2f} s, peak {rss / MIB:.0f} MiB")
-        # A full point is one sample per store: take more, each into a fresh store that is
-        # then thrown away, the peers taking turns as in every generation.
-        for rep in range(1, args.full_reps if g == 0 else 0):
-            scratch = os.path.join(work, f"full-{rep}")
-            for k in kinds:
-                drop_caches()
-                secs, _ = k(scratch, disks).ingest()
-                full[k.name].append(secs)
-                log(f"full point {rep + 1}: {k.name} {secs:.2f} s")
-            shutil.rmtree(scratch)
+        if g == 0:
+            # A full point is one sample per store: take more, each into a fresh store that is
+            # then thrown away, the peers taking turns as in every generation.
+            for rep in range(1, args.full_reps):
+                scratch = os.path.join(work, f"full-{rep}")
+                for k in kinds:
+                    drop_caches()
+                    secs, _ = k(scratch, disks).ingest()
+                    full[k.name].append(secs)
+                    log(f"full point {rep + 1}: {k.name} {secs:.2f} s")
+                shutil.rmtree(scratch)
 
     rows = []
     readers = peers + [RawFuse(work, disks), Raw(work, disks)]

@@ -17,6 +17,7 @@ use common::*;
 use rpfs::engine::schedule::{parse_policy, point_name};
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Clock, Engine, OpenOptions};
+use rpfs::store::records::RetentionPolicy;
 use rpfs::store::storage::LocalStorage;
 
 const HOUR: u64 = 3600;
@@ -134,6 +135,16 @@ fn vm_with_disk(
     disk
 }
 
+/// Collection `c` of `vm`, with a point due every hour, pruned by `retain`.
+fn hourly_collection(engine: &Engine, retain: Option<RetentionPolicy>) {
+    engine
+        .create_collection("c", "vm", None)
+        .expect("collection");
+    engine
+        .set_schedule("c", Some(Duration::from_secs(HOUR)), retain)
+        .expect("schedule");
+}
+
 fn shm_store() -> (tempfile::TempDir, Engine, Arc<AtomicU64>) {
     // tmpfs where there is one: thousands of creations and deletions, each fsynced.
     let dir = if Path::new("/dev/shm").is_dir() {
@@ -157,13 +168,7 @@ fn an_hourly_schedule_over_400_days_keeps_exactly_what_the_policy_says() {
     let days = env_count("RPFS_SCHEDULE_DAYS", 400) as u64;
     let (dir, engine, secs) = shm_store();
     let disk = vm_with_disk(&engine, dir.path(), &vec![0u8; BLOCK * BLOCKS], None);
-    engine
-        .create_collection("c", "vm", None)
-        .expect("collection");
-    let policy = parse_policy(POLICY).expect("policy");
-    engine
-        .set_schedule("c", Some(Duration::from_secs(HOUR)), Some(policy))
-        .expect("schedule");
+    hourly_collection(&engine, Some(parse_policy(POLICY).expect("policy")));
     let hours = days * 24;
     let mut most = 0;
     for h in 0..hours {
@@ -231,12 +236,7 @@ fn missed_runs_give_one_catch_up_point_and_a_busy_vm_is_retried() {
             m = marker.display()
         )),
     );
-    engine
-        .create_collection("c", "vm", None)
-        .expect("collection");
-    engine
-        .set_schedule("c", Some(Duration::from_secs(HOUR)), None)
-        .expect("schedule");
+    hourly_collection(&engine, None);
     assert_eq!(engine.run_due().expect("first").len(), 1);
     // Three days off: one catch-up point, then nothing until an hour later.
     secs.fetch_add(3 * 86_400, Ordering::SeqCst);
@@ -497,12 +497,7 @@ fn a_run_at_the_limit_prunes_first_and_records_the_limit_error() {
 fn two_schedulers_on_one_store_take_each_run_once() {
     let (dir, engine, secs) = shm_store();
     vm_with_disk(&engine, dir.path(), &[5u8; BLOCK], None);
-    engine
-        .create_collection("c", "vm", None)
-        .expect("collection");
-    engine
-        .set_schedule("c", Some(Duration::from_secs(HOUR)), None)
-        .expect("schedule");
+    hourly_collection(&engine, None);
     // A second engine on the same store and clock, as a mount daemon beside `rpfs run-due`.
     let other = Engine::open(
         Arc::new(LocalStorage::new(dir.path().join("store"))),

@@ -196,7 +196,7 @@ fn read_batch(
 }
 
 /// One disk to capture: the source, as disk restore point `drp` of disk chain `disk` of `vm`,
-/// against the previous point of that disk, with `readers` reader threads.
+/// against the previous point of that disk, keeping `readers` reads in flight.
 pub(crate) struct DiskJob<'a> {
     pub vm: Uuid,
     pub disk: Uuid,

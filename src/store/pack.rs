@@ -269,12 +269,17 @@ impl PackIndex {
         let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
         for (i, e) in table.chunks_exact(ENTRY_LEN).enumerate() {
             let flags = le_u32(e, 20);
-            let codec = codec_of(flags, version);
+            let Some(codec) = codec_of(flags, version) else {
+                return Err(corrupt(format!(
+                    "table entry {i} has flags {flags:#x}, which name no codec of a version \
+                     {version} pack"
+                )));
+            };
             let entry = PackEntry {
                 block: le_u64(e, 0),
                 offset: le_u64(e, 8),
                 stored_len: le_u32(e, 16),
-                codec: codec.unwrap_or(Codec::Raw),
+                codec,
                 hash: le_u128(e, 24),
             };
             let in_bounds = entry.offset >= HEADER_LEN as u64
@@ -291,12 +296,6 @@ impl PackIndex {
             let ordered = entries.last().is_none_or(|p: &PackEntry| {
                 p.block < entry.block && p.offset + u64::from(p.stored_len) <= entry.offset
             });
-            if codec.is_none() {
-                return Err(corrupt(format!(
-                    "table entry {i} has flags {flags:#x}, which name no codec of a version \
-                     {version} pack"
-                )));
-            }
             if !in_bounds || !len_ok || !ordered {
                 return Err(corrupt(format!("table entry {i} is invalid: {entry:?}")));
             }
