@@ -6,7 +6,9 @@ Sections:
          random data and half holes, six generations apart by random 64 KiB writes over 2% and
          5% of them), ingested by rpfs, restic, borg and a qcow2 chain, then read back through
          each one's mount (FUSE), against the raw image read directly and through a FUSE export
-         of the raw file (qemu-storage-daemon: the FUSE ceiling).
+         of the raw file (qemu-storage-daemon: the FUSE ceiling). Beside them, what bounds two
+         measures: fio's time for a first point's I/O alone (the device floor), and how the page
+         cache holds a file read through FUSE against the raw image (folio sizes, third pass).
   chain  reads of the point at the end of a 500-point chain against its first point.
   idle   a point of an unchanged VM (everything hashed, nothing stored).
   files  file-level restore: a large file read out of files/<disk>/ against the whole disk image
@@ -351,6 +353,72 @@ def rand_read(path, runtime):
     return job["iops"], job["clat_ns"]["percentile"]["99.000000"] / 1e6
 
 
+def device_floor(sources, write_bytes, scratch):
+    """Seconds fio takes for a first point's I/O and nothing else: every source read whole
+    (O_DIRECT, 4 MiB, 12 in flight each, as rpfs reads) and, if `write_bytes`, that many bytes
+    written meanwhile (4 MiB, 8 in flight) and fsynced. A tool that reads these sources and
+    stores `write_bytes` can only beat it by skipping holes (fio reads them as zeros)."""
+    args = ["fio", "--direct=1", "--ioengine=libaio", "--bs=4M", "--output=/dev/null"]
+    for i, src in enumerate(sources):
+        args += [f"--name=read{i}", f"--filename={src}", "--rw=read", "--iodepth=12"]
+    if write_bytes:
+        args += ["--name=write", f"--filename={scratch}", "--rw=write", "--iodepth=8",
+                 f"--size={write_bytes}", "--end_fsync=1"]
+    drop_caches()
+    t = time.monotonic()
+    run(*args)
+    secs = time.monotonic() - t
+    if os.path.exists(scratch):
+        os.unlink(scratch)
+    return secs
+
+
+def folio_shares(path, limit=256 * MIB):
+    """How the page cache holds the first `limit` bytes of `path` (which must be cached): the
+    share of its pages in order-0 (single 4 KiB page) folios, and the mean size of the others.
+    Read from /proc/self/pagemap and /proc/kpageflags through a shared mapping of the file."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = min(os.path.getsize(path), limit)
+    pages = size // mmap.PAGESIZE
+    map_populate = 0x8000
+    fd = os.open(path, os.O_RDONLY)
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED | map_populate, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        os.close(fd)
+        raise OSError(ctypes.get_errno(), f"mmap of {path}")
+    order0 = heads = tails = 0
+    try:
+        pm, kf = os.open("/proc/self/pagemap", os.O_RDONLY), os.open("/proc/kpageflags", os.O_RDONLY)
+        try:
+            entries = os.pread(pm, pages * 8, addr // mmap.PAGESIZE * 8)
+            for i in range(pages):
+                e = int.from_bytes(entries[i * 8:i * 8 + 8], "little")
+                if not e >> 63:
+                    continue  # not present
+                flags = int.from_bytes(os.pread(kf, 8, (e & ((1 << 55) - 1)) * 8), "little")
+                if flags & (1 << 15):
+                    heads += 1
+                elif flags & (1 << 16):
+                    tails += 1
+                else:
+                    order0 += 1
+        finally:
+            os.close(pm)
+            os.close(kf)
+    finally:
+        libc.munmap(addr, size)
+        os.close(fd)
+    present = order0 + heads + tails
+    return {"order0": order0 / present if present else 0.0,
+            "large_kib": (heads + tails) / heads * mmap.PAGESIZE / 1024 if heads else 0.0}
+
+
 def cmp_ok(a, b):
     return subprocess.run(["cmp", a, b], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
@@ -384,6 +452,18 @@ def peers_section(args, work):
                 full[p.name].append(secs)
             log(f"gen {g}: {p.name} {secs:.2f} s, peak {rss / MIB:.0f} MiB")
         if g == 0:
+            # What the device alone needs for a first point's I/O, taking its turn with the peers.
+            rp = next((p for p in peers if isinstance(p, Rpfs)), None)
+            floor = {"stored": rp.store_size() if rp else 0, "read": [], "read_write": []}
+            floor_file = os.path.join(work, "floor.out")
+
+            def floor_turn():
+                floor["read"].append(device_floor(disks.values(), 0, floor_file))
+                floor["read_write"].append(device_floor(disks.values(), floor["stored"], floor_file))
+                log(f"device floor: read {floor['read'][-1]:.2f} s, read + write "
+                    f"{floor['read_write'][-1]:.2f} s")
+
+            floor_turn()
             # A full point is one sample per store: take more, each into a fresh store that is
             # then thrown away, the peers taking turns as in every generation.
             for rep in range(1, args.full_reps):
@@ -394,6 +474,7 @@ def peers_section(args, work):
                     full[k.name].append(secs)
                     log(f"full point {rep + 1}: {k.name} {secs:.2f} s")
                 shutil.rmtree(scratch)
+                floor_turn()
 
     rows = []
     readers = peers + [RawFuse(work, disks), Raw(work, disks)]
@@ -405,15 +486,21 @@ def peers_section(args, work):
             r["incr"] = statistics.median(s for s, _ in samples[1:]) if len(samples) > 1 else None
             r["ingest_rss"] = max(m for _, m in samples)
             r["store"] = p.store_size()
-        cold, warm, iops, p99 = [], [], [], []
+        cold, warm, later, iops, p99 = [], [], [], [], []
         ok = True
+        # Why rpfs's warm read stays below the raw image's: how the page cache holds each.
+        kernel = isinstance(p, (Rpfs, Raw))
         for rep in range(args.reps):
             drop_caches()
             p.mount()
             try:
                 cold.append(seq_read(p.file("os")))
                 warm.append(seq_read(p.file("os")))
+                if kernel:
+                    later.append(seq_read(p.file("os")))
                 if rep == 0:
+                    if kernel:
+                        r["folios"] = folio_shares(p.file("os"))
                     ok = all(cmp_ok(p.file(d), disks[d]) for d in disks)
                     r["daemon_rss"] = vm_hwm(p.proc.pid) if p.proc else None
             finally:
@@ -427,9 +514,13 @@ def peers_section(args, work):
             finally:
                 p.unmount()
         r.update(cold=statistics.median(cold), warm=statistics.median(warm),
+                 later=statistics.median(later) if later else None,
                  iops=statistics.median(iops), p99=statistics.median(p99), identical=ok)
         log(f"{p.name}: cold {r['cold'] / 1e6:.0f} MB/s, warm {r['warm'] / 1e6:.0f} MB/s, "
             f"{r['iops']:.0f} IOPS p99 {r['p99']:.2f} ms, identical {ok}")
+        if isinstance(p, Rpfs):
+            r["floor"] = {"stored": floor["stored"], "read": statistics.median(floor["read"]),
+                          "read_write": statistics.median(floor["read_write"])}
         rows.append(r)
     return rows
 
@@ -646,6 +737,24 @@ def report(args, results):
             limit = int(CACHE_SIZE[:-1]) * MIB + 64 * MIB
             check("mount daemon memory", f"{rp['daemon_rss'] / MIB:.0f} MiB", f"≤ {limit // MIB} MiB", rp["daemon_rss"] <= limit)
         lines.append("")
+        if rp and rp.get("floor"):
+            f = rp["floor"]
+            lines += ["The device's own time for a first point's I/O, by fio in the same turns as the "
+                      "full points (medians): every source read whole (O_DIRECT, 4 MiB, 12 in flight each) takes "
+                      f"{f['read']:.2f} s; reading them while writing the {f['stored'] / GIB:.2f} GiB "
+                      f"rpfs's first point stores (4 MiB, 8 in flight, then fsync) takes {f['read_write']:.2f} s. "
+                      f"rpfs's full point took {rp['full'] / f['read_write']:.2f}x that time"
+                      + (f"; 5x faster than borg would need {bo['full'] / 5:.2f} s, "
+                         f"{bo['full'] / 5 / f['read_write']:.2f}x it." if bo else "."), ""]
+        if rp and raw and rp.get("folios") and raw.get("folios"):
+            a, b = rp["folios"], raw["folios"]
+            lines += ["How the page cache holds os.img after a read (its first 256 MiB, from "
+                      f"/proc/kpageflags): through the rpfs mount {a['order0']:.0%} of the pages are "
+                      f"order-0 (4 KiB) folios; the raw image's are {b['order0']:.0%} order-0"
+                      + (f", its larger folios averaging {b['large_kib']:.0f} KiB" if b["large_kib"] else "")
+                      + ". A second pass activates each folio on the LRU, once per 4 KiB for a FUSE file; "
+                      f"a third pass finds them active: rpfs {fmt_rate(rp['later'])}, the raw image "
+                      f"{fmt_rate(raw['later'])} ({rp['later'] / raw['later']:.2f}x).", ""]
     chain = results.get("chain")
     if chain:
         d = chain["depth"]
