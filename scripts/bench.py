@@ -440,6 +440,18 @@ def peers_section(args, work):
     peers = [k(work, disks) for k in kinds]
     ingest = {p.name: [] for p in peers}
     full = {p.name: [] for p in peers}
+    # What the device alone needs for rpfs's first point's I/O, taking its turns with the peers.
+    rp = next((p for p in peers if isinstance(p, Rpfs)), None)
+    floor = {"read": [], "read_write": []}
+    floor_file = os.path.join(work, "floor.out")
+
+    def floor_turn():
+        if rp is None:
+            return
+        floor["read"].append(device_floor(disks.values(), 0, floor_file))
+        floor["read_write"].append(device_floor(disks.values(), floor["stored"], floor_file))
+        log(f"device floor: read {floor['read'][-1]:.2f} s, read + write {floor['read_write'][-1]:.2f} s")
+
     for g in range(args.generations):
         if g > 0:
             scribble(disks["os"], os_size, 0.02, rng)
@@ -452,17 +464,7 @@ def peers_section(args, work):
                 full[p.name].append(secs)
             log(f"gen {g}: {p.name} {secs:.2f} s, peak {rss / MIB:.0f} MiB")
         if g == 0:
-            # What the device alone needs for a first point's I/O, taking its turn with the peers.
-            rp = next((p for p in peers if isinstance(p, Rpfs)), None)
-            floor = {"stored": rp.store_size() if rp else 0, "read": [], "read_write": []}
-            floor_file = os.path.join(work, "floor.out")
-
-            def floor_turn():
-                floor["read"].append(device_floor(disks.values(), 0, floor_file))
-                floor["read_write"].append(device_floor(disks.values(), floor["stored"], floor_file))
-                log(f"device floor: read {floor['read'][-1]:.2f} s, read + write "
-                    f"{floor['read_write'][-1]:.2f} s")
-
+            floor["stored"] = rp.store_size() if rp else 0
             floor_turn()
             # A full point is one sample per store: take more, each into a fresh store that is
             # then thrown away, the peers taking turns as in every generation.
@@ -518,7 +520,7 @@ def peers_section(args, work):
                  iops=statistics.median(iops), p99=statistics.median(p99), identical=ok)
         log(f"{p.name}: cold {r['cold'] / 1e6:.0f} MB/s, warm {r['warm'] / 1e6:.0f} MB/s, "
             f"{r['iops']:.0f} IOPS p99 {r['p99']:.2f} ms, identical {ok}")
-        if isinstance(p, Rpfs):
+        if p is rp:
             r["floor"] = {"stored": floor["stored"], "read": statistics.median(floor["read"]),
                           "read_write": statistics.median(floor["read_write"])}
         rows.append(r)
