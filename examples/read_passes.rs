@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rpfs::engine::{Engine, OpenOptions};
-use rpfs::store::storage::LocalStorage;
+use rpfs::store::LocalStorage;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

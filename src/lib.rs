@@ -6,10 +6,14 @@
 //! - [`vfs`]: the tree the mount shows, as plain Rust (no FUSE types);
 //! - [`fuse`]: the fuser adapter and mounting;
 //! - `cli` (in the binary): argument parsing, the mount daemon, progress bars and output.
+//!
+//! Test harnesses (simulated power cuts, fault injection, fuzz entry points) live in
+//! `testing`, compiled only with the `testing` feature: the tests and the fuzz crate enable it,
+//! a release build holds none of it.
 
 pub mod engine;
 pub mod fuse;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod vfs;

@@ -1,4 +1,4 @@
-//! Simulated power cuts (see `rpfs::store::crashsim`): each operation runs once on a traced
+//! Simulated power cuts (see `rpfs::testing::crashsim`): each operation runs once on a traced
 //! store; then, for random moments of it and random choices of what the cut kept, the state
 //! the disk could be left in is built and opened. Recovery must never lose or change a
 //! committed point, never show a partial one, leave nothing behind, and be safe to crash in
@@ -18,10 +18,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rpfs::engine::progress::Silent;
 use rpfs::engine::{Engine, OpenOptions};
+use rpfs::store::LocalStorage;
 use rpfs::store::blockmap::BlockMap;
-use rpfs::store::crashsim::{self, Event, Sabotage, Trace};
 use rpfs::store::layout;
-use rpfs::store::storage::{LocalStorage, TEMP_SUFFIX};
+use rpfs::store::storage::TEMP_SUFFIX;
+use rpfs::testing::crashsim::{self, Event, Sabotage, Trace};
 
 fn states() -> usize {
     env_count("RPFS_CRASH_STATES", 20)
@@ -131,9 +132,7 @@ fn crash_op(
     let live = work.path().join("live");
     crashsim::copy_tree(&initial, &live).expect("copy");
     let trace = Arc::new(Trace::new());
-    let storage = LocalStorage::new(&live)
-        .traced(trace.clone())
-        .sabotaged(sabotage);
+    let storage = crashsim::traced_storage(&live, trace.clone(), sabotage);
     let engine =
         Engine::open(Arc::new(storage), OpenOptions::default()).expect("open traced store");
     let opened = trace.take();
@@ -206,7 +205,11 @@ fn recover_crash_recover(state: &Path, allowed: &Allowed, rng: &mut StdRng) -> R
     crashsim::copy_tree(state, &before).map_err(|e| e.to_string())?;
     drop(
         Engine::open(
-            Arc::new(LocalStorage::new(state).traced(trace.clone())),
+            Arc::new(crashsim::traced_storage(
+                state,
+                trace.clone(),
+                Sabotage::None,
+            )),
             OpenOptions::default(),
         )
         .map_err(|e| format!("first recovery: {e}"))?,

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use rpfs::engine::{Engine, ErrorKind};
+use rpfs::store::LocalStorage;
 use rpfs::store::pack::PackIndex;
 use rpfs::store::records::PointRecord;
-use rpfs::store::storage::{LocalStorage, Storage};
+use rpfs::store::storage::Storage;
 
 const BS: u64 = 64 * KIB;
 

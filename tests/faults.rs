@@ -13,8 +13,8 @@ use common::*;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::{Engine, ErrorKind, OpenOptions};
-use rpfs::store::fault::{Fault, FaultyStorage, Persistence, When};
-use rpfs::store::storage::LocalStorage;
+use rpfs::store::LocalStorage;
+use rpfs::testing::fault::{Fault, FaultyStorage, Persistence, When};
 
 fn file_names(store: &Path) -> BTreeSet<String> {
     snapshot(store).into_keys().collect()

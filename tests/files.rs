@@ -703,7 +703,7 @@ fn damaged_ntfs_metadata_gives_errors_not_crashes() {
         u64::from(u16::from_le_bytes([clean[0x0b], clean[0x0c]])) * u64::from(clean[0x0d]);
     let mft = u64::from_le_bytes(clean[0x30..0x38].try_into().expect("8 bytes")) * cluster;
     assert!(mft > 0 && mft < clean.len() as u64, "MFT at {mft}");
-    rpfs::fuzzing::guest_fs(&clean);
+    rpfs::testing::fuzzing::guest_fs(&clean);
     let mut r = rng(seed());
     let cases = env_count("RPFS_NTFS_MUTATIONS", 200);
     for _ in 0..cases {
@@ -717,6 +717,6 @@ fn damaged_ntfs_metadata_gives_errors_not_crashes() {
             };
             d[at] = r.random();
         }
-        rpfs::fuzzing::guest_fs(&d);
+        rpfs::testing::fuzzing::guest_fs(&d);
     }
 }

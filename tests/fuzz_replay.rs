@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use rpfs::fuzzing;
+use rpfs::testing::fuzzing;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

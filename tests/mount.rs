@@ -801,7 +801,7 @@ fn a_damaged_block_fails_only_the_reads_that_touch_it() {
     // Flip a byte inside block 5 of the point's pack.
     let d = &p.disks[0];
     let key = rpfs::store::layout::pack(p.vm_id, d.disk_id, d.drp_id);
-    let storage = rpfs::store::storage::LocalStorage::new(ts.store_path());
+    let storage = rpfs::store::LocalStorage::new(ts.store_path());
     let idx = {
         use rpfs::store::storage::Storage;
         rpfs::store::pack::PackIndex::load(

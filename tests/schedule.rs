@@ -17,8 +17,8 @@ use common::*;
 use rpfs::engine::schedule::{parse_policy, point_name};
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Clock, Engine, OpenOptions};
+use rpfs::store::LocalStorage;
 use rpfs::store::records::RetentionPolicy;
-use rpfs::store::storage::LocalStorage;
 
 const HOUR: u64 = 3600;
 /// 2025-03-01T00:00:00Z, a Saturday: the simulation crosses month, year and ISO-week borders.

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::fuzzing::block_map(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::testing::fuzzing::block_map(data));

@@ -11,5 +11,5 @@ libfuzzer_sys::fuzz_target!(
             }
         }));
     },
-    |data: &[u8]| rpfs::fuzzing::guest_fs(data)
+    |data: &[u8]| rpfs::testing::fuzzing::guest_fs(data)
 );

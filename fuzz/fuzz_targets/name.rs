@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::fuzzing::name(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::testing::fuzzing::name(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::fuzzing::records(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpfs::testing::fuzzing::records(data));

@@ -8,8 +8,8 @@ static VFS: OnceLock<(tempfile::TempDir, rpfs::vfs::Vfs)> = OnceLock::new();
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let (_, vfs) = VFS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let vfs = rpfs::fuzzing::vfs_fixture(dir.path());
+        let vfs = rpfs::testing::fuzzing::vfs_fixture(dir.path());
         (dir, vfs)
     });
-    rpfs::fuzzing::vfs_ops(vfs, data);
+    rpfs::testing::fuzzing::vfs_ops(vfs, data);
 });

@@ -17,10 +17,10 @@ use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{
     Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource, schedule,
 };
+use rpfs::store::LocalStorage;
 use rpfs::store::records::{
     ConfigSource, ConsistencyMode, DiskType, Orchestration, RetentionPolicy,
 };
-use rpfs::store::storage::LocalStorage;
 
 use args::{
     Cli, CollectionCommand, Command, ConsistencyArg, DefaultConsistencyArg, DiskTypeArg,

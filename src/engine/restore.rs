@@ -18,7 +18,6 @@ use super::error::{Error, Result};
 use super::progress::Progress;
 use super::{DiskImage, Engine, resource};
 use crate::store::block;
-use crate::store::storage::sync_dir;
 
 /// Blocks read (and decoded on all cores) per batch while restoring.
 const BATCH_BLOCKS: u64 = 64;
@@ -118,7 +117,9 @@ impl Engine {
             let path = req.to.join(name);
             write_new(&path, bytes)?;
         }
-        sync_dir(&req.to).map_err(write_error(&req.to))?;
+        File::open(&req.to)
+            .and_then(|d| d.sync_all())
+            .map_err(write_error(&req.to))?;
         Ok(RestoreOutcome {
             files: targets,
             bytes_written,

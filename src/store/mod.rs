@@ -7,13 +7,15 @@
 
 pub mod block;
 pub mod blockmap;
-pub mod crashsim;
 pub mod envelope;
-pub mod fault;
+pub mod fileops;
 pub mod layout;
+pub mod local;
 pub mod pack;
 pub mod records;
 pub mod storage;
+
+pub use local::LocalStorage;
 
 use std::io;
 

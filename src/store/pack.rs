@@ -373,7 +373,8 @@ pub enum BlockReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::storage::{LocalStorage, Storage};
+    use crate::store::LocalStorage;
+    use crate::store::storage::Storage;
 
     const BS: u32 = 4096;
 

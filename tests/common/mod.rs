@@ -15,8 +15,8 @@ use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Engine, OpenOptions};
+use rpfs::store::LocalStorage;
 use rpfs::store::records::PointRecord;
-use rpfs::store::storage::LocalStorage;
 use tempfile::TempDir;
 
 pub mod mount;

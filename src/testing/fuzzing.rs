@@ -16,8 +16,9 @@ use crate::engine::guest::{FsType, Guest, GuestKind, Source};
 use crate::engine::progress::Silent;
 use crate::engine::vms::VmSpec;
 use crate::engine::{Engine, OpenOptions, names};
+use crate::store::LocalStorage;
 use crate::store::records::{CollectionRecord, PendingOp, PointRecord, StoreHeader, VmRecord};
-use crate::store::storage::{LocalStorage, Object, Storage};
+use crate::store::storage::{Object, Storage};
 use crate::store::{blockmap, envelope, pack};
 use crate::vfs::{Vfs, VfsOptions};
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::storage::{LockGuard, Object, ObjectWriter, Space, Storage};
+use crate::store::storage::{LockGuard, Object, ObjectWriter, Space, Storage};
 
 /// The error an injected failure returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +239,7 @@ impl Storage for FaultyStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::storage::LocalStorage;
+    use crate::store::LocalStorage;
 
     #[test]
     fn fails_exactly_the_chosen_operations() {

@@ -1,7 +1,8 @@
-//! Simulated power cuts, for tests: [`Trace`] records the file system calls that
-//! [`LocalStorage`](super::storage::LocalStorage) makes, and [`crash_state`] builds, from a copy
-//! of the store taken when tracing began and a prefix of the trace, one state the disk could be
-//! in had the power failed at that moment.
+//! Simulated power cuts, for tests: [`Traced`] records on a [`Trace`] the file system calls that
+//! a [`LocalStorage`] makes, and [`crash_state`] builds, from a copy of the store taken when
+//! tracing began and a prefix of the trace, one state the disk could be in had the power failed
+//! at that moment. [`Sabotaged`] breaks the durability protocol on purpose, to prove the
+//! simulation catches a store that does not keep it.
 //!
 //! The model of what a power cut keeps (deliberately weaker than ext4 or XFS promise, so code
 //! that survives it survives them):
@@ -14,18 +15,20 @@
 //!   as its own change;
 //! - what was durable when tracing began stays.
 //!
-//! Invariants: the trace records a call after it succeeded, in the order the calls were made,
-//! except writes handed to a background writer, which are recorded when handed over (before the
-//! fsync that waits for them; should such a write fail, the object is never published, so the
-//! model at most holds extra unsynced bytes of an unpublished temporary). A trace that names a
-//! file the model does not know is an error, not something to skip.
+//! Invariants: the trace records a call after it succeeded, in the order the calls returned (a
+//! background writer's writes all return before the fsync that waits for them). A trace that
+//! names a file the model does not know is an error, not something to skip.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::store::LocalStorage;
+use crate::store::fileops::{FileOps, Syscalls};
 
 /// One traced call; paths are keys relative to the store root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +79,7 @@ impl Trace {
         Trace::default()
     }
 
-    pub(crate) fn record(&self, event: Event) {
+    fn record(&self, event: Event) {
         self.events.lock().push(event);
     }
 
@@ -84,6 +87,156 @@ impl Trace {
     pub fn take(&self) -> Vec<Event> {
         std::mem::take(&mut *self.events.lock())
     }
+}
+
+/// The real calls, each recorded on a [`Trace`] once it succeeded; paths become keys relative
+/// to the store root.
+#[derive(Debug)]
+pub struct Traced {
+    root: PathBuf,
+    trace: Arc<Trace>,
+}
+
+impl Traced {
+    pub fn new(root: impl Into<PathBuf>, trace: Arc<Trace>) -> Traced {
+        Traced {
+            root: root.into(),
+            trace,
+        }
+    }
+
+    fn key(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Opens `dest` itself for writing, truncated, as if it were a new file (the in-place
+    /// sabotage: a cut then leaves the object's own name half written).
+    fn create_in_place(&self, dest: &Path) -> io::Result<(File, PathBuf)> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dest)?;
+        self.trace.record(Event::Create(self.key(dest)));
+        Ok((file, dest.to_path_buf()))
+    }
+
+    /// Runs `call` and records `event` if it succeeded.
+    fn noted<T>(&self, call: io::Result<T>, event: impl FnOnce() -> Event) -> io::Result<T> {
+        if call.is_ok() {
+            self.trace.record(event());
+        }
+        call
+    }
+}
+
+impl FileOps for Traced {
+    fn create_temp(&self, dest: &Path) -> io::Result<(File, PathBuf)> {
+        let (file, temp) = Syscalls.create_temp(dest)?;
+        self.trace.record(Event::Create(self.key(&temp)));
+        Ok((file, temp))
+    }
+    fn write_at(&self, file: &File, path: &Path, data: &[u8], offset: u64) -> io::Result<()> {
+        let r = Syscalls.write_at(file, path, data, offset);
+        self.noted(r, || Event::Write {
+            path: self.key(path),
+            offset,
+            data: data.to_vec(),
+        })
+    }
+    fn sync_file(&self, file: &File, path: &Path) -> io::Result<()> {
+        let r = Syscalls.sync_file(file, path);
+        self.noted(r, || Event::Fsync(self.key(path)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let r = Syscalls.rename(from, to);
+        self.noted(r, || Event::Rename {
+            from: self.key(from),
+            to: self.key(to),
+        })
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let r = Syscalls.sync_dir(dir);
+        self.noted(r, || Event::FsyncDir(self.key(dir)))
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        let r = Syscalls.create_dir(path);
+        self.noted(r, || Event::Mkdir(self.key(path)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let r = Syscalls.remove_file(path);
+        self.noted(r, || Event::Unlink(self.key(path)))
+    }
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        let r = Syscalls.remove_tree(path);
+        self.noted(r, || Event::RemoveTree(self.key(path)))
+    }
+}
+
+/// Traced calls with the durability protocol broken as [`Sabotage`] says.
+#[derive(Debug)]
+pub struct Sabotaged {
+    inner: Traced,
+    sabotage: Sabotage,
+}
+
+impl Sabotaged {
+    pub fn new(inner: Traced, sabotage: Sabotage) -> Sabotaged {
+        Sabotaged { inner, sabotage }
+    }
+}
+
+impl FileOps for Sabotaged {
+    fn create_temp(&self, dest: &Path) -> io::Result<(File, PathBuf)> {
+        if self.sabotage != Sabotage::InPlace {
+            return self.inner.create_temp(dest);
+        }
+        self.inner.create_in_place(dest)
+    }
+    fn write_at(&self, file: &File, path: &Path, data: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(file, path, data, offset)
+    }
+    fn sync_file(&self, file: &File, path: &Path) -> io::Result<()> {
+        match self.sabotage {
+            Sabotage::NoFileFsync => Ok(()),
+            _ => self.inner.sync_file(file, path),
+        }
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match from == to {
+            // Written in place: there is nothing to rename.
+            true => Ok(()),
+            false => self.inner.rename(from, to),
+        }
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        match self.sabotage {
+            Sabotage::NoDirFsync => Ok(()),
+            _ => self.inner.sync_dir(dir),
+        }
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_tree(path)
+    }
+}
+
+/// A local store at `root` whose calls are recorded on `trace`, broken as `sabotage` says.
+pub fn traced_storage(root: &Path, trace: Arc<Trace>, sabotage: Sabotage) -> LocalStorage {
+    let traced = Traced::new(root, trace);
+    let ops: Arc<dyn FileOps> = match sabotage {
+        Sabotage::None => Arc::new(traced),
+        s => Arc::new(Sabotaged::new(traced, s)),
+    };
+    LocalStorage::with_ops(root, ops)
 }
 
 #[derive(Debug, Clone)]
