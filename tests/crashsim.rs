@@ -21,7 +21,7 @@ use rpfs::engine::{Engine, OpenOptions};
 use rpfs::store::LocalStorage;
 use rpfs::store::blockmap::BlockMap;
 use rpfs::store::layout;
-use rpfs::store::storage::TEMP_SUFFIX;
+use rpfs::store::layout::TEMP_SUFFIX;
 use rpfs::testing::crashsim::{self, Event, Sabotage, Trace};
 
 fn states() -> usize {

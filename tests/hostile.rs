@@ -301,7 +301,7 @@ fn a_map_naming_a_pack_of_another_vm_resolves_nothing_outside_its_own() {
     let bytes = fs::read(f.key(&key)).expect("map");
     let mut map = BlockMap::decode(&key, &bytes, 4096).expect("map");
     map.packs[0] = f.other.disks[0].drp_id;
-    fs::write(f.key(&key), map.encode()).expect("write");
+    fs::write(f.key(&key), map.encode().expect("encode")).expect("write");
     assert_rejected(&f, "foreign pack", &[&f.other.disks[0].drp_id.to_string()]);
 }
 

@@ -2,21 +2,24 @@
 //! errors to documented exit codes. Results go to standard output, diagnostics to standard error.
 
 pub mod args;
+mod failure;
 mod mount;
 mod output;
 mod progress;
+mod store;
+
+pub use failure::{Failure, exit, failure};
+use store::{default_store, load_catalog, open_store};
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use rpfs::engine::create::{Consistency, CreateRequest};
 use rpfs::engine::restore::RestoreRequest;
 use rpfs::engine::vms::VmSpec;
-use rpfs::engine::{
-    Engine, Error, ErrorKind, OpenOptions, catalog::split_point_path, resource, schedule,
-};
+use rpfs::engine::{Engine, catalog::split_point_path, schedule};
+use rpfs::resource;
 use rpfs::store::LocalStorage;
 use rpfs::store::records::{
     ConfigSource, ConsistencyMode, DiskType, Orchestration, RetentionPolicy,
@@ -28,102 +31,6 @@ use args::{
 };
 use output::{human, print_json, say};
 use progress::Bar;
-
-/// Exit codes, documented in the README.
-pub mod exit {
-    pub const FAILURE: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const NOT_FOUND: i32 = 3;
-    pub const EXISTS: i32 = 4;
-    pub const LIMIT: i32 = 5;
-    pub const BUSY: i32 = 6;
-    pub const UNSUPPORTED: i32 = 7;
-    pub const NOT_EMPTY: i32 = 8;
-    pub const SCRIPT: i32 = 9;
-    pub const DAMAGED: i32 = 10;
-    pub const NO_SPACE: i32 = 11;
-    pub const THROTTLED: i32 = 12;
-}
-
-/// An error on its way out, with its exit code.
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match e.kind() {
-            ErrorKind::NotFound => exit::NOT_FOUND,
-            ErrorKind::Exists => exit::EXISTS,
-            ErrorKind::InvalidName | ErrorKind::NameTooLong | ErrorKind::InvalidArgument => {
-                exit::USAGE
-            }
-            ErrorKind::Limit => exit::LIMIT,
-            ErrorKind::Busy => exit::BUSY,
-            ErrorKind::Throttled => exit::THROTTLED,
-            ErrorKind::Unsupported => exit::UNSUPPORTED,
-            ErrorKind::NotEmpty => exit::NOT_EMPTY,
-            ErrorKind::NoSpace => exit::NO_SPACE,
-            ErrorKind::Script => exit::SCRIPT,
-            ErrorKind::Corrupt => exit::DAMAGED,
-            ErrorKind::Io => exit::FAILURE,
-        };
-        Failure {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-fn failure(code: i32, message: impl Into<String>) -> Failure {
-    Failure {
-        code,
-        message: message.into(),
-    }
-}
-
-/// The default store directory.
-pub fn default_store() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/rpfs");
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    data.join("rpfs")
-}
-
-/// A catalog snapshot; damaged records are named on standard error and left out.
-fn load_catalog(engine: &Engine) -> Result<rpfs::engine::Catalog, Failure> {
-    let cat = engine.catalog()?;
-    for d in &cat.damaged {
-        eprintln!("warning: skipping damaged record: {d}");
-    }
-    Ok(cat)
-}
-
-fn open_store(dir: &Path) -> Result<Engine, Failure> {
-    // Every CLI command but the mount reads each block at most once (cat, restore, check,
-    // change detection), so a block cache would only cost memory and page faults.
-    open_store_with(dir, OpenOptions { cache_bytes: 0 })
-}
-
-fn open_store_with(dir: &Path, options: OpenOptions) -> Result<Engine, Failure> {
-    if !dir.join("rpfs.store").exists() {
-        return Err(failure(
-            exit::NOT_FOUND,
-            format!(
-                "no rpfs store at {}; create one with `rpfs init --store {}`",
-                dir.display(),
-                dir.display()
-            ),
-        ));
-    }
-    Ok(Engine::open(Arc::new(LocalStorage::new(dir)), options)?)
-}
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<(), Failure> {
@@ -158,11 +65,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Restore { point, to, disk } => {
             let engine = open_store(&dir)?;
             let (c, n) = split_point_path(&point)?;
+            let cat = engine.catalog()?;
+            let (coll, p) = cat.point(c, n)?;
+            let json = resource::point(engine.header().store_id, coll, cat.vm_by_id(p.vm_id), p);
+            let json = serde_json::to_vec_pretty(&json)
+                .map_err(|e| failure(exit::FAILURE, e.to_string()))?;
             let req = RestoreRequest {
                 collection: c.to_string(),
                 name: n.to_string(),
                 to,
                 disk,
+                documents: vec![(resource::POINT_DOCUMENT.to_string(), json)],
             };
             let out = engine.restore(&req, &Bar::new())?;
             say!(

@@ -17,7 +17,7 @@ use rpfs::fuse::{self, MountOptions};
 use rpfs::vfs::{Vfs, VfsOptions};
 
 use super::args::MountArgs;
-use super::{Failure, exit, failure};
+use super::failure::{Failure, exit, failure};
 
 /// Set in the environment of the daemon a background mount starts.
 const DAEMON_ENV: &str = "RPFS_DAEMON";
@@ -123,7 +123,7 @@ fn serve(
     daemon: bool,
     ready: &mut bool,
 ) -> Result<(), Failure> {
-    let engine = super::open_store_with(
+    let engine = super::store::open_store_with(
         store,
         OpenOptions {
             cache_bytes: usize::try_from(args.cache_size).unwrap_or(usize::MAX),

@@ -4,7 +4,7 @@ use rpfs::engine::Catalog;
 use rpfs::store::records::{CollectionRecord, ConfigSource, PointRecord, VmRecord};
 use serde::Serialize;
 
-use super::{Failure, exit};
+use super::failure::{Failure, exit};
 
 /// Writes one line to standard output. A closed pipe (`rpfs point list | head`) ends the process
 /// quietly with the status a SIGPIPE death would give; any other write error is reported.

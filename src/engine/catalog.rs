@@ -11,7 +11,7 @@
 use uuid::Uuid;
 
 use super::error::{Error, Result};
-use crate::store::layout;
+use crate::store::layout::{self, Name};
 use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
 use crate::store::storage::Storage;
 use crate::store::{kind, read_record};
@@ -33,7 +33,10 @@ fn list_records(storage: &dyn Storage, dir: &str) -> Result<Vec<Uuid>> {
         .map_err(Error::io(format!("listing {dir}")))?;
     Ok(names
         .iter()
-        .filter_map(|n| layout::parse_name(n, ".json"))
+        .filter_map(|n| match layout::classify(n) {
+            Name::Record(id) => Some(id),
+            _ => None,
+        })
         .collect())
 }
 
@@ -44,7 +47,10 @@ pub fn vm_ids(storage: &dyn Storage) -> Result<Vec<Uuid>> {
         .map_err(Error::io("listing vms"))?;
     Ok(names
         .iter()
-        .filter_map(|n| layout::parse_name(n, ""))
+        .filter_map(|n| match layout::classify(n) {
+            Name::Dir(id) => Some(id),
+            _ => None,
+        })
         .collect())
 }
 

@@ -22,14 +22,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use rayon::prelude::*;
 use uuid::Uuid;
 
+use super::Engine;
+use super::catalog;
 use super::error::{Error, Result};
+use super::policy::MAX_POINTS_PER_VM;
 use super::progress::Progress;
-use super::{Engine, MAX_POINTS_PER_VM, catalog};
 use crate::store::blockmap::BlockMap;
+use crate::store::layout::{self, Name};
 use crate::store::pack::{PackError, PackIndex};
 use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
-use crate::store::storage::{Object, Storage, TEMP_SUFFIX, remove_if_present};
-use crate::store::{envelope, kind, layout, read_record};
+use crate::store::storage::{Object, Storage, remove_if_present};
+use crate::store::{envelope, kind, read_record};
 
 /// What `check` found.
 #[derive(Debug, Clone, Default)]
@@ -121,7 +124,7 @@ impl Engine {
                             .map_err(Error::io(format!("listing the points of VM {vm_id}")))?;
                         let n = points
                             .iter()
-                            .filter(|n| layout::parse_name(n, ".json").is_some())
+                            .filter(|n| matches!(layout::classify(n), Name::Record(_)))
                             .count();
                         if n > 0 {
                             report.problems.push(format!(
@@ -199,7 +202,7 @@ impl Engine {
 
         if list(&layout::vm_dir(vm_id))?
             .iter()
-            .any(|n| n == "pending.json")
+            .any(|n| layout::classify(n) == Name::Pending)
         {
             report.problems.push(format!(
                 "VM '{vm_label}': an interrupted operation was not recovered (pending.json)"
@@ -208,8 +211,8 @@ impl Engine {
         let mut collections: HashMap<Uuid, CollectionRecord> = HashMap::new();
         let cdir = layout::collections_dir(vm_id);
         for name in list(&cdir)? {
-            match layout::parse_name(&name, ".json") {
-                Some(id) => match read_record::<CollectionRecord>(
+            match layout::classify(&name) {
+                Name::Record(id) => match read_record::<CollectionRecord>(
                     storage,
                     &layout::collection(vm_id, id),
                     kind::COLLECTION,
@@ -220,13 +223,13 @@ impl Engine {
                     }
                     Err(e) => report.problems.push(e.to_string()),
                 },
-                None => {
+                other => {
                     report
                         .problems
                         .push(format!("{cdir}/{name}: unexpected file"));
                     // A temporary here may be a collection record being written under the
                     // store's lock, which a repair does not hold.
-                    if !name.ends_with(TEMP_SUFFIX) {
+                    if !matches!(other, Name::Temp { .. }) {
                         report.unreachable.push(format!("{cdir}/{name}"));
                     }
                 }
@@ -237,28 +240,45 @@ impl Engine {
         let pdir = layout::points_dir(vm_id);
         let mut points: Vec<PointRecord> = Vec::new();
         let mut certain = true;
-        let names = list(&pdir)?;
-        for name in &names {
-            if let Some(id) = layout::parse_name(name, ".json") {
-                match read_record::<PointRecord>(storage, &layout::point(vm_id, id), kind::POINT) {
-                    Ok(p) => points.push(p),
-                    Err(e) => {
-                        report.problems.push(e.to_string());
-                        certain = false;
+        let names: Vec<(String, Name)> = list(&pdir)?
+            .into_iter()
+            .map(|n| {
+                let c = layout::classify(&n);
+                (n, c)
+            })
+            .collect();
+        let records: HashSet<Uuid> = names
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Name::Record(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for (name, class) in &names {
+            match class {
+                Name::Record(id) => {
+                    let key = layout::point(vm_id, *id);
+                    match read_record::<PointRecord>(storage, &key, kind::POINT) {
+                        Ok(p) => points.push(p),
+                        Err(e) => {
+                            report.problems.push(e.to_string());
+                            certain = false;
+                        }
                     }
                 }
-            } else if let Some(id) = layout::parse_name(name, ".config") {
-                if !names.contains(&format!("{id}.json")) {
+                Name::Config(id) if records.contains(id) => {}
+                Name::Config(_) => {
                     report.problems.push(format!(
                         "{pdir}/{name}: configuration of no committed point"
                     ));
                     report.unreachable.push(format!("{pdir}/{name}"));
                 }
-            } else {
-                report
-                    .problems
-                    .push(format!("{pdir}/{name}: unexpected file"));
-                report.unreachable.push(format!("{pdir}/{name}"));
+                _ => {
+                    report
+                        .problems
+                        .push(format!("{pdir}/{name}: unexpected file"));
+                    report.unreachable.push(format!("{pdir}/{name}"));
+                }
             }
         }
         points.sort_by_key(|p| p.seq);
@@ -320,7 +340,10 @@ impl Engine {
         let ddir = layout::disks_dir(vm_id);
         let mut disk_dirs: Vec<Uuid> = list(&ddir)?
             .iter()
-            .filter_map(|n| layout::parse_name(n, ""))
+            .filter_map(|n| match layout::classify(n) {
+                Name::Dir(id) => Some(id),
+                _ => None,
+            })
             .collect();
         disk_dirs.extend(by_disk.keys().copied());
         disk_dirs.sort();
@@ -445,15 +468,14 @@ impl Engine {
         report.packs += packs.len();
 
         for name in &names {
-            let stray = name.ends_with(TEMP_SUFFIX)
-                || layout::parse_name(name, ".map").is_some_and(|m| !live_maps.contains(&m))
+            let referenced = match layout::classify(name) {
+                Name::Map(m) => live_maps.contains(&m),
                 // A pack is named after the point that wrote it: while that point exists (even
                 // with a damaged map) its pack is not stray.
-                || layout::parse_name(name, ".pack")
-                    .is_some_and(|p| !packs.contains_key(&p) && !live_maps.contains(&p));
-            let known = layout::parse_name(name, ".map").is_some()
-                || layout::parse_name(name, ".pack").is_some();
-            if stray || !known {
+                Name::Pack(p) => packs.contains_key(&p) || live_maps.contains(&p),
+                _ => false,
+            };
+            if !referenced {
                 report.problems.push(format!(
                     "{dir}/{name}: not referenced by any committed point"
                 ));

@@ -19,16 +19,20 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use super::Engine;
+use super::catalog;
+use super::clock::now_rfc3339;
 use super::error::{Error, Result};
-use super::hooks::{self, Outcome};
+use super::hooks::{self, Outcome, script_env};
 use super::ingest::{self, Previous};
 use super::names;
+use super::pending;
+use super::policy;
 use super::progress::Progress;
 use super::source::{self, Source, SourceKind};
-use super::{Engine, MAX_POINTS_PER_VM, catalog, now_rfc3339, pending};
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk,
-    Orchestration, PendingKind, PendingOp, PointRecord, VmRecord,
+    PendingKind, PendingOp, PointRecord, VmRecord,
 };
 use crate::store::{envelope, kind, layout, read_record, write_record};
 
@@ -108,31 +112,11 @@ fn clone_path(source: &Path, point: Uuid) -> Option<PathBuf> {
     Some(source.with_file_name(format!(".{name}.rpfs-clone-{}", point.simple())))
 }
 
-/// The environment scripts see.
-pub(crate) fn script_env(
-    vm: &VmRecord,
-    collection: &str,
-    point: Uuid,
-    phase: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("RPFS_PHASE", phase.to_string()),
-        ("RPFS_VM", vm.name.clone()),
-        ("RPFS_VM_ID", vm.id.to_string()),
-        ("RPFS_COLLECTION", collection.to_string()),
-        ("RPFS_POINT", point.to_string()),
-    ]
-}
-
 impl Plan {
     fn env(&self, phase: &str) -> Vec<(&'static str, String)> {
         script_env(&self.vm, &self.collection, self.point_id, phase)
     }
 }
-
-/// Free space a creation leaves untouched beyond its own estimate: room for records and maps,
-/// and for the rest of the system.
-pub const CREATE_MARGIN: u64 = 16 << 20;
 
 impl Engine {
     /// Creates a restore point; see the module documentation for the order of events.
@@ -153,7 +137,7 @@ impl Engine {
                 hint: String::new(),
             })?
             .clone();
-        refuse_uniform_scale_set(&vm)?;
+        policy::refuse_uniform_scale_set(&vm)?;
         let _lock = self.vm_lock(&vm)?;
         let plan = self.plan(req, vm.id, coll.id)?;
 
@@ -190,30 +174,6 @@ impl Engine {
                 Err(e)
             }
         }
-    }
-
-    /// Refuses a creation within `min` of the VM's newest point (by the engine's clock).
-    fn refuse_too_soon(&self, vm: &VmRecord, points: &[PointRecord], min: Duration) -> Result<()> {
-        let newest = points
-            .iter()
-            .filter_map(|p| humantime::parse_rfc3339_weak(&p.created).ok())
-            .max();
-        let Some(newest) = newest else {
-            return Ok(());
-        };
-        // A clock set back counts as no time passed.
-        let age = self.now().duration_since(newest).unwrap_or_default();
-        if age >= min {
-            return Ok(());
-        }
-        let round =
-            |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs().max(1)));
-        Err(Error::Throttled {
-            vm: vm.name.clone(),
-            min_interval: round(min).to_string(),
-            age: round(age).to_string(),
-            wait: round(min - age).to_string(),
-        })
     }
 
     /// All checks, on records re-read under the VM's lock; nothing is written.
@@ -260,15 +220,9 @@ impl Engine {
                 name: format!("{}/{}", req.collection, req.name),
             });
         }
-        if points.len() >= MAX_POINTS_PER_VM {
-            return Err(Error::LimitReached {
-                vm: vm.name.clone(),
-                count: points.len(),
-                limit: MAX_POINTS_PER_VM,
-            });
-        }
+        policy::refuse_over_limit(vm, points.len())?;
         if let Some(min) = vm.min_interval_secs {
-            self.refuse_too_soon(vm, &points, Duration::from_secs(min))?;
+            policy::refuse_too_soon(vm, &points, Duration::from_secs(min), self.now())?;
         }
         for name in exclude {
             if !vm.disks.iter().any(|d| &d.name == name) {
@@ -290,13 +244,7 @@ impl Engine {
                 vm.name
             )));
         }
-        if let Some(d) = included.iter().find(|d| !d.disk_type.is_supported()) {
-            return Err(Error::Unsupported(format!(
-                "disk '{}' of VM '{}' is a {:?} disk, which restore points do not support; \
-                 exclude it with --exclude-disk {} and retry",
-                d.name, vm.name, d.disk_type, d.name
-            )));
-        }
+        policy::refuse_unsupported_disks(vm, &included)?;
         let requested = match consistency {
             Some(c) => c,
             None if vm.pre_script.is_some() => Consistency::Application,
@@ -323,7 +271,14 @@ impl Engine {
                     .find_map(|p| p.disks.iter().find(|x| x.disk_id == d.id).map(|x| x.drp_id))
             })
             .collect();
-        self.check_space(&req.name, &included, &infos, &previous)?;
+        let free = self
+            .shared
+            .storage
+            .space()
+            .map_err(Error::io("reading the free space of the store"))?
+            .free_bytes;
+        let has_previous: Vec<bool> = previous.iter().map(Option::is_some).collect();
+        policy::refuse_without_space(free, &req.name, &included, &infos, &has_previous)?;
         Ok(Plan {
             vm: vm.clone(),
             collection_id,
@@ -342,58 +297,6 @@ impl Engine {
             requested,
             previous,
         })
-    }
-
-    /// Refuses, before any work, a creation the store's medium clearly lacks room for: a full
-    /// copy of an image file may need as many bytes as the file has allocated (when nothing
-    /// compresses), an incremental point little, a block device an unknown amount; plus
-    /// [`CREATE_MARGIN`]. Running out of space later anyway fails the creation and rolls it back.
-    fn check_space(
-        &self,
-        name: &str,
-        included: &[DiskSpec],
-        infos: &[source::SourceInfo],
-        previous: &[Option<Uuid>],
-    ) -> Result<()> {
-        let mut need = CREATE_MARGIN;
-        for (info, prev) in infos.iter().zip(previous) {
-            if prev.is_none() {
-                need += match info.kind {
-                    // How much of a device holds data is unknown: only the margin is asked.
-                    SourceKind::BlockDevice => 0,
-                    SourceKind::File => info.allocated,
-                };
-            }
-        }
-        let free = self
-            .shared
-            .storage
-            .space()
-            .map_err(Error::io("reading the free space of the store"))?
-            .free_bytes;
-        if free < need {
-            let full: Vec<String> = included
-                .iter()
-                .zip(previous)
-                .filter(|(_, p)| p.is_none())
-                .map(|(d, _)| format!("'{}'", d.name))
-                .collect();
-            let why = if full.is_empty() {
-                String::new()
-            } else {
-                format!("a full copy of disk {} and ", full.join(", "))
-            };
-            return Err(Error::NoSpace(format!(
-                "not enough space in the store for restore point '{}': it has {} MiB free and \
-                 needs up to {} MiB ({why}a {} MiB margin); free some space or delete old \
-                 restore points",
-                name,
-                free >> 20,
-                need.div_ceil(1 << 20),
-                CREATE_MARGIN >> 20
-            )));
-        }
-        Ok(())
     }
 
     fn capture_config(&self, plan: &Plan) -> Result<Vec<u8>> {
@@ -671,15 +574,4 @@ fn disk_names(vm: &VmRecord) -> String {
         .map(|d| d.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// VMs in a uniform scale set cannot have restore points.
-pub(crate) fn refuse_uniform_scale_set(vm: &VmRecord) -> Result<()> {
-    if vm.orchestration == Orchestration::VmssUniform {
-        return Err(Error::Unsupported(format!(
-            "VM '{}' is in a uniform virtual machine scale set, which restore points do not support",
-            vm.name
-        )));
-    }
-    Ok(())
 }

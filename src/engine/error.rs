@@ -8,6 +8,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::store::block::DecodeError;
 use crate::store::{Corrupt, RecordError};
 
 /// Engine result.
@@ -94,8 +95,9 @@ pub enum Error {
     #[error("{0}")]
     Script(String),
 
-    #[error("{context}: {detail}")]
-    Damaged { context: String, detail: String },
+    /// Damage met while reading a point: what was being read, and what is damaged.
+    #[error("{context}: {damage}")]
+    Damaged { context: String, damage: Damage },
 
     #[error("store damaged: {0}")]
     Corrupt(#[from] Corrupt),
@@ -106,6 +108,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// What is damaged, when reading a point meets damage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    /// The point's block map fails validation.
+    #[error("block map {0}")]
+    Map(Corrupt),
+    /// Another file of the store fails validation (a pack's table, a previous point's map).
+    #[error("{0}")]
+    File(Corrupt),
+    /// A stored block does not decode to its content.
+    #[error("{pack}: {cause}")]
+    Block { pack: String, cause: DecodeError },
+    /// A pack lacks a block its map says it holds.
+    #[error("{pack} does not hold this block")]
+    MissingBlock { pack: String },
 }
 
 /// The category of an error, for exit codes and errnos.

@@ -1,4 +1,5 @@
-//! Running the VM's pre-script (freeze), post-script (thaw) and configuration command.
+//! Running the VM's pre-script (freeze), post-script (thaw) and configuration command, and the
+//! environment they see.
 //!
 //! Invariants: a command runs through `sh -c` in its own process group with stdin closed; its
 //! output goes to anonymous temporary files (never pipes, so a background child holding them
@@ -12,6 +13,26 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use uuid::Uuid;
+
+use crate::store::records::VmRecord;
+
+/// The environment a script of `vm` sees in `phase` (`pre`, `post`, `config`) of the creation
+/// of point `point` in `collection`.
+pub fn script_env(
+    vm: &VmRecord,
+    collection: &str,
+    point: Uuid,
+    phase: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("RPFS_PHASE", phase.to_string()),
+        ("RPFS_VM", vm.name.clone()),
+        ("RPFS_VM_ID", vm.id.to_string()),
+        ("RPFS_COLLECTION", collection.to_string()),
+        ("RPFS_POINT", point.to_string()),
+    ]
+}
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

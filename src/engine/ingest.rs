@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::Shared;
-use super::error::{Error, Result};
+use super::error::{Damage, Error, Result};
+use super::packs::PackHandle;
 use super::progress::Progress;
-use super::read::{PackHandle, open_pack};
+use super::shared::Shared;
 use super::source::Source;
 use crate::store::block::{self, Codec};
 use crate::store::blockmap::{self, BlockMap};
@@ -57,13 +57,13 @@ impl Previous {
         let map = BlockMap::decode(&key, &bytes, shared.header.block_size).map_err(|c| {
             Error::Damaged {
                 context: context(),
-                detail: c.to_string(),
+                damage: Damage::File(c),
             }
         })?;
         let packs = map
             .packs
             .iter()
-            .map(|&p| open_pack(shared, vm, disk, p))
+            .map(|&p| shared.open_pack(vm, disk, p))
             .collect::<Result<Vec<_>>>()?;
         Ok(Previous { map, packs })
     }
@@ -374,7 +374,9 @@ pub(crate) fn ingest(
         entries,
     };
     let map_key = layout::map(vm, disk, drp);
-    let encoded = map.encode();
+    let encoded = map
+        .encode()
+        .map_err(Error::io(format!("encoding {map_key}")))?;
     shared
         .storage
         .put(&map_key, &encoded)

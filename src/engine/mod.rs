@@ -17,54 +17,42 @@
 pub mod cache;
 pub mod catalog;
 pub mod check;
+mod clock;
 pub mod create;
 pub mod delete;
 pub mod error;
-pub mod guest;
+mod gc;
 mod hooks;
 pub mod ingest;
 pub mod names;
-pub mod partitions;
+mod packs;
 mod pending;
+pub mod policy;
 pub mod progress;
 pub mod read;
 mod recovery;
-pub mod resource;
 pub mod restore;
 pub mod schedule;
+mod shared;
 pub mod source;
 pub mod vms;
-pub mod window;
 
 use std::sync::Arc;
 
 pub use cache::BlockCache;
 pub use catalog::Catalog;
-pub use error::{Error, ErrorKind, Result};
+pub use clock::{Clock, now_rfc3339};
+pub use error::{Damage, Error, ErrorKind, Result};
+pub use gc::GcStats;
+pub use policy::MAX_POINTS_PER_VM;
 pub use read::DiskImage;
 
+use crate::store::format;
 use crate::store::records::{PointRecord, StoreHeader};
 use crate::store::storage::{LockGuard, Storage};
 use crate::store::{kind, layout, read_record, write_record};
-use read::PackRegistry;
-
-/// Most restore points one VM may have across all its collections.
-pub const MAX_POINTS_PER_VM: usize = 500;
-/// Default block size of a new store.
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
-/// Smallest and largest block sizes a store may use.
-pub const BLOCK_SIZE_RANGE: (u32, u32) = (4 << 10, 4 << 20);
-/// Store format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// State shared by the engine and the images it hands out.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) header: StoreHeader,
-    pub(crate) cache: BlockCache,
-    pub(crate) packs: PackRegistry,
-}
+use packs::PackRegistry;
+use shared::Shared;
 
 /// Options for opening a store.
 #[derive(Debug, Clone)]
@@ -81,31 +69,6 @@ impl Default for OpenOptions {
     }
 }
 
-/// Where the engine reads the time: the system clock, or a test's.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>);
-
-impl Clock {
-    pub fn new(now: impl Fn() -> std::time::SystemTime + Send + Sync + 'static) -> Clock {
-        Clock(Arc::new(now))
-    }
-    pub fn now(&self) -> std::time::SystemTime {
-        (self.0)()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new(std::time::SystemTime::now)
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Clock")
-    }
-}
-
 /// An open store.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -113,23 +76,9 @@ pub struct Engine {
     clock: Clock,
 }
 
-/// Checks a block size: a power of two within [`BLOCK_SIZE_RANGE`].
+/// Checks a block size: a power of two within the range the store format allows.
 pub fn validate_block_size(bytes: u64) -> Result<u32> {
-    let (lo, hi) = BLOCK_SIZE_RANGE;
-    if bytes.is_power_of_two() && (u64::from(lo)..=u64::from(hi)).contains(&bytes) {
-        Ok(bytes as u32)
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "block size {bytes} is not a power of two between {} KiB and {} MiB",
-            lo >> 10,
-            hi >> 20
-        )))
-    }
-}
-
-/// Current time in RFC 3339 with milliseconds (Azure's `timeCreated` shape).
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    format::check_block_size(bytes).map_err(Error::InvalidArgument)
 }
 
 impl Engine {
@@ -152,8 +101,8 @@ impl Engine {
             )));
         }
         let header = StoreHeader {
-            format: "rpfs".into(),
-            version: FORMAT_VERSION,
+            format: format::FORMAT.into(),
+            version: format::VERSION,
             store_id: uuid::Uuid::new_v4(),
             block_size,
             created: now_rfc3339(),
@@ -176,10 +125,12 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        if header.format != "rpfs" || header.version != FORMAT_VERSION {
+        if header.format != format::FORMAT || header.version != format::VERSION {
             return Err(Error::Unsupported(format!(
-                "store format {} v{} is not supported by this build (v{FORMAT_VERSION})",
-                header.format, header.version
+                "store format {} v{} is not supported by this build (v{})",
+                header.format,
+                header.version,
+                format::VERSION
             )));
         }
         validate_block_size(u64::from(header.block_size))?;
@@ -277,7 +228,7 @@ impl Engine {
                 )
                 .map_err(|c| Error::Damaged {
                     context: label.clone(),
-                    detail: format!("block map {c}"),
+                    damage: Damage::Map(c),
                 })
             })?;
         Ok(DiskImage::new(
@@ -299,7 +250,8 @@ impl Engine {
 
     /// Takes the VM's lock or refuses at once as busy.
     pub(crate) fn vm_lock(&self, vm: &crate::store::records::VmRecord) -> Result<LockGuard> {
-        try_vm_lock(&self.shared, vm.id)
+        self.shared
+            .try_vm_lock(vm.id)
             .map_err(|e| match e {
                 Error::Io { source, .. } => Error::Io {
                     context: format!("taking the lock of VM '{}'", vm.name),
@@ -311,11 +263,4 @@ impl Engine {
                 vm: vm.name.clone(),
             })
     }
-}
-
-pub(crate) fn try_vm_lock(shared: &Shared, vm: uuid::Uuid) -> Result<Option<LockGuard>> {
-    shared
-        .storage
-        .try_lock(&layout::vm_lock(vm))
-        .map_err(Error::io("taking the VM lock"))
 }

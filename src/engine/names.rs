@@ -1,14 +1,22 @@
 //! Names of VMs, disks, collections and restore points.
 //!
 //! Rule: 1–80 characters from `[A-Za-z0-9._-]`, starting with a letter or digit, not ending in
-//! `.json` (the mount shows `collection.json` and `restore-point.json` beside points) and not
-//! `latest` (the mount's symlink to the newest point). Names are labels only: no storage key is
-//! ever built from one.
+//! [`JSON_SUFFIX`] and not [`LATEST`]: the names the mount shows beside a collection's points
+//! ([`COLLECTION_JSON`], [`LATEST`]) are reserved here, in this one list, and the mount takes
+//! them from it. Names are labels only: no storage key is ever built from one.
 
 use super::error::{Error, Result};
 
 /// Longest accepted name.
 pub const MAX_LEN: usize = 80;
+/// The collection's resource document, beside its points in the mount.
+pub const COLLECTION_JSON: &str = "collection.json";
+/// The link to a collection's newest point, beside its points in the mount.
+pub const LATEST: &str = "latest";
+/// No name may end in it: the mount's documents do (`collection.json`, `restore-point.json`).
+pub const JSON_SUFFIX: &str = ".json";
+
+const _: () = assert!(COLLECTION_JSON.len() > JSON_SUFFIX.len());
 
 /// Checks `name` as the name of a `what` (used in the error message).
 pub fn validate(what: &'static str, name: &str) -> Result<()> {
@@ -44,10 +52,10 @@ pub fn validate(what: &'static str, name: &str) -> Result<()> {
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return refuse("names must start with a letter or digit", false);
     }
-    if name.ends_with(".json") {
+    if name.ends_with(JSON_SUFFIX) {
         return refuse("names must not end in .json", false);
     }
-    if name == "latest" {
+    if name == LATEST {
         return refuse("'latest' is reserved for the newest restore point", false);
     }
     Ok(())
@@ -83,6 +91,7 @@ mod tests {
             ("über", "'ü' is not allowed"),
             ("x.json", "must not end in .json"),
             ("latest", "reserved"),
+            (COLLECTION_JSON, "must not end in .json"),
         ];
         for (name, want) in cases {
             let err = validate("point", name).expect_err(name);

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::catalog;
 use super::error::{Error, Result};
+use super::gc;
 use super::hooks::{self, Outcome};
-use super::{Shared, catalog, delete};
+use super::shared::Shared;
+use crate::store::layout::{self, Name};
 use crate::store::records::PendingOp;
-use crate::store::storage::{TEMP_SUFFIX, remove_if_present};
-use crate::store::{kind, layout, read_record, write_record};
+use crate::store::storage::remove_if_present;
+use crate::store::{kind, read_record, write_record};
 
 /// What ending an operation (or finishing an interrupted one) did.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +61,7 @@ pub(crate) fn set_frozen(
 pub(crate) fn end(shared: &Shared, vm: Uuid, op: &mut PendingOp, collect: bool) -> Result<Cleanup> {
     let mut done = Cleanup::default();
     if collect || op.gc_owed {
-        let gc = delete::collect_garbage(shared, vm)?;
+        let gc = gc::collect_garbage(shared, vm)?;
         done.freed_bytes = gc.freed_bytes;
         op.gc_owed = !gc.deferred.is_empty();
         if op.gc_owed {
@@ -89,11 +92,11 @@ pub(crate) fn finish(shared: &Shared, vm: Uuid) -> Result<(bool, Cleanup)> {
     let names = storage
         .list(&dir)
         .map_err(Error::io(format!("listing {dir}")))?;
-    let has_marker = names.iter().any(|n| n == "pending.json");
-    let has_temp = names
-        .iter()
-        .any(|n| n.starts_with("pending.json.") && n.ends_with(TEMP_SUFFIX));
-    if !has_marker && !has_temp {
+    let marker = |n: &String| {
+        let name = layout::classify(n);
+        name == Name::Pending || name.is_temp_of(layout::PENDING)
+    };
+    if !names.iter().any(marker) {
         return Ok((false, Cleanup::default()));
     }
     // An unreadable (or never completed) marker still means "collect garbage".
@@ -147,7 +150,7 @@ fn thaw(shared: &Shared, vm: Uuid, op: &PendingOp) -> String {
             record.name
         );
     };
-    let env = super::create::script_env(&record, &op.collection, op.point_id, "post");
+    let env = hooks::script_env(&record, &op.collection, op.point_id, "post");
     match hooks::run(cmd, &env, Duration::from_secs(record.script_timeout_secs)) {
         Outcome::Success(_) => format!(
             "VM '{}' may have been left frozen by an interrupted creation; its post-script was run \
@@ -170,7 +173,7 @@ fn remove_marker(shared: &Shared, vm: Uuid) -> Result<()> {
         .map_err(Error::io(format!("listing {dir}")))?;
     let temps = names
         .iter()
-        .filter(|n| n.starts_with("pending.json.") && n.ends_with(TEMP_SUFFIX))
+        .filter(|n| layout::classify(n).is_temp_of(layout::PENDING))
         .map(|n| format!("{dir}/{n}"));
     for key in temps.chain([layout::pending(vm)]) {
         remove_if_present(storage, &key).map_err(Error::io(format!("removing {key}")))?;

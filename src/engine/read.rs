@@ -10,23 +10,19 @@
 //!
 //! Invariants: a read never returns bytes whose hash does not match the stored hash; a damaged
 //! block fails only the reads that touch it; holes read as zeros without touching storage. Pack
-//! handles are shared between images through [`PackRegistry`] so each pack is opened and its
-//! table parsed once per process while in use.
+//! handles are shared between images through the registry of open packs ([`super::packs`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
 use rayon::prelude::*;
 use uuid::Uuid;
 
-use super::Shared;
 use super::cache::BlockKey;
-use super::error::{Error, Result};
+use super::error::{Damage, Error, Result};
+use super::packs::{OpenError, PackHandle};
+use super::shared::Shared;
 use crate::store::blockmap::BlockMap;
-use crate::store::layout;
-use crate::store::pack::{BlockReadError, PackError, PackIndex};
-use crate::store::storage::Object;
+use crate::store::pack::BlockReadError;
 
 thread_local! {
     /// Scratch block for reads that cover only part of a block.
@@ -36,60 +32,7 @@ thread_local! {
 /// Why a block could not be read.
 enum BlockCause {
     Io(std::io::Error),
-    Damage(String),
-}
-
-/// An open pack: its object and validated table.
-#[derive(Debug)]
-pub struct PackHandle {
-    pub key: String,
-    pub object: Arc<dyn Object>,
-    pub index: PackIndex,
-}
-
-/// Open packs, shared by every image that references them while any holds them.
-#[derive(Debug, Default)]
-pub struct PackRegistry {
-    open: Mutex<HashMap<Uuid, Weak<PackHandle>>>,
-}
-
-impl PackRegistry {
-    /// Forgets a pack (after it was replaced or removed) so the next user reopens it.
-    pub fn forget(&self, pack: Uuid) {
-        self.open.lock().remove(&pack);
-    }
-}
-
-/// Opens pack `pack` of disk chain `disk` of `vm`, sharing a live handle when there is one.
-pub(crate) fn open_pack(
-    shared: &Shared,
-    vm: Uuid,
-    disk: Uuid,
-    pack: Uuid,
-) -> Result<Arc<PackHandle>> {
-    if let Some(h) = shared.packs.open.lock().get(&pack).and_then(Weak::upgrade) {
-        return Ok(h);
-    }
-    let key = layout::pack(vm, disk, pack);
-    let object = shared
-        .storage
-        .open(&key)
-        .map_err(Error::io(format!("opening {key}")))?;
-    let index =
-        PackIndex::load(&*object, &key, pack, shared.header.block_size).map_err(|e| match e {
-            PackError::Io(source) => Error::Io {
-                context: format!("reading {key}"),
-                source,
-            },
-            PackError::Corrupt(c) => Error::Corrupt(c),
-        })?;
-    let handle = Arc::new(PackHandle { key, object, index });
-    shared
-        .packs
-        .open
-        .lock()
-        .insert(pack, Arc::downgrade(&handle));
-    Ok(handle)
+    Damage(Damage),
 }
 
 /// One disk restore point, readable at any offset.
@@ -158,11 +101,16 @@ impl DiskImage {
         self.map.data_blocks() * u64::from(self.map.block_size)
     }
 
-    fn pack(&self, slot: usize) -> Result<Arc<PackHandle>> {
+    fn pack(&self, slot: usize) -> Result<Arc<PackHandle>, OpenError> {
         if let Some(h) = self.packs[slot].get() {
             return Ok(h.clone());
         }
-        let h = open_pack(&self.shared, self.vm, self.disk, self.map.packs[slot])?;
+        let (storage, bs) = (&*self.shared.storage, self.shared.header.block_size);
+        let pack = self.map.packs[slot];
+        let h = self
+            .shared
+            .packs
+            .open(storage, bs, self.vm, self.disk, pack)?;
         // Another thread may have set it first; both handles are equivalent.
         let _ = self.packs[slot].set(h.clone());
         Ok(h)
@@ -188,7 +136,7 @@ impl DiskImage {
         );
         match cause {
             BlockCause::Io(source) => Error::Io { context, source },
-            BlockCause::Damage(detail) => Error::Damaged { context, detail },
+            BlockCause::Damage(damage) => Error::Damaged { context, damage },
         }
     }
 
@@ -235,20 +183,23 @@ impl DiskImage {
             return Ok(());
         }
         let handle = self.pack(slot).map_err(|e| match e {
-            Error::Io { source, .. } => self.block_error(block, BlockCause::Io(source)),
-            other => self.block_error(block, BlockCause::Damage(other.to_string())),
+            OpenError::Io { source, .. } => self.block_error(block, BlockCause::Io(source)),
+            OpenError::Corrupt(c) => self.block_error(block, BlockCause::Damage(Damage::File(c))),
         })?;
         let Some(pe) = handle.index.find(block) else {
-            let why = format!("{} does not hold this block", handle.key);
-            return Err(self.block_error(block, BlockCause::Damage(why)));
+            let pack = handle.key.clone();
+            let damage = Damage::MissingBlock { pack };
+            return Err(self.block_error(block, BlockCause::Damage(damage)));
         };
         handle
             .index
             .read_block(&*handle.object, pe, out)
             .map_err(|e| match e {
                 BlockReadError::Io(source) => self.block_error(block, BlockCause::Io(source)),
-                BlockReadError::Decode(d) => {
-                    self.block_error(block, BlockCause::Damage(format!("{}: {d}", handle.key)))
+                BlockReadError::Decode(cause) => {
+                    let pack = handle.key.clone();
+                    let damage = Damage::Block { pack, cause };
+                    self.block_error(block, BlockCause::Damage(damage))
                 }
             })?;
         if keep && self.shared.cache.capacity() > 0 {

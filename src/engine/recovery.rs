@@ -18,10 +18,12 @@
 
 use uuid::Uuid;
 
+use super::catalog;
 use super::error::{Error, Result};
-use super::{Shared, catalog, pending, try_vm_lock};
-use crate::store::layout;
-use crate::store::storage::{TEMP_SUFFIX, remove_if_present};
+use super::pending;
+use super::shared::Shared;
+use crate::store::layout::{self, Name};
+use crate::store::storage::remove_if_present;
 
 pub(crate) fn recover(shared: &Shared) -> Result<()> {
     for vm in catalog::vm_ids(&*shared.storage)? {
@@ -43,38 +45,33 @@ fn recover_vm(shared: &Shared, vm: Uuid) -> Result<Vec<String>> {
     let names = storage
         .list(&dir)
         .map_err(Error::io(format!("listing {dir}")))?;
-    let has_record = names.iter().any(|n| n == "vm.json");
-    let has_temp = names.iter().any(|n| is_temp_of(n, "vm.json"))
+    let names: Vec<Name> = names.iter().map(|n| layout::classify(n)).collect();
+    let has_record = names.contains(&Name::VmRecord);
+    let has_temp = names.iter().any(|n| n.is_temp_of(layout::VM_RECORD))
         || storage
             .list(&layout::collections_dir(vm))
             .map_err(Error::io(format!("listing {dir}/collections")))?
             .iter()
-            .any(|n| n.ends_with(TEMP_SUFFIX));
+            .any(|n| matches!(layout::classify(n), Name::Temp { .. }));
     if !has_record || has_temp {
         let _store = storage
             .lock(layout::STORE_LOCK)
             .map_err(Error::io("taking the store lock"))?;
-        let Some(_vm_lock) = try_vm_lock(shared, vm)? else {
+        let Some(_vm_lock) = shared.try_vm_lock(vm)? else {
             return Ok(Vec::new());
         };
         clean_vm_dir(shared, vm)?;
     }
     let pending = names
         .iter()
-        .any(|n| n == "pending.json" || is_temp_of(n, "pending.json"));
-    if !pending || !names.iter().any(|n| n == "vm.json") {
+        .any(|n| *n == Name::Pending || n.is_temp_of(layout::PENDING));
+    if !pending || !has_record {
         return Ok(Vec::new());
     }
-    let Some(_lock) = try_vm_lock(shared, vm)? else {
+    let Some(_lock) = shared.try_vm_lock(vm)? else {
         return Ok(Vec::new());
     };
     Ok(pending::finish(shared, vm)?.1.warnings)
-}
-
-/// True for the temporary file of an interrupted update of `record`.
-fn is_temp_of(name: &str, record: &str) -> bool {
-    name.strip_prefix(record)
-        .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(TEMP_SUFFIX))
 }
 
 /// Under the store lock and the VM's lock: removes a VM directory whose record is gone (unless
@@ -85,13 +82,13 @@ fn clean_vm_dir(shared: &Shared, vm: Uuid) -> Result<()> {
     let names = storage
         .list(&dir)
         .map_err(Error::io(format!("listing {dir}")))?;
-    if !names.iter().any(|n| n == "vm.json") {
+    if !names.iter().any(|n| layout::classify(n) == Name::VmRecord) {
         let points = storage
             .list(&layout::points_dir(vm))
             .map_err(Error::io(format!("listing {dir}/points")))?;
         if points
             .iter()
-            .any(|n| layout::parse_name(n, ".json").is_some())
+            .any(|n| matches!(layout::classify(n), Name::Record(_)))
         {
             return Err(Error::Io {
                 context: format!("{dir}: the VM record is missing but point records remain"),
@@ -107,12 +104,12 @@ fn clean_vm_dir(shared: &Shared, vm: Uuid) -> Result<()> {
         .list(&collections)
         .map_err(Error::io(format!("listing {collections}")))?
         .into_iter()
-        .filter(|n| n.ends_with(TEMP_SUFFIX))
+        .filter(|n| matches!(layout::classify(n), Name::Temp { .. }))
         .map(|n| format!("{collections}/{n}"))
         .collect();
     let record_temps = names
         .iter()
-        .filter(|n| is_temp_of(n, "vm.json"))
+        .filter(|n| layout::classify(n).is_temp_of(layout::VM_RECORD))
         .map(|n| format!("{dir}/{n}"));
     for key in record_temps.chain(collection_temps) {
         remove_if_present(storage, &key).map_err(Error::io(format!("removing {key}")))?;

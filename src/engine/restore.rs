@@ -1,5 +1,5 @@
 //! Restoring a point to a directory: each disk as a sparse raw image, the captured configuration
-//! verbatim, and the point's resource JSON.
+//! verbatim, and whatever documents the caller adds (the CLI adds the point's resource JSON).
 //!
 //! Invariants: existing files are never overwritten (the restore is refused before writing
 //! anything); each image is written under a `.partial` name, fsynced, re-read and compared block
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::error::{Error, Result};
 use super::progress::Progress;
-use super::{DiskImage, Engine, resource};
+use super::{DiskImage, Engine};
 use crate::store::block;
 
 /// Blocks read (and decoded on all cores) per batch while restoring.
@@ -30,6 +30,8 @@ pub struct RestoreRequest {
     pub to: PathBuf,
     /// Only this disk; `None` for every disk in the point.
     pub disk: Option<String>,
+    /// Files written beside the images and the configuration: (file name, content).
+    pub documents: Vec<(String, Vec<u8>)>,
 }
 
 /// What a restore wrote.
@@ -50,8 +52,6 @@ pub fn image_file_name(disk: &str) -> String {
 
 /// File name of the restored configuration.
 pub const CONFIG_FILE: &str = "vm-config";
-/// File name of the restored resource JSON.
-pub const RESOURCE_FILE: &str = "restore-point.json";
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io {
@@ -91,7 +91,8 @@ impl Engine {
         let targets: Vec<PathBuf> = disks
             .iter()
             .map(|d| req.to.join(image_file_name(d)))
-            .chain([req.to.join(CONFIG_FILE), req.to.join(RESOURCE_FILE)])
+            .chain([req.to.join(CONFIG_FILE)])
+            .chain(req.documents.iter().map(|(name, _)| req.to.join(name)))
             .collect();
         if let Some(existing) = targets.iter().find(|p| p.exists()) {
             return Err(Error::Exists {
@@ -110,12 +111,11 @@ impl Engine {
         }
         progress.end();
 
-        let vm = cat.vm_by_id(point.vm_id);
-        let json = resource::point(self.header().store_id, coll, vm, point);
-        let json = serde_json::to_vec_pretty(&json).unwrap_or_default();
-        for (name, bytes) in [(CONFIG_FILE, &config), (RESOURCE_FILE, &json)] {
-            let path = req.to.join(name);
-            write_new(&path, bytes)?;
+        let files = [(CONFIG_FILE, &config)]
+            .into_iter()
+            .chain(req.documents.iter().map(|(n, b)| (n.as_str(), b)));
+        for (name, bytes) in files {
+            write_new(&req.to.join(name), bytes)?;
         }
         File::open(&req.to)
             .and_then(|d| d.sync_all())

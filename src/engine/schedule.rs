@@ -17,9 +17,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::Engine;
 use super::create::CreateRequest;
+use super::error::{Error, ErrorKind, Result};
+use super::policy::MAX_POINTS_PER_VM;
 use super::progress::Silent;
-use super::{Engine, Error, ErrorKind, MAX_POINTS_PER_VM, Result};
 use crate::store::records::{CollectionRecord, RetentionPolicy, ScheduleRecord, ScheduledRun};
 
 /// Shortest schedule interval.

@@ -7,9 +7,14 @@
 
 use std::path::PathBuf;
 
+use super::Engine;
+use super::catalog;
+use super::clock::now_rfc3339;
 use super::delete::delete_locked;
 use super::error::{Error, Result};
-use super::{Engine, catalog, create::refuse_uniform_scale_set, names, now_rfc3339, source};
+use super::names;
+use super::policy::refuse_uniform_scale_set;
+use super::source;
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskSpec, DiskType, LastOperation,
     Orchestration, PointDefaults, VmRecord,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use super::RpfsFs;
+use super::adapter::RpfsFs;
 use crate::vfs::Vfs;
 
 /// How to mount.

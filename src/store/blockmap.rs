@@ -15,7 +15,8 @@
 //! the body decompresses to exactly the size the header implies, into a buffer of that size; every
 //! entry names a listed pack. Maps are written once and never changed.
 
-use super::Corrupt;
+use super::{Corrupt, CorruptKind};
+use std::io;
 use uuid::Uuid;
 
 /// Format version of block maps written by this build.
@@ -59,8 +60,8 @@ impl BlockMap {
         self.entries.iter().filter(|&&e| e != 0).count() as u64
     }
 
-    /// Serialises the map.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Serialises the map; fails only if compression does.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
         let mut raw = Vec::with_capacity(self.packs.len() * 16 + self.entries.len() * 4);
         for p in &self.packs {
             raw.extend_from_slice(p.as_bytes());
@@ -69,7 +70,9 @@ impl BlockMap {
             raw.extend_from_slice(&e.to_le_bytes());
         }
         // Level 3: maps are small and mostly long runs; compression here is nearly free.
-        let body = zstd::bulk::compress(&raw, 3).unwrap_or_default();
+        let body = zstd::bulk::compress(&raw, 3)?;
+        let body_len = u32::try_from(body.len())
+            .map_err(|_| io::Error::other("a block map body over 4 GiB"))?;
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -77,23 +80,24 @@ impl BlockMap {
         h[16..24].copy_from_slice(&self.disk_size.to_le_bytes());
         h[24..32].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
         h[32..36].copy_from_slice(&(self.packs.len() as u32).to_le_bytes());
-        h[36..40].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        h[36..40].copy_from_slice(&body_len.to_le_bytes());
         h[40..44].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         let crc = crc32c::crc32c(&h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         let mut out = h.to_vec();
         out.extend_from_slice(&body);
-        out
+        Ok(out)
     }
 
     /// Parses and validates a map read from `file`, expecting the store's block size.
     pub fn decode(file: &str, bytes: &[u8], expect_block_size: u32) -> Result<BlockMap, Corrupt> {
-        let corrupt = |detail: String| Corrupt::new(file, detail);
+        let corrupt = |kind: CorruptKind, detail: String| Corrupt::new(file, kind, detail);
+        use CorruptKind::*;
         if bytes.len() < HEADER_LEN {
-            return Err(corrupt(format!(
-                "map is {} bytes, shorter than its header",
-                bytes.len()
-            )));
+            return Err(corrupt(
+                Length,
+                format!("map is {} bytes, shorter than its header", bytes.len()),
+            ));
         }
         let u32_at = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
@@ -104,53 +108,65 @@ impl BlockMap {
             u64::from_le_bytes(a)
         };
         if crc32c::crc32c(&bytes[..60]) != u32_at(60) {
-            return Err(corrupt("map header checksum mismatch".into()));
+            return Err(corrupt(
+                HeaderChecksum,
+                "map header checksum mismatch".into(),
+            ));
         }
         if &bytes[0..8] != MAGIC {
-            return Err(corrupt("bad map magic".into()));
+            return Err(corrupt(Magic, "bad map magic".into()));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != VERSION {
-            return Err(corrupt(format!("unsupported map version {version}")));
+            return Err(corrupt(
+                Version,
+                format!("unsupported map version {version}"),
+            ));
         }
         let block_size = u32_at(12);
         if block_size != expect_block_size {
-            return Err(corrupt(format!(
-                "map block size {block_size}, store uses {expect_block_size}"
-            )));
+            return Err(corrupt(
+                BlockSize,
+                format!("map block size {block_size}, store uses {expect_block_size}"),
+            ));
         }
         let disk_size = u64_at(16);
         let blocks = u64_at(24);
         let pack_count = u64::from(u32_at(32));
         let body_len = u32_at(36) as usize;
         if blocks != block_count(disk_size, block_size) || blocks > MAX_BLOCKS {
-            return Err(corrupt(format!(
-                "{blocks} blocks do not describe a {disk_size}-byte disk within limits"
-            )));
+            return Err(corrupt(
+                Bounds,
+                format!("{blocks} blocks do not describe a {disk_size}-byte disk within limits"),
+            ));
         }
         if pack_count > blocks {
-            return Err(corrupt(format!("{pack_count} packs for {blocks} blocks")));
+            return Err(corrupt(
+                Bounds,
+                format!("{pack_count} packs for {blocks} blocks"),
+            ));
         }
         let body = &bytes[HEADER_LEN..];
         if body.len() != body_len {
-            return Err(corrupt(format!(
-                "map body is {} bytes, header says {body_len}",
-                body.len()
-            )));
+            return Err(corrupt(
+                Length,
+                format!("map body is {} bytes, header says {body_len}", body.len()),
+            ));
         }
         if crc32c::crc32c(body) != u32_at(40) {
-            return Err(corrupt("map body checksum mismatch".into()));
+            return Err(corrupt(BodyChecksum, "map body checksum mismatch".into()));
         }
         // Bounded by MAX_BLOCKS above: at most 16 + 4 bytes per block.
         let raw_len = (pack_count * 16 + blocks * 4) as usize;
         let mut raw = vec![0u8; raw_len];
         let n = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(body, &mut raw[..]))
-            .map_err(|e| corrupt(format!("map body does not decompress: {e}")))?;
+            .map_err(|e| corrupt(Compression, format!("map body does not decompress: {e}")))?;
         if n != raw_len {
-            return Err(corrupt(format!(
-                "map body holds {n} bytes, expected {raw_len}"
-            )));
+            return Err(corrupt(
+                Compression,
+                format!("map body holds {n} bytes, expected {raw_len}"),
+            ));
         }
         let (ids, ents) = raw.split_at(pack_count as usize * 16);
         let packs: Vec<Uuid> = ids
@@ -162,10 +178,10 @@ impl BlockMap {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some(bad) = entries.iter().position(|&e| u64::from(e) > pack_count) {
-            return Err(corrupt(format!(
-                "block {bad} names pack {} of {pack_count}",
-                entries[bad]
-            )));
+            return Err(corrupt(
+                Entry,
+                format!("block {bad} names pack {} of {pack_count}", entries[bad]),
+            ));
         }
         Ok(BlockMap {
             block_size,
@@ -193,10 +209,14 @@ mod tests {
         }
     }
 
+    fn encoded(m: &BlockMap) -> Vec<u8> {
+        m.encode().expect("encode")
+    }
+
     #[test]
     fn round_trip_and_lookup() {
         let m = sample();
-        let back = BlockMap::decode("m", &m.encode(), 4096).expect("valid");
+        let back = BlockMap::decode("m", &encoded(&m), 4096).expect("valid");
         assert_eq!(back, m);
         assert_eq!(back.pack_of(0), None);
         assert_eq!(back.pack_of(1), Some(m.packs[0]));
@@ -204,33 +224,68 @@ mod tests {
         assert_eq!(back.pack_of(5000), None);
     }
 
+    /// `bytes` with the header's fields rewritten by `edit` and its checksum made right, so the
+    /// damage reaches the check after the checksum.
+    fn resealed(bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        edit(&mut b);
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// One damage per documented byte range of the format, each with its kind.
     #[test]
-    fn each_region_of_damage_is_diagnosed() {
-        let good = sample().encode();
-        for (at, want) in [
-            (0, "map header checksum mismatch"),
-            (17, "map header checksum mismatch"),
-            (HEADER_LEN + 3, "map body checksum mismatch"),
-            (good.len() - 1, "map body checksum mismatch"),
-        ] {
-            let mut bad = good.clone();
-            bad[at] ^= 0x08;
-            let err = BlockMap::decode("m", &bad, 4096)
-                .expect_err(want)
-                .to_string();
-            assert!(err.contains(want), "byte {at}: {err}");
+    fn each_region_of_damage_has_its_kind() {
+        let good = encoded(&sample());
+        let flip = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 0x08;
+            b
+        };
+        let put = |at: usize, v: &[u8]| resealed(&good, |b| b[at..at + v.len()].copy_from_slice(v));
+        let cases: Vec<(Vec<u8>, CorruptKind)> = vec![
+            (good[..HEADER_LEN - 1].to_vec(), CorruptKind::Length),
+            (flip(0), CorruptKind::HeaderChecksum),
+            (flip(17), CorruptKind::HeaderChecksum),
+            (flip(62), CorruptKind::HeaderChecksum),
+            (put(0, b"XXXXXXXX"), CorruptKind::Magic),
+            (put(8, &2u16.to_le_bytes()), CorruptKind::Version),
+            (put(12, &8192u32.to_le_bytes()), CorruptKind::BlockSize),
+            (put(24, &5u64.to_le_bytes()), CorruptKind::Bounds),
+            (put(32, &5000u32.to_le_bytes()), CorruptKind::Bounds),
+            (put(36, &3u32.to_le_bytes()), CorruptKind::Length),
+            (good[..good.len() - 2].to_vec(), CorruptKind::Length),
+            (flip(HEADER_LEN + 3), CorruptKind::BodyChecksum),
+            (flip(good.len() - 1), CorruptKind::BodyChecksum),
+        ];
+        for (i, (bytes, kind)) in cases.into_iter().enumerate() {
+            let err = BlockMap::decode("m", &bytes, 4096).expect_err("damaged");
+            assert_eq!(err.kind, kind, "case {i}: {err}");
+            assert_eq!(err.file, "m");
         }
-        let err = BlockMap::decode("m", &good[..good.len() - 2], 4096).expect_err("short");
-        assert!(err.to_string().contains("header says"));
-        let err = BlockMap::decode("m", &good, 65536).expect_err("block size");
-        assert!(err.to_string().contains("store uses 65536"));
+    }
+
+    #[test]
+    fn a_body_that_does_not_decompress_to_its_size_is_refused() {
+        let m = sample();
+        // A valid zstd frame of the wrong content length, sealed with right checksums.
+        let body = zstd::bulk::compress(&[0u8; 100], 3).expect("compress");
+        let mut b = encoded(&m)[..HEADER_LEN].to_vec();
+        b[36..40].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        b[40..44].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        b.extend_from_slice(&body);
+        let b = resealed(&b, |_| {});
+        let err = BlockMap::decode("m", &b, 4096).expect_err("wrong size");
+        assert_eq!(err.kind, CorruptKind::Compression, "{err}");
     }
 
     #[test]
     fn entries_naming_missing_packs_are_refused() {
         let mut m = sample();
         m.entries[10] = 9;
-        let err = BlockMap::decode("m", &m.encode(), 4096).expect_err("bad entry");
+        let err = BlockMap::decode("m", &encoded(&m), 4096).expect_err("bad entry");
+        assert_eq!(err.kind, CorruptKind::Entry);
         assert!(err.to_string().contains("block 10 names pack 9"), "{err}");
     }
 }

@@ -11,7 +11,7 @@
 //! length before anything else is trusted; bodies are capped at [`MAX_BODY`]; a file of the wrong
 //! kind is rejected, so a point record can never be read as a VM record.
 
-use super::Corrupt;
+use super::{Corrupt, CorruptKind};
 
 /// Format version of envelopes written by this build.
 pub const VERSION: u32 = 1;
@@ -37,54 +37,65 @@ pub fn seal(kind: &str, body: &[u8]) -> Vec<u8> {
 
 /// Checks the envelope of `bytes` (read from `file`) and returns its body.
 pub fn open<'a>(file: &str, kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], Corrupt> {
-    let corrupt = |detail: String| Corrupt::new(file, detail);
+    let corrupt = |kind: CorruptKind, detail: String| Corrupt::new(file, kind, detail);
+    use CorruptKind::*;
     let end = bytes
         .iter()
         .take(MAX_HEADER)
         .position(|&b| b == b'\n')
-        .ok_or_else(|| corrupt("no envelope header line".into()))?;
+        .ok_or_else(|| corrupt(Header, "no envelope header line".into()))?;
     let header = std::str::from_utf8(&bytes[..end])
-        .map_err(|_| corrupt("envelope header is not ASCII".into()))?;
+        .map_err(|_| corrupt(Header, "envelope header is not ASCII".into()))?;
     let fields: Vec<&str> = header.split(' ').collect();
     let [magic, found_kind, version, len, crc] = fields[..] else {
-        return Err(corrupt(format!("malformed envelope header {header:?}")));
+        return Err(corrupt(
+            Header,
+            format!("malformed envelope header {header:?}"),
+        ));
     };
     if magic != MAGIC {
-        return Err(corrupt(format!("bad magic {magic:?}")));
+        return Err(corrupt(Magic, format!("bad magic {magic:?}")));
     }
     if found_kind != kind {
-        return Err(corrupt(format!(
-            "holds a {found_kind:?} record, expected {kind:?}"
-        )));
+        return Err(corrupt(
+            WrongKind,
+            format!("holds a {found_kind:?} record, expected {kind:?}"),
+        ));
     }
     if version != format!("v{VERSION}") {
-        return Err(corrupt(format!(
-            "unsupported metadata version {version:?} (this build reads v{VERSION})"
-        )));
+        return Err(corrupt(
+            Version,
+            format!("unsupported metadata version {version:?} (this build reads v{VERSION})"),
+        ));
     }
     let len: usize = len
         .parse()
-        .map_err(|_| corrupt(format!("bad body length {len:?}")))?;
-    let crc = u32::from_str_radix(crc, 16).map_err(|_| corrupt(format!("bad checksum {crc:?}")))?;
+        .map_err(|_| corrupt(Header, format!("bad body length {len:?}")))?;
+    let crc = u32::from_str_radix(crc, 16)
+        .map_err(|_| corrupt(Header, format!("bad checksum {crc:?}")))?;
     let body = &bytes[end + 1..];
     if len > MAX_BODY {
-        return Err(corrupt(format!("body of {len} bytes exceeds the cap")));
+        return Err(corrupt(
+            TooLarge,
+            format!("body of {len} bytes exceeds the cap"),
+        ));
     }
     if body.len() != len {
-        return Err(corrupt(format!(
-            "body is {} bytes, header says {len}",
-            body.len()
-        )));
+        return Err(corrupt(
+            Length,
+            format!("body is {} bytes, header says {len}", body.len()),
+        ));
     }
     if crc32c::crc32c(body) != crc {
-        return Err(corrupt("checksum mismatch".into()));
+        return Err(corrupt(BodyChecksum, "checksum mismatch".into()));
     }
     // The header line has no checksum of its own: only the exact form `seal` writes is
     // accepted, so a flipped bit that still parses (a hex digit's case, say) is caught.
     if header != format!("{MAGIC} {kind} v{VERSION} {len} {crc:08x}") {
-        return Err(corrupt(format!(
-            "envelope header {header:?} is not in canonical form"
-        )));
+        return Err(corrupt(
+            Header,
+            format!("envelope header {header:?} is not in canonical form"),
+        ));
     }
     Ok(body)
 }
@@ -112,36 +123,74 @@ mod tests {
         ] {
             assert_ne!(variant, sealed);
             let e = open("f", "point", variant.as_bytes()).expect_err(&variant);
+            assert_eq!(e.kind, CorruptKind::Header, "{variant:?}: {e}");
             assert!(e.to_string().contains("canonical"), "{variant:?}: {e}");
         }
     }
 
+    /// One damage per part of the envelope (header fields, body), each with its kind; the
+    /// header line is bytes 0 to the first newline, the body what follows.
     #[test]
-    fn each_corruption_is_named() {
+    fn each_corruption_has_its_kind() {
         let sealed = seal("point", b"hello world");
-        let cases: Vec<(Vec<u8>, &str)> = vec![
-            (sealed[..5].to_vec(), "no envelope header"),
-            ([b"XXXX".as_slice(), &sealed[4..]].concat(), "bad magic"),
-            (seal("vm", b"hello world"), "expected \"point\""),
+        let header_len = sealed.iter().position(|&b| b == b'\n').expect("newline");
+        let flip = |at: usize| {
+            let mut b = sealed.clone();
+            b[at] ^= 1;
+            b
+        };
+        let text = |from: &str, to: &str| {
+            String::from_utf8_lossy(&sealed)
+                .replacen(from, to, 1)
+                .into_bytes()
+        };
+        let cases: Vec<(Vec<u8>, CorruptKind, &str)> = vec![
             (
-                String::from_utf8_lossy(&sealed)
-                    .replace(" v1 ", " v9 ")
-                    .into_bytes(),
+                sealed[..5].to_vec(),
+                CorruptKind::Header,
+                "no envelope header",
+            ),
+            (text("RPFS", "XXXX"), CorruptKind::Magic, "bad magic"),
+            (
+                seal("vm", b"hello world"),
+                CorruptKind::WrongKind,
+                "expected \"point\"",
+            ),
+            (
+                text(" v1 ", " v9 "),
+                CorruptKind::Version,
                 "unsupported metadata version",
             ),
-            (sealed[..sealed.len() - 1].to_vec(), "header says 11"),
+            (text(" 11 ", " x1 "), CorruptKind::Header, "bad body length"),
             (
-                {
-                    let mut b = sealed.clone();
-                    let last = b.len() - 1;
-                    b[last] ^= 1;
-                    b
-                },
+                text(" point ", " point  "),
+                CorruptKind::Header,
+                "malformed",
+            ),
+            (
+                sealed[..sealed.len() - 1].to_vec(),
+                CorruptKind::Length,
+                "header says 11",
+            ),
+            (
+                flip(header_len + 1),
+                CorruptKind::BodyChecksum,
                 "checksum mismatch",
             ),
+            (
+                flip(sealed.len() - 1),
+                CorruptKind::BodyChecksum,
+                "checksum mismatch",
+            ),
+            (
+                text(" 11 ", &format!(" {} ", MAX_BODY + 1)),
+                CorruptKind::TooLarge,
+                "exceeds the cap",
+            ),
         ];
-        for (bytes, want) in cases {
+        for (bytes, kind, want) in cases {
             let err = open("f", "point", &bytes).expect_err(want);
+            assert_eq!(err.kind, kind, "{err}");
             assert!(err.to_string().contains(want), "{err} lacks {want:?}");
         }
     }

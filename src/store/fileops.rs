@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::storage::TEMP_SUFFIX;
+use super::layout;
 
 /// The calls that change a local store.
 pub trait FileOps: Send + Sync + fmt::Debug {
@@ -45,9 +45,8 @@ pub struct Syscalls;
 
 /// The temporary name of an object being written to `dest`: `<name>.<random>.tmp` beside it.
 pub fn temp_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}{TEMP_SUFFIX}", uuid::Uuid::new_v4().simple()));
-    dest.with_file_name(name)
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    dest.with_file_name(layout::temp_name(&name))
 }
 
 impl FileOps for Syscalls {

@@ -7,14 +7,17 @@
 
 pub mod block;
 pub mod blockmap;
+pub mod corrupt;
 pub mod envelope;
 pub mod fileops;
+pub mod format;
 pub mod layout;
 pub mod local;
 pub mod pack;
 pub mod records;
 pub mod storage;
 
+pub use corrupt::{Corrupt, CorruptKind};
 pub use local::LocalStorage;
 
 use std::io;
@@ -23,23 +26,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use storage::Storage;
-
-/// A file whose content fails validation. Names the file; the detail says what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {detail}")]
-pub struct Corrupt {
-    pub file: String,
-    pub detail: String,
-}
-
-impl Corrupt {
-    pub fn new(file: &str, detail: impl Into<String>) -> Self {
-        Corrupt {
-            file: file.to_string(),
-            detail: detail.into(),
-        }
-    }
-}
 
 /// Failure to read a metadata record.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +63,7 @@ pub fn read_record<T: DeserializeOwned + records::Record>(
     if size > envelope::MAX_FILE as u64 {
         return Err(RecordError::Corrupt(Corrupt::new(
             key,
+            CorruptKind::TooLarge,
             format!(
                 "is {size} bytes, more than a record can be ({} bytes)",
                 envelope::MAX_FILE
@@ -87,11 +74,13 @@ pub fn read_record<T: DeserializeOwned + records::Record>(
     object.read_exact_at(&mut bytes, 0).map_err(io)?;
     let body = envelope::open(key, kind, &bytes)?;
     let record: T = serde_json::from_slice(body).map_err(|e| {
-        RecordError::Corrupt(Corrupt::new(key, format!("invalid {kind} record: {e}")))
+        let detail = format!("invalid {kind} record: {e}");
+        RecordError::Corrupt(Corrupt::new(key, CorruptKind::Json, detail))
     })?;
     if let Some(bad) = record.names().into_iter().find(|n| !records::safe_name(n)) {
         return Err(RecordError::Corrupt(Corrupt::new(
             key,
+            CorruptKind::UnsafeName,
             format!("holds the name {bad:?}, which is not a safe file name"),
         )));
     }

@@ -21,9 +21,9 @@
 
 use std::io::{self, Write};
 
-use super::Corrupt;
 use super::block::{self, Codec, DecodeError};
 use super::storage::{Object, ObjectWriter};
+use super::{Corrupt, CorruptKind};
 use uuid::Uuid;
 
 thread_local! {
@@ -207,73 +207,99 @@ impl PackIndex {
         expect_id: Uuid,
         expect_block_size: u32,
     ) -> Result<PackIndex, PackError> {
-        let corrupt = |detail: String| PackError::Corrupt(Corrupt::new(file, detail));
+        let corrupt = |kind: CorruptKind, detail: String| {
+            PackError::Corrupt(Corrupt::new(file, kind, detail))
+        };
+        use CorruptKind::*;
         let len = obj.len();
         if len < (HEADER_LEN + TRAILER_LEN) as u64 {
-            return Err(corrupt(format!(
-                "pack is {len} bytes, shorter than header and trailer"
-            )));
+            return Err(corrupt(
+                Length,
+                format!("pack is {len} bytes, shorter than header and trailer"),
+            ));
         }
         let mut h = [0u8; HEADER_LEN];
         obj.read_exact_at(&mut h, 0).map_err(PackError::Io)?;
         if crc32c::crc32c(&h[..60]) != le_u32(&h, 60) {
-            return Err(corrupt("pack header checksum mismatch".into()));
+            return Err(corrupt(
+                HeaderChecksum,
+                "pack header checksum mismatch".into(),
+            ));
         }
         if &h[0..8] != HEADER_MAGIC {
-            return Err(corrupt("bad pack magic".into()));
+            return Err(corrupt(Magic, "bad pack magic".into()));
         }
         let version = le_u16(&h, 8);
         if !(1..=VERSION).contains(&version) {
-            return Err(corrupt(format!("unsupported pack version {version}")));
+            return Err(corrupt(
+                Version,
+                format!("unsupported pack version {version}"),
+            ));
         }
         let block_size = le_u32(&h, 12);
         if block_size != expect_block_size {
-            return Err(corrupt(format!(
-                "pack block size {block_size}, store uses {expect_block_size}"
-            )));
+            return Err(corrupt(
+                BlockSize,
+                format!("pack block size {block_size}, store uses {expect_block_size}"),
+            ));
         }
-        let id = Uuid::from_slice(&h[16..32]).map_err(|e| corrupt(e.to_string()))?;
+        let id = Uuid::from_slice(&h[16..32]).map_err(|e| corrupt(WrongId, e.to_string()))?;
         if id != expect_id {
-            return Err(corrupt(format!("pack holds id {id}, expected {expect_id}")));
+            return Err(corrupt(
+                WrongId,
+                format!("pack holds id {id}, expected {expect_id}"),
+            ));
         }
         let mut t = [0u8; TRAILER_LEN];
         obj.read_exact_at(&mut t, len - TRAILER_LEN as u64)
             .map_err(PackError::Io)?;
         if crc32c::crc32c(&t[..28]) != le_u32(&t, 28) {
-            return Err(corrupt("pack trailer checksum mismatch".into()));
+            return Err(corrupt(
+                TrailerChecksum,
+                "pack trailer checksum mismatch".into(),
+            ));
         }
         if &t[0..8] != TRAILER_MAGIC {
-            return Err(corrupt("bad pack trailer magic".into()));
+            return Err(corrupt(Magic, "bad pack trailer magic".into()));
         }
         let table_offset = le_u64(&t, 8);
         let count = le_u64(&t, 16);
         let table_len = count
             .checked_mul(ENTRY_LEN as u64)
-            .ok_or_else(|| corrupt(format!("absurd entry count {count}")))?;
+            .ok_or_else(|| corrupt(Bounds, format!("absurd entry count {count}")))?;
         let expected_len = table_offset
             .checked_add(table_len)
             .and_then(|v| v.checked_add(TRAILER_LEN as u64));
         if table_offset < HEADER_LEN as u64 || expected_len != Some(len) {
-            return Err(corrupt(format!(
-                "table at {table_offset} with {count} entries does not fit a {len}-byte pack"
-            )));
+            return Err(corrupt(
+                Bounds,
+                format!(
+                    "table at {table_offset} with {count} entries does not fit a {len}-byte pack"
+                ),
+            ));
         }
         let table_len = usize::try_from(table_len)
-            .map_err(|_| corrupt(format!("table of {table_len} bytes too large")))?;
+            .map_err(|_| corrupt(Bounds, format!("table of {table_len} bytes too large")))?;
         let mut table = vec![0u8; table_len];
         obj.read_exact_at(&mut table, table_offset)
             .map_err(PackError::Io)?;
         if crc32c::crc32c(&table) != le_u32(&t, 24) {
-            return Err(corrupt("pack table checksum mismatch".into()));
+            return Err(corrupt(
+                TableChecksum,
+                "pack table checksum mismatch".into(),
+            ));
         }
         let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
         for (i, e) in table.chunks_exact(ENTRY_LEN).enumerate() {
             let flags = le_u32(e, 20);
             let Some(codec) = codec_of(flags, version) else {
-                return Err(corrupt(format!(
-                    "table entry {i} has flags {flags:#x}, which name no codec of a version \
-                     {version} pack"
-                )));
+                return Err(corrupt(
+                    Entry,
+                    format!(
+                        "table entry {i} has flags {flags:#x}, which name no codec of a version \
+                         {version} pack"
+                    ),
+                ));
             };
             let entry = PackEntry {
                 block: le_u64(e, 0),
@@ -297,7 +323,10 @@ impl PackIndex {
                 p.block < entry.block && p.offset + u64::from(p.stored_len) <= entry.offset
             });
             if !in_bounds || !len_ok || !ordered {
-                return Err(corrupt(format!("table entry {i} is invalid: {entry:?}")));
+                return Err(corrupt(
+                    Entry,
+                    format!("table entry {i} is invalid: {entry:?}"),
+                ));
             }
             entries.push(entry);
         }
@@ -491,45 +520,143 @@ mod tests {
             let mut bad = v1.clone();
             rewrite(&mut bad, version, |_| flags);
             s.put("p.pack", &bad).expect("put");
-            let err = load(&s, id).expect_err(want).to_string();
+            let r = load(&s, id);
+            let err = format!("{:?}", r.as_ref().err());
             assert!(err.contains(want), "{err}");
+            let kind = if version == 3 {
+                CorruptKind::Version
+            } else {
+                CorruptKind::Entry
+            };
+            assert_eq!(kind_of(r), kind, "{err}");
         }
     }
 
-    /// One corruption per documented byte range, each with its exact diagnosis.
+    fn kind_of(r: Result<PackIndex, PackError>) -> CorruptKind {
+        match r {
+            Err(PackError::Corrupt(c)) => c.kind,
+            other => panic!("expected damage, got {other:?}"),
+        }
+    }
+
+    /// Reseals header, table and trailer checksums of `bytes` after `edit`, so the damage
+    /// reaches the checks behind them.
+    fn resealed(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        edit(&mut b);
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        let t = b.len() - TRAILER_LEN;
+        let table_at = (le_u64(&b, t + 8) as usize).min(t);
+        let crc = crc32c::crc32c(&b[table_at..t]);
+        b[t + 24..t + 28].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[t..t + 28]);
+        b[t + 28..t + 32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// One damage per documented byte range (header 0..64, data, table, trailer), each with its
+    /// kind and exact diagnosis.
     #[test]
-    fn each_region_of_damage_is_diagnosed() {
+    fn each_region_of_damage_has_its_kind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = LocalStorage::new(dir.path());
         let id = Uuid::new_v4();
         write_pack(&s, id);
         let good = s.read("p.pack").expect("read");
         let len = good.len();
-        let table_at = len - TRAILER_LEN - 5 * ENTRY_LEN;
-        let cases = [
-            (3, "pack header checksum mismatch"),
-            (20, "pack header checksum mismatch"),
-            (table_at + 2, "pack table checksum mismatch"),
-            (len - TRAILER_LEN + 9, "pack trailer checksum mismatch"),
-            (len - 1, "pack trailer checksum mismatch"),
+        let t = len - TRAILER_LEN;
+        let table_at = t - 5 * ENTRY_LEN;
+        let flip = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 0x40;
+            b
+        };
+        let put = |at: usize, v: &[u8]| resealed(&good, |b| b[at..at + v.len()].copy_from_slice(v));
+        let cases: Vec<(Vec<u8>, CorruptKind, &str)> = vec![
+            (
+                good[..90].to_vec(),
+                CorruptKind::Length,
+                "shorter than header and trailer",
+            ),
+            (
+                flip(3),
+                CorruptKind::HeaderChecksum,
+                "pack header checksum mismatch",
+            ),
+            (
+                flip(20),
+                CorruptKind::HeaderChecksum,
+                "pack header checksum mismatch",
+            ),
+            (put(0, b"RPFSXXXX"), CorruptKind::Magic, "bad pack magic"),
+            (
+                put(8, &9u16.to_le_bytes()),
+                CorruptKind::Version,
+                "unsupported pack version 9",
+            ),
+            (
+                put(12, &8192u32.to_le_bytes()),
+                CorruptKind::BlockSize,
+                "store uses 4096",
+            ),
+            (put(16, &[7; 16]), CorruptKind::WrongId, "expected"),
+            (
+                flip(table_at + 2),
+                CorruptKind::TableChecksum,
+                "pack table checksum mismatch",
+            ),
+            (
+                flip(t + 9),
+                CorruptKind::TrailerChecksum,
+                "pack trailer checksum mismatch",
+            ),
+            (
+                flip(len - 1),
+                CorruptKind::TrailerChecksum,
+                "pack trailer checksum mismatch",
+            ),
+            (
+                put(t, b"RPFSXXXX"),
+                CorruptKind::Magic,
+                "bad pack trailer magic",
+            ),
+            (
+                put(t + 16, &u64::MAX.to_le_bytes()),
+                CorruptKind::Bounds,
+                "absurd entry count",
+            ),
+            (
+                put(t + 16, &6u64.to_le_bytes()),
+                CorruptKind::Bounds,
+                "does not fit",
+            ),
+            (
+                put(t + 8, &10u64.to_le_bytes()),
+                CorruptKind::Bounds,
+                "does not fit",
+            ),
+            // An entry whose offset points past the data area.
+            (
+                put(table_at + 8, &(t as u64).to_le_bytes()),
+                CorruptKind::Entry,
+                "table entry 0 is invalid",
+            ),
+            (
+                put(table_at + 20, &8u32.to_le_bytes()),
+                CorruptKind::Entry,
+                "flags 0x8",
+            ),
         ];
-        for (at, want) in cases {
-            let mut bad = good.clone();
-            bad[at] ^= 0x40;
-            s.put("p.pack", &bad).expect("put");
-            let err = load(&s, id).expect_err(want).to_string();
-            assert!(err.contains(want), "byte {at}: {err}");
+        for (i, (bytes, kind, want)) in cases.into_iter().enumerate() {
+            s.put("p.pack", &bytes).expect("put");
+            let r = load(&s, id);
+            let err = format!("{:?}", r.as_ref().err());
+            assert!(err.contains(want), "case {i}: {err}");
+            assert_eq!(kind_of(r), kind, "case {i}: {err}");
         }
-        s.put("p.pack", &good[..len - 1]).expect("put");
-        assert!(load(&s, id).is_err());
         s.put("p.pack", &good).expect("put");
-        let other = Uuid::new_v4();
-        assert!(
-            load(&s, other)
-                .expect_err("id")
-                .to_string()
-                .contains("expected")
-        );
+        assert_eq!(kind_of(load(&s, Uuid::new_v4())), CorruptKind::WrongId);
 
         // Damage inside a stored block: the table loads, that block fails, the others read.
         let idx = load(&s, id).expect("valid");

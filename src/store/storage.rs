@@ -8,7 +8,8 @@
 //!   the old object or the new one, never a mix, and once the call returns the new object survives
 //!   a crash. Until then it does not exist under its key.
 //! - An object dropped without `commit` leaves nothing under its key (a temporary file may remain
-//!   after a crash; its name ends in [`TEMP_SUFFIX`] and recovery removes it).
+//!   after a crash; its name ends in [`TEMP_SUFFIX`](super::layout::TEMP_SUFFIX) and recovery
+//!   removes it).
 //! - [`Storage::remove`] is durable on return.
 //! - Published objects are never modified in place; they are only replaced whole or removed.
 //! - Locks are advisory, exclusive, and released by the OS when the holder dies.
@@ -17,9 +18,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
-
-/// Suffix of in-flight temporary objects; anything ending in it is garbage after a crash.
-pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// Alignment of buffers, offsets and lengths for direct (O_DIRECT) I/O.
 pub const DIRECT_ALIGN: usize = 4096;

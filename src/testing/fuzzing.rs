@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::create::CreateRequest;
-use crate::engine::guest::{FsType, Guest, GuestKind, Source};
 use crate::engine::progress::Silent;
 use crate::engine::vms::VmSpec;
 use crate::engine::{Engine, OpenOptions, names};
+use crate::inspect::guest::{FsType, Guest, GuestKind, Source};
 use crate::store::LocalStorage;
 use crate::store::records::{CollectionRecord, PendingOp, PointRecord, StoreHeader, VmRecord};
 use crate::store::storage::{Object, Storage};

@@ -33,11 +33,12 @@ pub use errno::{FsError, Level};
 pub use node::{Attr, DirEntry, Entry, Kind, Node, ROOT_INO};
 
 use crate::engine::create::CreateRequest;
-use crate::engine::guest::{FsType, Guest, GuestAttr, GuestError, GuestKind};
-use crate::engine::partitions::{self, Partition};
 use crate::engine::progress::Silent;
-use crate::engine::window::Window;
-use crate::engine::{Catalog, DiskImage, Engine, now_rfc3339, resource};
+use crate::engine::{Catalog, DiskImage, Engine, now_rfc3339};
+use crate::inspect::Window;
+use crate::inspect::guest::{FsType, Guest, GuestAttr, GuestError, GuestKind};
+use crate::inspect::partitions::{self, Partition};
+use crate::resource;
 use crate::store::records::{CollectionRecord, LastOperation, PointRecord};
 use node::{
     COLLECTION_JSON, DISKS, FILES, IMAGE_SUFFIX, Inodes, LATEST, PARTITIONS, POINT_JSON, VM_CONFIG,
@@ -88,7 +89,7 @@ pub struct FsStat {
 
 enum Handle {
     /// A disk image, or the window of it a partition covers.
-    Image(Window),
+    Image(Window<DiskImage>),
     Bytes(Arc<Vec<u8>>),
     /// A file inside a guest filesystem, by its guest inode number.
     Guest(GuestFs, u64),
@@ -705,7 +706,7 @@ impl Vfs {
         if let Some(j) = snap.json.lock().get(&node) {
             return Ok(j.clone());
         }
-        let bytes = Arc::new(json_bytes(&make()?));
+        let bytes = Arc::new(resource::to_bytes(&make()?));
         snap.json.lock().insert(node, bytes.clone());
         Ok(bytes)
     }
@@ -793,7 +794,7 @@ impl Vfs {
             return Ok(t.clone());
         }
         let image = self.image(snap, point, disk)?;
-        let table: Vec<(Partition, u64)> = partitions::read(&image)
+        let table: Vec<(Partition, u64)> = partitions::read(&*image)
             .into_iter()
             .map(|part| (part, Window::partition(image.clone(), &part).allocated()))
             .collect();
@@ -1202,11 +1203,4 @@ fn guest_error(g: &GuestFs, e: GuestError) -> FsError {
         GuestError::NotFile => FsError::Invalid("not a regular file".into()),
         GuestError::Damaged(why) => FsError::Guest(format!("{}: {why}", g.label)),
     }
-}
-
-fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
-    // Serialising a JSON value into memory cannot fail.
-    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
-    out.push(b'\n');
-    out
 }

@@ -33,14 +33,13 @@ use uuid::Uuid;
 pub const ROOT_INO: u64 = 1;
 
 /// Names inside a point directory.
-pub const POINT_JSON: &str = "restore-point.json";
+pub use crate::resource::POINT_DOCUMENT as POINT_JSON;
 pub const VM_CONFIG: &str = "vm-config";
 pub const DISKS: &str = "disks";
 pub const PARTITIONS: &str = "partitions";
 pub const FILES: &str = "files";
-/// Names inside a collection directory besides its points.
-pub const COLLECTION_JSON: &str = "collection.json";
-pub const LATEST: &str = "latest";
+/// Names inside a collection directory besides its points (reserved where names are checked).
+pub use crate::engine::names::{COLLECTION_JSON, LATEST};
 /// Suffix of disk image files.
 pub const IMAGE_SUFFIX: &str = ".img";
 

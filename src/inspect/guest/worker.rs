@@ -17,7 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use super::{Backend, GuestError};
+use super::backend::{Backend, GuestError};
 
 /// How long an unused parser thread waits before it ends.
 const IDLE: Duration = Duration::from_secs(60);
@@ -161,7 +161,7 @@ fn serve(shared: &Shared, rx: &Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::guest::GuestAttr;
+    use crate::inspect::guest::GuestAttr;
 
     /// A parser that panics when asked to list `/boom`.
     struct Fragile;

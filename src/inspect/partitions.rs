@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use super::read::DiskImage;
+use super::image::Image;
 
 /// Most entries a GPT header may declare before the table is refused (the usual is 128).
 pub const MAX_ENTRIES: u32 = 1024;
@@ -23,12 +23,12 @@ pub struct Partition {
 }
 
 /// A disk image as `Read + Seek`, for the table parsers.
-struct Reader<'a> {
-    image: &'a DiskImage,
+struct Reader<'a, I> {
+    image: &'a I,
     pos: u64,
 }
 
-impl Read for Reader<'_> {
+impl<I: Image> Read for Reader<'_, I> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self
             .image
@@ -39,7 +39,7 @@ impl Read for Reader<'_> {
     }
 }
 
-impl Seek for Reader<'_> {
+impl<I: Image> Seek for Reader<'_, I> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let size = self.image.size() as i128;
         let pos = match to {
@@ -54,7 +54,7 @@ impl Seek for Reader<'_> {
 }
 
 /// The partitions of `image`, sorted by number; empty when it holds no table rpfs can read.
-pub fn read(image: &DiskImage) -> Vec<Partition> {
+pub fn read<I: Image>(image: &I) -> Vec<Partition> {
     let size = image.size();
     let inside =
         |number: u32, start: u64, len: u64| {
@@ -93,7 +93,7 @@ pub fn read(image: &DiskImage) -> Vec<Partition> {
 }
 
 /// The GPT of `image`, if it has one of a sane size, at either sector size.
-fn gpt(image: &DiskImage) -> Option<gptman::GPT> {
+fn gpt<I: Image>(image: &I) -> Option<gptman::GPT> {
     for ss in [512u64, 4096] {
         let mut r = Reader { image, pos: ss };
         let Ok(header) = gptman::GPTHeader::read_from(&mut r) else {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime};
 
-use super::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
+use super::backend::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
 
 /// MFT record of the root directory.
 const ROOT_RECORD: u64 = 5;
@@ -183,7 +183,7 @@ impl Backend for NtfsFs {
         };
         let mut value = data.value(fs).map_err(damaged)?;
         value.seek(fs, SeekFrom::Start(offset)).map_err(damaged)?;
-        let n = super::fill(buf, |b| value.read(fs, b).map_err(damaged))?;
+        let n = super::backend::fill(buf, |b| value.read(fs, b).map_err(damaged))?;
         let valid = usize::try_from(initialized.saturating_sub(offset)).unwrap_or(usize::MAX);
         if valid < n {
             buf[valid..n].fill(0);

@@ -1,5 +1,6 @@
-//! Azure-shaped JSON resources for collections and restore points (`--json`, and the mount's
-//! `collection.json` / `restore-point.json`).
+//! Azure-shaped JSON resources for collections and restore points (`--json`, the mount's
+//! `collection.json` / `restore-point.json`, and the `restore-point.json` a restore writes).
+//! Presentation only: it reads catalog records and never the store.
 //!
 //! Resource ids follow Azure's paths under a subscription named by the store id, so ids are
 //! stable and unique per store. rpfs-specific facts (sizes, bytes stored) sit under an `rpfs`
@@ -7,8 +8,19 @@
 
 use serde_json::{Value, json};
 
-use super::Catalog;
+use crate::engine::Catalog;
 use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
+
+/// File name of a point's resource document (in the mount and beside a restore).
+pub const POINT_DOCUMENT: &str = "restore-point.json";
+
+/// `value` as the bytes of a document: pretty JSON and a final newline.
+pub fn to_bytes(value: &Value) -> Vec<u8> {
+    // Serialising a JSON value into memory cannot fail.
+    let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
 
 fn base(store_id: uuid::Uuid) -> String {
     format!("/subscriptions/{store_id}/resourceGroups/rpfs/providers/Microsoft.Compute")

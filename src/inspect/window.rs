@@ -1,4 +1,4 @@
-//! A byte range of a disk restore point: the whole disk, or one partition of it.
+//! A byte range of a disk image: the whole disk, or one partition of it.
 //!
 //! Invariants: a window never reads outside its range (a read past its end is short, a read
 //! that must be whole fails), so a parser given one partition cannot see another.
@@ -6,20 +6,30 @@
 use std::io;
 use std::sync::Arc;
 
+use super::image::Image;
 use super::partitions::Partition;
-use super::read::DiskImage;
 
 /// `len` bytes of a disk image from `start`.
-#[derive(Clone)]
-pub struct Window {
-    pub image: Arc<DiskImage>,
+pub struct Window<I> {
+    pub image: Arc<I>,
     pub start: u64,
     pub len: u64,
 }
 
-impl Window {
+// Not derived: a window is cloned by sharing its image, whatever the image's type.
+impl<I> Clone for Window<I> {
+    fn clone(&self) -> Self {
+        Window {
+            image: self.image.clone(),
+            start: self.start,
+            len: self.len,
+        }
+    }
+}
+
+impl<I: Image> Window<I> {
     /// The whole disk.
-    pub fn whole(image: Arc<DiskImage>) -> Window {
+    pub fn whole(image: Arc<I>) -> Window<I> {
         let len = image.size();
         Window {
             image,
@@ -29,7 +39,7 @@ impl Window {
     }
 
     /// The bytes of partition `part`.
-    pub fn partition(image: Arc<DiskImage>, part: &Partition) -> Window {
+    pub fn partition(image: Arc<I>, part: &Partition) -> Window<I> {
         Window {
             image,
             start: part.start,
@@ -38,7 +48,7 @@ impl Window {
     }
 
     /// Reads at `offset` (within the window) into `buf`; short only at the window's end.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> super::Result<usize> {
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, I::Error> {
         let len = (buf.len() as u64).min(self.len.saturating_sub(offset)) as usize;
         self.image.read_at(self.start + offset, &mut buf[..len])
     }

@@ -13,7 +13,9 @@ use lru::LruCache;
 
 use std::sync::Arc;
 
-use super::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, Piece, Source};
+use super::backend::{
+    Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, Piece, Source,
+};
 
 /// Open files (and placements) kept per filesystem.
 const OPEN_FILES: usize = 16;
@@ -250,6 +252,6 @@ impl Backend for Ext4Fs {
             file.seek_to(offset.min(file.metadata().len()))
                 .map_err(damaged)?;
         }
-        super::fill(buf, |b| file.read_bytes(b).map_err(damaged))
+        super::backend::fill(buf, |b| file.read_bytes(b).map_err(damaged))
     }
 }

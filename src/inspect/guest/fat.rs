@@ -12,7 +12,7 @@ use fatfs::{Date, DateTime, FileSystem, FsOptions};
 
 use std::sync::Arc;
 
-use super::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
+use super::backend::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
 
 /// `fatfs` wants a writable device; every write fails.
 impl Write for Stream {
@@ -135,6 +135,6 @@ impl Backend for FatFs {
             .open_file(relative(path)?)
             .map_err(damaged)?;
         file.seek(SeekFrom::Start(offset)).map_err(damaged)?;
-        super::fill(buf, |b| file.read(b).map_err(damaged))
+        super::backend::fill(buf, |b| file.read(b).map_err(damaged))
     }
 }

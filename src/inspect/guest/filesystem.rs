@@ -1,73 +1,24 @@
-//! Filesystems inside a disk restore point (the whole disk or one partition), read-only, for
-//! file-level restore: ext2/3/4 through `ext4-view` (journal replayed in memory), FAT through
-//! `fatfs` and NTFS through `ntfs`.
+//! One guest filesystem as the mount uses it: [`Guest`] answers attributes, listings, links and
+//! reads by inode number, caching what it learnt (a committed point never changes), and asks its
+//! parser (on the parser's own thread, [`super::worker`]) for what it does not know yet.
 //!
-//! Invariants:
-//! - The guest's bytes are untrusted. A parser sees only its window, runs on its own thread
-//!   ([`worker`]), and its errors and panics become [`GuestError`]s of this filesystem alone.
-//!   Listings, link targets and paths are bounded ([`MAX_DIR_ENTRIES`], [`MAX_LINK`],
-//!   [`MAX_PATH`]), so a cycle in damaged metadata ends in an error, not a loop.
-//! - Symlinks are returned as their targets and never followed here.
-//! - A committed point never changes, so what is cached here (attributes, listings) stays true.
-//! - Inode numbers are the filesystem's own where it has them (ext4: hard links share one), else
-//!   assigned per path on first sight (FAT); either way one number names one file for the life
-//!   of the [`Guest`]. Every number handed out was first seen in a listing, so its path is known.
-
-mod ext4;
-mod fat;
-mod ntfs;
-mod worker;
+//! Invariants: inode numbers are the filesystem's own where it has them (ext4: hard links share
+//! one), else assigned per path on first sight (FAT); either way one number names one file for
+//! the life of the [`Guest`]. A number is known (its path and attributes kept) from the listing
+//! it was first seen in until [`Guest::forget`]; a lookup in its directory makes it known again.
+//! File data is read on the caller's thread, from where the parser says it lies.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::window::Window;
-use worker::Worker;
+use super::backend::{FsType, GuestAttr, GuestError, GuestKind, MAX_PATH, Piece, Source};
+use super::worker::Worker;
+use super::{ext4, fat, ntfs};
 
-/// Bytes a guest filesystem is read from: a window of a disk restore point, or (in tests and
-/// fuzzing) memory.
-pub trait Source: Send + Sync + 'static {
-    /// Bytes in the source.
-    fn size(&self) -> u64;
-    /// Fills `buf` from `offset`, or fails naming the range.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-impl Source for Window {
-    fn size(&self) -> u64 {
-        self.len
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        Window::read_exact_at(self, offset, buf)
-    }
-}
-
-impl Source for Vec<u8> {
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-/// Most entries a directory may list before it is refused as damaged.
-pub const MAX_DIR_ENTRIES: usize = 1 << 20;
-/// Longest symbolic link target read.
-pub const MAX_LINK: u64 = 4096;
-/// Longest path inside a guest filesystem (Linux's PATH_MAX).
-pub const MAX_PATH: usize = 4096;
 /// Directory listings kept per filesystem.
 const LISTINGS: usize = 256;
 /// Inode number of the root directory where the filesystem assigns none (FAT).
@@ -80,199 +31,6 @@ const STRETCH: u64 = 512 << 20;
 const MAX_PIECES: usize = 1 << 16;
 /// Stretches kept per filesystem.
 const STRETCHES: usize = 16;
-
-/// A source as a seekable stream, for parsers that want `Read + Seek`.
-pub(crate) struct Stream {
-    source: Arc<dyn Source>,
-    pos: u64,
-}
-
-impl Stream {
-    fn new(source: Arc<dyn Source>) -> Stream {
-        Stream { source, pos: 0 }
-    }
-}
-
-impl std::io::Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.source.size().saturating_sub(self.pos)) as usize;
-        self.source.read_exact_at(self.pos, &mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl std::io::Seek for Stream {
-    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        use std::io::SeekFrom;
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.source.size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
-
-/// A filesystem rpfs reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsType {
-    Ext4,
-    Fat,
-    Ntfs,
-}
-
-impl FsType {
-    /// The filesystem whose signature `source` starts with, if rpfs reads it.
-    pub fn probe(source: &dyn Source) -> Option<FsType> {
-        let mut head = [0u8; 2048];
-        // Too short for a superblock: no filesystem rpfs reads.
-        source.read_exact_at(0, &mut head).ok()?;
-        if head[1024 + 56..1024 + 58] == [0x53, 0xEF] {
-            return Some(FsType::Ext4);
-        }
-        // A FAT boot sector: a jump, the boot signature and a type string (FAT12/16 at 54,
-        // FAT32 at 82).
-        let boot = matches!(head[0], 0xEB | 0xE9) && head[510..512] == [0x55, 0xAA];
-        if boot && (head[54..57] == *b"FAT" || head[82..87] == *b"FAT32") {
-            return Some(FsType::Fat);
-        }
-        if boot && head[3..11] == *b"NTFS    " {
-            return Some(FsType::Ntfs);
-        }
-        None
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            FsType::Ext4 => "ext4",
-            FsType::Fat => "FAT",
-            FsType::Ntfs => "NTFS",
-        }
-    }
-}
-
-/// What a guest file is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestKind {
-    Directory,
-    File,
-    Symlink,
-    CharDevice,
-    BlockDevice,
-    Fifo,
-    Socket,
-}
-
-/// A guest file's attributes, as its filesystem records them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestAttr {
-    pub ino: u64,
-    pub kind: GuestKind,
-    pub size: u64,
-    /// 512-byte blocks.
-    pub blocks: u64,
-    /// Permission bits with setuid, setgid and sticky (0o7777).
-    pub perm: u16,
-    pub nlink: u32,
-    /// None where the filesystem has no owners (FAT): the mount's owner then.
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub atime: SystemTime,
-    pub mtime: SystemTime,
-    pub ctime: SystemTime,
-    /// Device number (Linux encoding) of a device file.
-    pub rdev: u32,
-}
-
-impl GuestAttr {
-    /// A directory of a filesystem without inodes.
-    fn synthetic_dir(time: SystemTime) -> GuestAttr {
-        GuestAttr {
-            ino: 0,
-            kind: GuestKind::Directory,
-            size: 0,
-            blocks: 0,
-            perm: 0o755,
-            nlink: 2,
-            uid: None,
-            gid: None,
-            atime: time,
-            mtime: time,
-            ctime: time,
-            rdev: 0,
-        }
-    }
-}
-
-/// Why a guest filesystem request failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum GuestError {
-    #[error("no such file or directory")]
-    NotFound,
-    #[error("not a directory")]
-    NotDir,
-    #[error("not a regular file")]
-    NotFile,
-    /// The filesystem cannot be read here: damaged, or using what the parser does not support.
-    #[error("{0}")]
-    Damaged(String),
-}
-
-/// Part of a read: `len` bytes at `at` within the requested range, found at byte `source` of
-/// the filesystem's image, or zeros (a hole) when `source` is None.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece {
-    pub at: usize,
-    pub len: usize,
-    pub source: Option<u64>,
-}
-
-/// A filesystem parser; lives on its worker thread. Paths are absolute, `/`-separated bytes.
-pub trait Backend {
-    /// Attributes of the root directory.
-    fn root(&mut self) -> Result<GuestAttr, GuestError>;
-    /// The entries of directory `path` (inode `ino`) without `.` and `..`; an entry's `ino` of
-    /// 0 asks for one.
-    fn list(&mut self, path: &[u8], ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError>;
-    fn read_link(&mut self, path: &[u8]) -> Result<Vec<u8>, GuestError>;
-    /// Where `len` bytes of file `path` (inode `ino`) from `offset` lie in the image, so the
-    /// caller can read them itself (on its own thread); None where the parser must read them.
-    fn map(
-        &mut self,
-        _path: &[u8],
-        _ino: u64,
-        _offset: u64,
-        _len: usize,
-    ) -> Result<Option<Vec<Piece>>, GuestError> {
-        Ok(None)
-    }
-    /// Reads file `path` (inode `ino`) at `offset`; short only at the end of the file.
-    fn read(
-        &mut self,
-        path: &[u8],
-        ino: u64,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, GuestError>;
-}
-
-/// Fills `buf` with `read` (a reader's `read`) until it is full or the reader ends; returns the
-/// bytes read.
-fn fill(
-    buf: &mut [u8],
-    mut read: impl FnMut(&mut [u8]) -> Result<usize, GuestError>,
-) -> Result<usize, GuestError> {
-    let mut done = 0;
-    while done < buf.len() {
-        match read(&mut buf[done..])? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
-}
 
 /// A directory's entries, by position and by name.
 pub struct Listing {
@@ -581,38 +339,6 @@ impl Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_knows_ext4_and_fat_by_their_signatures_only() {
-        let mut ext = vec![0u8; 4096];
-        ext[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xEF]);
-        assert_eq!(FsType::probe(&ext), Some(FsType::Ext4));
-        let mut fat = vec![0u8; 4096];
-        fat[0] = 0xEB;
-        fat[510..512].copy_from_slice(&[0x55, 0xAA]);
-        fat[54..59].copy_from_slice(b"FAT16");
-        assert_eq!(FsType::probe(&fat), Some(FsType::Fat));
-        fat[54..59].copy_from_slice(b"EXFAT");
-        assert_eq!(FsType::probe(&fat), None, "a boot sector is not enough");
-        fat[3..11].copy_from_slice(b"NTFS    ");
-        assert_eq!(FsType::probe(&fat), Some(FsType::Ntfs));
-        // An MBR has the boot signature but no jump.
-        let mut mbr = vec![0u8; 4096];
-        mbr[510..512].copy_from_slice(&[0x55, 0xAA]);
-        assert_eq!(FsType::probe(&mbr), None);
-        assert_eq!(FsType::probe(&vec![0u8; 1500]), None, "too short");
-        assert_eq!(FsType::probe(&Vec::new()), None);
-    }
-
-    #[test]
-    fn memory_sources_read_exactly_or_fail() {
-        let src: Vec<u8> = (0..100u8).collect();
-        let mut buf = [0u8; 10];
-        src.read_exact_at(90, &mut buf).expect("last ten");
-        assert_eq!(buf[0], 90);
-        assert!(src.read_exact_at(91, &mut buf).is_err());
-        assert!(src.read_exact_at(u64::MAX, &mut buf).is_err());
-    }
 
     #[test]
     fn garbage_with_a_signature_is_damage_not_a_crash() {

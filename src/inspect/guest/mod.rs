@@ -1,0 +1,27 @@
+//! Filesystems inside a disk restore point (the whole disk or one partition), read-only, for
+//! file-level restore: ext2/3/4 through `ext4-view` (journal replayed in memory), FAT through
+//! `fatfs` and NTFS through `ntfs`.
+//!
+//! Invariants:
+//! - The guest's bytes are untrusted. A parser sees only its window, runs on its own thread
+//!   ([`worker`]), and its errors and panics become [`GuestError`]s of this filesystem alone.
+//!   Listings, link targets and paths are bounded ([`MAX_DIR_ENTRIES`], [`MAX_LINK`],
+//!   [`MAX_PATH`]), so a cycle in damaged metadata ends in an error, not a loop.
+//! - Symlinks are returned as their targets and never followed here.
+//! - A committed point never changes, so what is cached here (attributes, listings) stays true.
+//! - Inode numbers are the filesystem's own where it has them (ext4: hard links share one), else
+//!   assigned per path on first sight (FAT); either way one number names one file for the life
+//!   of the [`Guest`]. Every number handed out was first seen in a listing, so its path is known.
+
+mod backend;
+mod ext4;
+mod fat;
+mod filesystem;
+mod ntfs;
+mod worker;
+
+pub use backend::{
+    Backend, FsType, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, MAX_PATH, Piece,
+    Source, Stream,
+};
+pub use filesystem::{Guest, Listing};
