@@ -1,5 +1,5 @@
 //! Times whole-disk sequential reads of restore points from one process that opens the store
-//! once, as a long-running reader (the mount daemon) does. Used by `scripts/bench.py`.
+//! once, as a long-running reader (the mount daemon) does. Used by the bench (`scripts/bench/`).
 //!
 //! Usage: read_passes STORE COLLECTION DISK PASSES POINT...
 //! Prints one JSON object: {"POINT": [seconds of pass 1, pass 2, ...], ...}; the passes of the
