@@ -6,7 +6,11 @@
 //! strict [`load_points`]: one unreadable record fails it (naming the file), because acting on a
 //! partial view could delete data that an unreadable record still references. A [`Catalog`]
 //! snapshot, used to list and read, skips damaged records and names them in
-//! [`Catalog::damaged`], so one damaged record does not hide every other point.
+//! [`Catalog::damaged`], so one damaged record does not hide every other point. A snapshot is
+//! indexed by id when loaded (VMs, collections and points resolve in O(1)); its lists are not
+//! changed afterwards.
+
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
@@ -25,6 +29,19 @@ pub struct Catalog {
     pub points: Vec<PointRecord>,
     /// Records that could not be read, with the reason; left out of the lists above.
     pub damaged: Vec<String>,
+    /// Positions in the lists above, by id.
+    index: Index,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    vms: HashMap<Uuid, usize>,
+    collections: HashMap<Uuid, usize>,
+    points: HashMap<Uuid, usize>,
+}
+
+fn positions<T>(items: &[T], id: impl Fn(&T) -> Uuid) -> HashMap<Uuid, usize> {
+    items.iter().enumerate().map(|(i, x)| (id(x), i)).collect()
 }
 
 fn list_records(storage: &dyn Storage, dir: &str) -> Result<Vec<Uuid>> {
@@ -140,6 +157,11 @@ impl Catalog {
         }
         cat.vms.sort_by(|a, b| a.name.cmp(&b.name));
         cat.collections.sort_by(|a, b| a.name.cmp(&b.name));
+        cat.index = Index {
+            vms: positions(&cat.vms, |v| v.id),
+            collections: positions(&cat.collections, |c| c.id),
+            points: positions(&cat.points, |p| p.id),
+        };
         Ok(cat)
     }
 
@@ -155,7 +177,7 @@ impl Catalog {
     }
 
     pub fn vm_by_id(&self, id: Uuid) -> Option<&VmRecord> {
-        self.vms.iter().find(|v| v.id == id)
+        self.index.vms.get(&id).map(|&i| &self.vms[i])
     }
 
     pub fn collection(&self, name: &str) -> Result<&CollectionRecord> {
@@ -170,7 +192,14 @@ impl Catalog {
     }
 
     pub fn collection_by_id(&self, id: Uuid) -> Option<&CollectionRecord> {
-        self.collections.iter().find(|c| c.id == id)
+        self.index
+            .collections
+            .get(&id)
+            .map(|&i| &self.collections[i])
+    }
+
+    pub fn point_by_id(&self, id: Uuid) -> Option<&PointRecord> {
+        self.index.points.get(&id).map(|&i| &self.points[i])
     }
 
     /// Points of one collection, in creation order.

@@ -97,6 +97,11 @@ impl Filesystem for RpfsFs {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // The kernel dropped its inode: what the core keeps for it goes too.
+        self.vfs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = tracing::debug_span!("getattr", ino = ino.0).entered();
         match self.vfs.getattr(ino.0) {

@@ -20,10 +20,9 @@
 //! ```
 //!
 //! Invariants: a node is identified by the UUIDs of what it shows, never by a name, so renames
-//! cannot alias nodes; an inode number, once given to a node, names that node for the life of
-//! the mount and is never reused (a deleted point's inodes simply stop resolving).
+//! cannot alias nodes (their numbers are in `inodes.rs`); a deleted point's nodes simply stop
+//! resolving.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,10 @@ use uuid::Uuid;
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
+/// Cache lifetime of what changes: listings, `latest`, JSON resources.
+pub const CHANGING_TTL: Duration = Duration::from_secs(1);
+/// Cache lifetime of what never changes: the content of a committed point.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
 
 /// Names inside a point directory.
 pub use crate::resource::POINT_DOCUMENT as POINT_JSON;
@@ -71,6 +74,15 @@ pub enum Node {
 }
 
 impl Node {
+    /// How long the kernel may cache the node's attributes and name.
+    pub fn ttl(self) -> Duration {
+        if self.is_immutable() {
+            IMMUTABLE_TTL
+        } else {
+            CHANGING_TTL
+        }
+    }
+
     /// True for what never changes once it exists (the content of a committed point).
     pub fn is_immutable(self) -> bool {
         matches!(
@@ -132,65 +144,4 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: OsString,
-}
-
-/// The two-way map between nodes and inode numbers.
-#[derive(Debug)]
-pub struct Inodes {
-    by_node: HashMap<Node, u64>,
-    by_ino: Vec<Node>,
-}
-
-impl Default for Inodes {
-    fn default() -> Self {
-        Inodes {
-            by_node: HashMap::from([(Node::Root, ROOT_INO)]),
-            by_ino: vec![Node::Root],
-        }
-    }
-}
-
-impl Inodes {
-    /// The inode number of `node`, assigning the next one on first sight.
-    pub fn ino(&mut self, node: Node) -> u64 {
-        if let Some(&ino) = self.by_node.get(&node) {
-            return ino;
-        }
-        self.by_ino.push(node);
-        let ino = self.by_ino.len() as u64;
-        self.by_node.insert(node, ino);
-        ino
-    }
-
-    /// The node an inode number names, if it was ever given out.
-    pub fn node(&self, ino: u64) -> Option<Node> {
-        let i = usize::try_from(ino.checked_sub(1)?).ok()?;
-        self.by_ino.get(i).copied()
-    }
-
-    /// How many inode numbers were given out (never zero: the root has one from the start).
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
-        self.by_ino.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inode_numbers_are_stable_and_never_reused() {
-        let mut t = Inodes::default();
-        assert_eq!(t.ino(Node::Root), ROOT_INO);
-        let p = Uuid::new_v4();
-        let a = t.ino(Node::Point(p));
-        let b = t.ino(Node::PointJson(p));
-        assert_ne!(a, b);
-        assert_eq!(t.ino(Node::Point(p)), a);
-        assert_eq!(t.node(a), Some(Node::Point(p)));
-        assert_eq!(t.node(0), None);
-        assert_eq!(t.node(u64::MAX), None);
-        assert_eq!(t.node(b + 1), None);
-    }
 }

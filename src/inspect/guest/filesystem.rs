@@ -2,11 +2,15 @@
 //! reads by inode number, caching what it learnt (a committed point never changes), and asks its
 //! parser (on the parser's own thread, [`super::worker`]) for what it does not know yet.
 //!
-//! Invariants: inode numbers are the filesystem's own where it has them (ext4: hard links share
-//! one), else assigned per path on first sight (FAT); either way one number names one file for
-//! the life of the [`Guest`]. A number is known (its path and attributes kept) from the listing
-//! it was first seen in until [`Guest::forget`]; a lookup in its directory makes it known again.
-//! File data is read on the caller's thread, from where the parser says it lies.
+//! Invariants:
+//! - Inode numbers are the filesystem's own where it has them (ext4: hard links share one), else
+//!   assigned per path on first sight (FAT, whose volumes are small); either way one number
+//!   names one file for the life of the [`Guest`].
+//! - A file is *known* (its path kept, so the parser can be asked about it) from the
+//!   [`Guest::lookup`] that found it until [`Guest::forget`]: what is known grows with the files
+//!   a caller holds, not with every entry listed. The root is always known.
+//! - Listings are cached up to [`CACHED_ENTRIES`] entries in all, least recently used first out.
+//! - File data is read on the caller's thread, from where the parser says it lies.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -19,8 +23,8 @@ use super::backend::{FsType, GuestAttr, GuestError, GuestKind, MAX_PATH, Piece, 
 use super::worker::Worker;
 use super::{ext4, fat, ntfs};
 
-/// Directory listings kept per filesystem.
-const LISTINGS: usize = 256;
+/// Entries of directory listings kept per filesystem, in all (~100 bytes each).
+pub const CACHED_ENTRIES: usize = 1 << 20;
 /// Inode number of the root directory where the filesystem assigns none (FAT).
 const SYNTHETIC_ROOT: u64 = 1;
 /// How much of a file's placement is asked of the parser at once, so a sequential read asks
@@ -44,7 +48,7 @@ impl Listing {
     }
 }
 
-/// A file seen in a listing: where it is and what it is.
+/// A file a caller looked up: where it is and what it is.
 struct Known {
     path: Arc<[u8]>,
     parent: u64,
@@ -66,6 +70,28 @@ struct Stretch {
     pieces: Vec<Piece>,
 }
 
+/// Listings by directory, least recently used first out, bounded by their entries in all.
+struct Listings {
+    lru: LruCache<u64, Arc<Listing>>,
+    entries: usize,
+}
+
+impl Listings {
+    fn put(&mut self, dir: u64, listing: Arc<Listing>) {
+        self.entries += listing.entries.len();
+        if let Some(old) = self.lru.put(dir, listing) {
+            self.entries -= old.entries.len();
+        }
+        // The newest stays, however large: it is about to be used.
+        while self.entries > CACHED_ENTRIES && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, evicted)) => self.entries -= evicted.entries.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// One guest filesystem, shared by the mount's threads.
 pub struct Guest {
     fs: FsType,
@@ -73,18 +99,33 @@ pub struct Guest {
     worker: Worker,
     root: Mutex<Option<GuestAttr>>,
     names: Mutex<Names>,
-    listings: Mutex<LruCache<u64, Arc<Listing>>>,
+    listings: Mutex<Listings>,
     stretches: Mutex<LruCache<u64, Arc<Stretch>>>,
+}
+
+/// `dir`'s path joined with `name`, bounded by [`MAX_PATH`].
+fn child_path(dir: &[u8], name: &[u8]) -> Result<Arc<[u8]>, GuestError> {
+    let mut child = Vec::with_capacity(dir.len() + 1 + name.len());
+    child.extend_from_slice(dir);
+    if child.last() != Some(&b'/') {
+        child.push(b'/');
+    }
+    child.extend_from_slice(name);
+    if child.len() > MAX_PATH {
+        return Err(GuestError::Damaged(format!(
+            "a path longer than {MAX_PATH} bytes (a directory cycle?)"
+        )));
+    }
+    Ok(Arc::from(child))
 }
 
 impl Guest {
     /// The `fs` filesystem in `source`; loaded on first use.
     pub fn new(fs: FsType, source: Arc<dyn Source>) -> Guest {
-        let parsed = source.clone();
-        let worker = Worker::new(move || match fs {
-            FsType::Ext4 => ext4::open(parsed.clone()),
-            FsType::Fat => fat::open(parsed.clone()),
-            FsType::Ntfs => ntfs::open(parsed.clone()),
+        let worker = Worker::new(source.clone(), move |parsed| match fs {
+            FsType::Ext4 => ext4::open(parsed),
+            FsType::Fat => fat::open(parsed),
+            FsType::Ntfs => ntfs::open(parsed),
         });
         Guest {
             fs,
@@ -92,9 +133,10 @@ impl Guest {
             worker,
             root: Mutex::new(None),
             names: Mutex::new(Names::default()),
-            listings: Mutex::new(LruCache::new(
-                NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN),
-            )),
+            listings: Mutex::new(Listings {
+                lru: LruCache::unbounded(),
+                entries: 0,
+            }),
             stretches: Mutex::new(LruCache::new(
                 NonZeroUsize::new(STRETCHES).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -149,7 +191,7 @@ impl Guest {
 
     /// The entries of directory `ino`.
     pub fn list(&self, ino: u64) -> Result<Arc<Listing>, GuestError> {
-        if let Some(l) = self.listings.lock().get(&ino) {
+        if let Some(l) = self.listings.lock().lru.get(&ino) {
             return Ok(l.clone());
         }
         let (path, kind) = self.known(ino, |k| (k.path.clone(), k.attr.kind))?;
@@ -173,28 +215,14 @@ impl Guest {
         let mut names = self.names.lock();
         let mut by_name = HashMap::with_capacity(entries.len());
         for (i, (name, attr)) in entries.iter_mut().enumerate() {
-            let mut child = Vec::with_capacity(path.len() + 1 + name.len());
-            child.extend_from_slice(&path);
-            if child.last() != Some(&b'/') {
-                child.push(b'/');
-            }
-            child.extend_from_slice(name);
-            if child.len() > MAX_PATH {
-                return Err(GuestError::Damaged(format!(
-                    "a path longer than {MAX_PATH} bytes (a directory cycle?)"
-                )));
-            }
-            let child: Arc<[u8]> = Arc::from(child);
             if attr.ino == 0 {
+                // Numbered by path, once: the number stays the file's for the Guest's life.
+                let child = child_path(&path, name)?;
                 let next = SYNTHETIC_ROOT + 1 + names.assigned.len() as u64;
-                attr.ino = *names.assigned.entry(child.clone()).or_insert(next);
+                attr.ino = *names.assigned.entry(child).or_insert(next);
+            } else if path.len() + 1 + name.len() > MAX_PATH {
+                child_path(&path, name)?;
             }
-            // A hard link keeps the path it was first seen at: both name the same data.
-            names.known.entry(attr.ino).or_insert(Known {
-                path: child,
-                parent: ino,
-                attr: *attr,
-            });
             by_name.insert(name.clone(), i);
         }
         drop(names);
@@ -203,12 +231,39 @@ impl Guest {
         Ok(listing)
     }
 
-    /// Entry `name` of directory `dir`.
+    /// Entry `name` of directory `dir`; the file is known from now until it is forgotten.
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<GuestAttr, GuestError> {
-        self.list(dir)?
+        let attr = self
+            .list(dir)?
             .get(name)
             .copied()
-            .ok_or(GuestError::NotFound)
+            .ok_or(GuestError::NotFound)?;
+        let path = self.known(dir, |k| k.path.clone())?;
+        let mut names = self.names.lock();
+        if let std::collections::hash_map::Entry::Vacant(slot) = names.known.entry(attr.ino) {
+            // A hard link keeps the path it was looked up at: both name the same data.
+            slot.insert(Known {
+                path: child_path(&path, name)?,
+                parent: dir,
+                attr,
+            });
+        }
+        Ok(attr)
+    }
+
+    /// Forgets file `ino` (its caller holds it no more): its path and placement go until a
+    /// lookup finds it again. The root stays known.
+    pub fn forget(&self, ino: u64) {
+        if self.root.lock().is_some_and(|r| r.ino == ino) {
+            return;
+        }
+        self.names.lock().known.remove(&ino);
+        self.stretches.lock().pop(&ino);
+    }
+
+    /// How many files are known now (the root included, once loaded).
+    pub fn known_files(&self) -> usize {
+        self.names.lock().known.len()
     }
 
     /// The target of symlink `ino`, as stored (never followed).
