@@ -14,6 +14,9 @@
 //! `testing`, compiled only with the `testing` feature: the tests and the fuzz crate enable it,
 //! a release build holds none of it.
 
+// Product code states why it cannot fail where it insists it cannot (see STYLE).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod engine;
 pub mod fuse;
 pub mod inspect;

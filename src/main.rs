@@ -1,5 +1,8 @@
 //! The `rpfs` binary: logging setup, then the command line.
 
+// Product code states why it cannot fail where it insists it cannot (see STYLE).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 
 use clap::Parser;
@@ -7,9 +10,11 @@ use clap::Parser;
 fn main() {
     use std::io::IsTerminal;
     // fuser warns when it unmounts a mount that was already unmounted from outside: noise.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RPFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
-        .add_directive("fuser::mnt=error".parse().expect("a valid directive"));
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RPFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if let Ok(quiet) = "fuser::mnt=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

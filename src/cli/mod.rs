@@ -441,15 +441,16 @@ fn collection(engine: &Engine, cmd: CollectionCommand) -> Result<(), Failure> {
     }
 }
 
-/// The schedule change `collection set` asks for, checked: None when it asks none; else the
-/// interval (None: off) and the policy.
-#[allow(clippy::type_complexity)]
+/// A schedule as `collection set` sets it: the interval (None: off) and the policy.
+type Schedule = (Option<std::time::Duration>, Option<RetentionPolicy>);
+
+/// The schedule change `collection set` asks for, checked: None when it asks none.
 fn schedule_change(
     engine: &Engine,
     name: &str,
     schedule: Option<&str>,
     retain: Option<&str>,
-) -> Result<Option<(Option<std::time::Duration>, Option<RetentionPolicy>)>, Failure> {
+) -> Result<Option<Schedule>, Failure> {
     if schedule.is_none() && retain.is_none() {
         return Ok(None);
     }

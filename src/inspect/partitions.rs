@@ -7,6 +7,8 @@
 //! 1), MBR primaries 1–4 and logical partitions from 5. An extended partition itself is not
 //! listed. A disk with neither table has no partitions.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::io::{self, Read, Seek, SeekFrom};
 
 use super::image::Image;
@@ -34,21 +36,20 @@ impl<I: Image> Read for Reader<'_, I> {
             .image
             .read_at(self.pos, buf)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        self.pos += n as u64;
+        self.pos = self.pos.saturating_add(n as u64);
         Ok(n)
     }
 }
 
 impl<I: Image> Seek for Reader<'_, I> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let size = self.image.size() as i128;
         let pos = match to {
-            SeekFrom::Start(p) => i128::from(p),
-            SeekFrom::End(d) => size + i128::from(d),
-            SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.image.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = u64::try_from(pos)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.pos = pos
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek outside the disk"))?;
         Ok(self.pos)
     }
 }
@@ -68,7 +69,8 @@ pub fn read<I: Image>(image: &I) -> Vec<Partition> {
                 .filter(|(_, e)| e.is_used() && e.ending_lba >= e.starting_lba)
                 .filter_map(|(n, e)| {
                     let start = e.starting_lba.checked_mul(ss)?;
-                    let len = (e.ending_lba - e.starting_lba + 1).checked_mul(ss)?;
+                    let sectors = e.ending_lba.checked_sub(e.starting_lba)?.checked_add(1)?;
+                    let len = sectors.checked_mul(ss)?;
                     inside(n, start, len)
                 })
                 .collect()

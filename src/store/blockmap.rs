@@ -15,6 +15,9 @@
 //! the body decompresses to exactly the size the header implies, into a buffer of that size; every
 //! entry names a listed pack. Maps are written once and never changed.
 
+#![warn(clippy::arithmetic_side_effects)]
+
+use super::le;
 use super::{Corrupt, CorruptKind};
 use std::io;
 use uuid::Uuid;
@@ -51,7 +54,7 @@ impl BlockMap {
         if e == 0 {
             None
         } else {
-            self.packs.get(e as usize - 1).copied()
+            self.packs.get((e as usize).checked_sub(1)?).copied()
         }
     }
 
@@ -62,7 +65,8 @@ impl BlockMap {
 
     /// Serialises the map; fails only if compression does.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
-        let mut raw = Vec::with_capacity(self.packs.len() * 16 + self.entries.len() * 4);
+        let ids = self.packs.len().saturating_mul(16);
+        let mut raw = Vec::with_capacity(ids.saturating_add(self.entries.len().saturating_mul(4)));
         for p in &self.packs {
             raw.extend_from_slice(p.as_bytes());
         }
@@ -99,14 +103,8 @@ impl BlockMap {
                 format!("map is {} bytes, shorter than its header", bytes.len()),
             ));
         }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u32_at = |at: usize| le::u32_at(bytes, at);
+        let u64_at = |at: usize| le::u64_at(bytes, at);
         if crc32c::crc32c(&bytes[..60]) != u32_at(60) {
             return Err(corrupt(
                 HeaderChecksum,
@@ -157,7 +155,19 @@ impl BlockMap {
             return Err(corrupt(BodyChecksum, "map body checksum mismatch".into()));
         }
         // Bounded by MAX_BLOCKS above: at most 16 + 4 bytes per block.
-        let raw_len = (pack_count * 16 + blocks * 4) as usize;
+        let sizes = usize::try_from(pack_count)
+            .ok()
+            .and_then(|p| p.checked_mul(16))
+            .and_then(|ids| {
+                let entries = usize::try_from(blocks).ok()?.checked_mul(4)?;
+                Some((ids, ids.checked_add(entries)?))
+            });
+        let Some((ids_len, raw_len)) = sizes else {
+            return Err(corrupt(
+                Bounds,
+                format!("{pack_count} packs and {blocks} blocks do not fit in memory"),
+            ));
+        };
         let mut raw = vec![0u8; raw_len];
         let n = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(body, &mut raw[..]))
@@ -168,7 +178,7 @@ impl BlockMap {
                 format!("map body holds {n} bytes, expected {raw_len}"),
             ));
         }
-        let (ids, ents) = raw.split_at(pack_count as usize * 16);
+        let (ids, ents) = raw.split_at(ids_len);
         let packs: Vec<Uuid> = ids
             .chunks_exact(16)
             .map(|c| Uuid::from_slice(c).unwrap_or_default())

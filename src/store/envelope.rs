@@ -11,6 +11,8 @@
 //! length before anything else is trusted; bodies are capped at [`MAX_BODY`]; a file of the wrong
 //! kind is rejected, so a point record can never be read as a VM record.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use super::{Corrupt, CorruptKind};
 
 /// Format version of envelopes written by this build.
@@ -29,7 +31,7 @@ pub fn seal(kind: &str, body: &[u8]) -> Vec<u8> {
         body.len(),
         crc32c::crc32c(body)
     );
-    let mut out = Vec::with_capacity(header.len() + body.len());
+    let mut out = Vec::with_capacity(header.len().saturating_add(body.len()));
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(body);
     out
@@ -44,7 +46,8 @@ pub fn open<'a>(file: &str, kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], Cor
         .take(MAX_HEADER)
         .position(|&b| b == b'\n')
         .ok_or_else(|| corrupt(Header, "no envelope header line".into()))?;
-    let header = std::str::from_utf8(&bytes[..end])
+    let (header, rest) = bytes.split_at(end);
+    let header = std::str::from_utf8(header)
         .map_err(|_| corrupt(Header, "envelope header is not ASCII".into()))?;
     let fields: Vec<&str> = header.split(' ').collect();
     let [magic, found_kind, version, len, crc] = fields[..] else {
@@ -73,7 +76,8 @@ pub fn open<'a>(file: &str, kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], Cor
         .map_err(|_| corrupt(Header, format!("bad body length {len:?}")))?;
     let crc = u32::from_str_radix(crc, 16)
         .map_err(|_| corrupt(Header, format!("bad checksum {crc:?}")))?;
-    let body = &bytes[end + 1..];
+    // `rest` starts with the newline found above.
+    let body = &rest[1..];
     if len > MAX_BODY {
         return Err(corrupt(
             TooLarge,

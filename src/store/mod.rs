@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod fileops;
 pub mod format;
 pub mod layout;
+mod le;
 pub mod local;
 pub mod pack;
 pub mod records;

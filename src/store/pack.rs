@@ -19,9 +19,12 @@
 //! `(pack id, block number)` names the same content for the store's lifetime. [`PackIndex::load`]
 //! checks every length and offset against the file length before trusting it.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::io::{self, Write};
 
 use super::block::{self, Codec, DecodeError};
+use super::le;
 use super::storage::{Object, ObjectWriter};
 use super::{Corrupt, CorruptKind};
 use uuid::Uuid;
@@ -123,7 +126,11 @@ impl PackWriter {
         let stored_len = u32::try_from(stored.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "stored block too large"))?;
         self.out.write_all(stored)?;
-        if self.pos / WRITEBACK_EVERY != (self.pos + stored.len() as u64) / WRITEBACK_EVERY {
+        let end = self
+            .pos
+            .checked_add(stored.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pack over 2^64 bytes"))?;
+        if self.pos / WRITEBACK_EVERY != end / WRITEBACK_EVERY {
             self.out.start_writeback()?;
         }
         self.entries.push(PackEntry {
@@ -133,7 +140,7 @@ impl PackWriter {
             codec,
             hash,
         });
-        self.pos += stored.len() as u64;
+        self.pos = end;
         Ok(())
     }
 
@@ -149,7 +156,7 @@ impl PackWriter {
 
     /// Writes the table and trailer and publishes the pack. Returns its size in bytes.
     pub fn finish(mut self) -> io::Result<u64> {
-        let mut table = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        let mut table = Vec::with_capacity(self.entries.len().saturating_mul(ENTRY_LEN));
         for e in &self.entries {
             table.extend_from_slice(&e.block.to_le_bytes());
             table.extend_from_slice(&e.offset.to_le_bytes());
@@ -180,25 +187,6 @@ pub struct PackIndex {
     pub data_end: u64,
 }
 
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-fn le_u128(b: &[u8], at: usize) -> u128 {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    u128::from_le_bytes(a)
-}
-
 impl PackIndex {
     /// Reads and validates the header, trailer and table of `obj` (named `file` in errors).
     pub fn load(
@@ -220,7 +208,7 @@ impl PackIndex {
         }
         let mut h = [0u8; HEADER_LEN];
         obj.read_exact_at(&mut h, 0).map_err(PackError::Io)?;
-        if crc32c::crc32c(&h[..60]) != le_u32(&h, 60) {
+        if crc32c::crc32c(&h[..60]) != le::u32_at(&h, 60) {
             return Err(corrupt(
                 HeaderChecksum,
                 "pack header checksum mismatch".into(),
@@ -229,14 +217,14 @@ impl PackIndex {
         if &h[0..8] != HEADER_MAGIC {
             return Err(corrupt(Magic, "bad pack magic".into()));
         }
-        let version = le_u16(&h, 8);
+        let version = le::u16_at(&h, 8);
         if !(1..=VERSION).contains(&version) {
             return Err(corrupt(
                 Version,
                 format!("unsupported pack version {version}"),
             ));
         }
-        let block_size = le_u32(&h, 12);
+        let block_size = le::u32_at(&h, 12);
         if block_size != expect_block_size {
             return Err(corrupt(
                 BlockSize,
@@ -251,9 +239,11 @@ impl PackIndex {
             ));
         }
         let mut t = [0u8; TRAILER_LEN];
-        obj.read_exact_at(&mut t, len - TRAILER_LEN as u64)
+        // `len` holds at least a header and a trailer (checked above).
+        let trailer_at = len.saturating_sub(TRAILER_LEN as u64);
+        obj.read_exact_at(&mut t, trailer_at)
             .map_err(PackError::Io)?;
-        if crc32c::crc32c(&t[..28]) != le_u32(&t, 28) {
+        if crc32c::crc32c(&t[..28]) != le::u32_at(&t, 28) {
             return Err(corrupt(
                 TrailerChecksum,
                 "pack trailer checksum mismatch".into(),
@@ -262,8 +252,8 @@ impl PackIndex {
         if &t[0..8] != TRAILER_MAGIC {
             return Err(corrupt(Magic, "bad pack trailer magic".into()));
         }
-        let table_offset = le_u64(&t, 8);
-        let count = le_u64(&t, 16);
+        let table_offset = le::u64_at(&t, 8);
+        let count = le::u64_at(&t, 16);
         let table_len = count
             .checked_mul(ENTRY_LEN as u64)
             .ok_or_else(|| corrupt(Bounds, format!("absurd entry count {count}")))?;
@@ -283,7 +273,7 @@ impl PackIndex {
         let mut table = vec![0u8; table_len];
         obj.read_exact_at(&mut table, table_offset)
             .map_err(PackError::Io)?;
-        if crc32c::crc32c(&table) != le_u32(&t, 24) {
+        if crc32c::crc32c(&table) != le::u32_at(&t, 24) {
             return Err(corrupt(
                 TableChecksum,
                 "pack table checksum mismatch".into(),
@@ -291,7 +281,7 @@ impl PackIndex {
         }
         let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
         for (i, e) in table.chunks_exact(ENTRY_LEN).enumerate() {
-            let flags = le_u32(e, 20);
+            let flags = le::u32_at(e, 20);
             let Some(codec) = codec_of(flags, version) else {
                 return Err(corrupt(
                     Entry,
@@ -302,11 +292,11 @@ impl PackIndex {
                 ));
             };
             let entry = PackEntry {
-                block: le_u64(e, 0),
-                offset: le_u64(e, 8),
-                stored_len: le_u32(e, 16),
+                block: le::u64_at(e, 0),
+                offset: le::u64_at(e, 8),
+                stored_len: le::u32_at(e, 16),
                 codec,
-                hash: le_u128(e, 24),
+                hash: le::u128_at(e, 24),
             };
             let in_bounds = entry.offset >= HEADER_LEN as u64
                 && entry
@@ -320,7 +310,10 @@ impl PackIndex {
             };
             // Written in block order, back to back: no block twice, no bytes shared.
             let ordered = entries.last().is_none_or(|p: &PackEntry| {
-                p.block < entry.block && p.offset + u64::from(p.stored_len) <= entry.offset
+                p.block < entry.block
+                    && p.offset
+                        .checked_add(u64::from(p.stored_len))
+                        .is_some_and(|end| end <= entry.offset)
             });
             if !in_bounds || !len_ok || !ordered {
                 return Err(corrupt(
@@ -464,12 +457,12 @@ mod tests {
         let len = bytes.len();
         let t = len - TRAILER_LEN;
         let (table_at, count) = (
-            le_u64(bytes, t + 8) as usize,
-            le_u64(bytes, t + 16) as usize,
+            le::u64_at(bytes, t + 8) as usize,
+            le::u64_at(bytes, t + 16) as usize,
         );
         for i in 0..count {
             let at = table_at + i * ENTRY_LEN + 20;
-            let f = flags(le_u32(bytes, at));
+            let f = flags(le::u32_at(bytes, at));
             bytes[at..at + 4].copy_from_slice(&f.to_le_bytes());
         }
         let crc = crc32c::crc32c(&bytes[table_at..t]);
@@ -547,7 +540,7 @@ mod tests {
         let crc = crc32c::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         let t = b.len() - TRAILER_LEN;
-        let table_at = (le_u64(&b, t + 8) as usize).min(t);
+        let table_at = (le::u64_at(&b, t + 8) as usize).min(t);
         let crc = crc32c::crc32c(&b[table_at..t]);
         b[t + 24..t + 28].copy_from_slice(&crc.to_le_bytes());
         let crc = crc32c::crc32c(&b[t..t + 28]);

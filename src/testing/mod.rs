@@ -6,6 +6,11 @@
 //!
 //! Invariant: nothing outside this module names anything inside it.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test harnesses stop loudly on a broken fixture"
+)]
+
 pub mod crashsim;
 pub mod fault;
 pub mod fuzzing;

@@ -12,6 +12,8 @@
 //! - Listings are cached up to [`CACHED_ENTRIES`] entries in all, least recently used first out.
 //! - File data is read on the caller's thread, from where the parser says it lies.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -78,14 +80,16 @@ struct Listings {
 
 impl Listings {
     fn put(&mut self, dir: u64, listing: Arc<Listing>) {
-        self.entries += listing.entries.len();
+        self.entries = self.entries.saturating_add(listing.entries.len());
         if let Some(old) = self.lru.put(dir, listing) {
-            self.entries -= old.entries.len();
+            self.entries = self.entries.saturating_sub(old.entries.len());
         }
         // The newest stays, however large: it is about to be used.
         while self.entries > CACHED_ENTRIES && self.lru.len() > 1 {
             match self.lru.pop_lru() {
-                Some((_, evicted)) => self.entries -= evicted.entries.len(),
+                Some((_, evicted)) => {
+                    self.entries = self.entries.saturating_sub(evicted.entries.len());
+                }
                 None => break,
             }
         }
@@ -105,7 +109,7 @@ pub struct Guest {
 
 /// `dir`'s path joined with `name`, bounded by [`MAX_PATH`].
 fn child_path(dir: &[u8], name: &[u8]) -> Result<Arc<[u8]>, GuestError> {
-    let mut child = Vec::with_capacity(dir.len() + 1 + name.len());
+    let mut child = Vec::with_capacity(dir.len().saturating_add(name.len()).saturating_add(1));
     child.extend_from_slice(dir);
     if child.last() != Some(&b'/') {
         child.push(b'/');
@@ -218,9 +222,9 @@ impl Guest {
             if attr.ino == 0 {
                 // Numbered by path, once: the number stays the file's for the Guest's life.
                 let child = child_path(&path, name)?;
-                let next = SYNTHETIC_ROOT + 1 + names.assigned.len() as u64;
+                let next = (names.assigned.len() as u64).saturating_add(SYNTHETIC_ROOT + 1);
                 attr.ino = *names.assigned.entry(child).or_insert(next);
-            } else if path.len() + 1 + name.len() > MAX_PATH {
+            } else if path.len().saturating_add(name.len()) >= MAX_PATH {
                 child_path(&path, name)?;
             }
             by_name.insert(name.clone(), i);
@@ -285,14 +289,16 @@ impl Guest {
         len: usize,
         size: u64,
     ) -> Result<Option<Arc<Stretch>>, GuestError> {
-        let end = offset + len as u64;
+        // `offset + len` is within the file (the caller cut `len` to its size), and a cached
+        // stretch lies within it too: nothing here can saturate.
+        let end = offset.saturating_add(len as u64);
         if let Some(s) = self.stretches.lock().get(&ino)
             && s.start <= offset
-            && end <= s.start + s.len
+            && end <= s.start.saturating_add(s.len)
         {
             return Ok(Some(s.clone()));
         }
-        let want = (len as u64).max(STRETCH).min(size - offset);
+        let want = (len as u64).max(STRETCH).min(size.saturating_sub(offset));
         let path = path.clone();
         let Some(mut pieces) = self.worker.call(move |b| {
             b.map(
@@ -310,17 +316,22 @@ impl Guest {
             // Keep what the request needs, and no more than the cap beyond it.
             let needed = pieces.partition_point(|p| p.at < len);
             pieces.truncate(needed.max(MAX_PIECES));
-            want = pieces.last().map_or(0, |p| (p.at + p.len) as u64);
+            want = pieces
+                .last()
+                .map_or(0, |p| p.at.saturating_add(p.len) as u64);
         }
+        // The pieces must cover the stretch back to back, which bounds every `at + len` below
+        // by the stretch's length.
         let mut covered = 0u64;
         for p in &pieces {
-            if p.at as u64 != covered {
+            let next = covered.checked_add(p.len as u64);
+            let (true, Some(next)) = (p.at as u64 == covered, next) else {
                 return Err(GuestError::Damaged(format!(
                     "the file's blocks leave a gap at {}",
-                    offset + covered
+                    offset.saturating_add(covered)
                 )));
-            }
-            covered += p.len as u64;
+            };
+            covered = next;
         }
         if covered != want {
             return Err(GuestError::Damaged(format!(
@@ -344,16 +355,26 @@ impl Guest {
         len: usize,
     ) -> Result<Vec<u8>, GuestError> {
         let mut buf = vec![0u8; len];
-        let rel = (offset - stretch.start) as usize;
-        let first = stretch.pieces.partition_point(|p| p.at + p.len <= rel);
+        // The stretch holds `offset..offset + len` (the caller chose it so) and its pieces
+        // cover it back to back: these sums stay within its length.
+        let rel = usize::try_from(offset.saturating_sub(stretch.start)).unwrap_or(usize::MAX);
+        let stop = rel.saturating_add(len);
+        let first = stretch
+            .pieces
+            .partition_point(|p| p.at.saturating_add(p.len) <= rel);
         for p in &stretch.pieces[first..] {
-            if p.at >= rel + len {
+            if p.at >= stop {
                 break;
             }
-            let (s, e) = (p.at.max(rel), (p.at + p.len).min(rel + len));
+            let (s, e) = (p.at.max(rel), p.at.saturating_add(p.len).min(stop));
             if let Some(at) = p.source {
+                let from = at
+                    .checked_add(s.saturating_sub(p.at) as u64)
+                    .ok_or_else(|| {
+                        GuestError::Damaged("file data placed past the end of the disk".into())
+                    })?;
                 self.source
-                    .read_exact_at(at + (s - p.at) as u64, &mut buf[s - rel..e - rel])
+                    .read_exact_at(from, &mut buf[s.saturating_sub(rel)..e.saturating_sub(rel)])
                     .map_err(|e| GuestError::Damaged(format!("reading file data: {e}")))?;
             }
         }
@@ -382,7 +403,7 @@ impl Guest {
                 // The inode says the file is longer than its data: never pad with zeros.
                 return Err(GuestError::Damaged(format!(
                     "the file ends at {} of {} bytes",
-                    offset + n as u64,
+                    offset.saturating_add(n as u64),
                     attr.size
                 )));
             }
