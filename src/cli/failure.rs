@@ -1,5 +1,8 @@
 //! How a command fails: the documented exit codes, and the one mapping from engine errors to
 //! them.
+//!
+//! Invariants: every engine error kind maps to exactly one exit code (an exhaustive match, no
+//! wildcard), and the codes are the ones the README documents.
 
 use rpfs::engine::{Error, ErrorKind};
 

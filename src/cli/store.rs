@@ -1,4 +1,8 @@
 //! Finding and opening the store a command works on.
+//!
+//! Invariants: a command never creates a store by accident (only `rpfs init` does); a missing
+//! store is "not found" with the command that makes one; the CLI opens stores without a block
+//! cache (each block is read once per command), the mount with one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,8 @@
 //! Where the engine reads the time: the system clock, or a test's.
+//!
+//! Invariants: everything the engine decides by the time (creation times, schedules, the
+//! minimum interval) reads the engine's [`Clock`], so a test can move it; records keep times in
+//! RFC 3339 (UTC).
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -3,7 +3,7 @@
 //! Every block map is complete, so no point depends on another point's map; points share only
 //! stored blocks. Deleting a point publishes the operation marker, removes the point's record
 //! (the commit), then ends the operation, which collects what no remaining point references
-//! ([`super::gc`]).
+//! (`super::gc`).
 //!
 //! Invariants: a deletion runs under the VM's lock, on a point record re-read under it; once the
 //! record is removed the deletion has happened, and a failure after that only delays freeing

@@ -12,7 +12,7 @@
 //!
 //! Crash safety: an operation on a VM first publishes `pending.json`; a point becomes visible
 //! only when its record is published, after everything it references is durable; whoever next
-//! opens the store and can take the VM's lock finishes the cleanup ([`recovery`]).
+//! opens the store and can take the VM's lock finishes the cleanup (`recovery`).
 
 pub mod cache;
 pub mod catalog;
@@ -43,7 +43,6 @@ pub use cache::BlockCache;
 pub use catalog::Catalog;
 pub use clock::{Clock, now_rfc3339};
 pub use error::{Damage, Error, ErrorKind, Result};
-pub use gc::GcStats;
 pub use policy::MAX_POINTS_PER_VM;
 pub use read::DiskImage;
 

@@ -10,7 +10,7 @@
 //!
 //! Invariants: a read never returns bytes whose hash does not match the stored hash; a damaged
 //! block fails only the reads that touch it; holes read as zeros without touching storage. Pack
-//! handles are shared between images through the registry of open packs ([`super::packs`]).
+//! handles are shared between images through the registry of open packs (`super::packs`).
 //!
 //! Arithmetic here is on the geometry `BlockMap::decode` validated (at most 2^28 blocks of at
 //! most 4 MiB, so offsets stay under 2^50) and on request offsets cut to the disk's size first,

@@ -1,5 +1,8 @@
 //! The one interface this layer reads disk images through, and its implementation by the
 //! engine's disk restore points.
+//!
+//! Invariants: a read is short only at the end of the image; `next_data`/`next_hole` follow the
+//! image's own holes, which read as zeros; an image never changes while it is read.
 
 use crate::engine::{DiskImage, Error};
 

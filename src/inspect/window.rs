@@ -132,7 +132,9 @@ mod tests {
             self.0.len() as u64
         }
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error> {
-            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(self.0.len());
             let n = buf.len().min(self.0.len() - from);
             buf[..n].copy_from_slice(&self.0[from..from + n]);
             Ok(n)
@@ -170,7 +172,11 @@ mod tests {
         let mut buf = vec![0u8; 100];
         assert_eq!(w.read_at(0, &mut buf).expect("read"), 100);
         assert_eq!(buf[0], (2048 % 251) as u8 + 1);
-        assert_eq!(w.read_at(8150, &mut buf).expect("read"), 42, "short at the end");
+        assert_eq!(
+            w.read_at(8150, &mut buf).expect("read"),
+            42,
+            "short at the end"
+        );
         for far in [8192, 1 << 40, u64::MAX - 1, u64::MAX] {
             assert_eq!(w.read_at(far, &mut buf).expect("read"), 0, "offset {far}");
             assert_eq!(w.next_data(far), None);

@@ -1,6 +1,9 @@
 //! The store as a whole: its format name and version (in `rpfs.store`), and the block sizes a
 //! store may use. Each file format keeps its own version beside its layout (`pack.rs`,
 //! `blockmap.rs`, `envelope.rs`).
+//!
+//! Invariants: a store's block size never changes after `init`; a build opens only the store
+//! format version it writes, and refuses any other by its version rather than misread it.
 
 /// The format name in every store header.
 pub const FORMAT: &str = "rpfs";

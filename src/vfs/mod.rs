@@ -2,10 +2,10 @@
 //! attributes; listings; `mkdir` creating points and `rmdir` deleting them. Knows nothing of
 //! FUSE (the adapter in `fuse/` translates), so every behaviour is testable without a kernel.
 //!
-//! Rooms: the state lives in [`snapshot`] (the catalog), [`inodes`] (numbers and the kernel's
-//! lookups), [`handles`] (open files) and [`media`] (images, partitions, guest filesystems);
-//! the operations on it in [`attrs`], [`tree`] (names and listings), [`guests`] (the subtree
-//! under `files/`), [`files`] (open, read, seek) and [`changes`] (`mkdir`, `rmdir`).
+//! Rooms: the state lives in `snapshot` (the catalog), `inodes` (numbers and the kernel's
+//! lookups), `handles` (open files) and `media` (images, partitions, guest filesystems);
+//! the operations on it in `attrs`, `tree` (names and listings), `guests` (the subtree
+//! under `files/`), `files` (open, read, seek) and `changes` (`mkdir`, `rmdir`).
 //!
 //! Invariants:
 //! - The tree is read-only except for `mkdir` (a new point directly inside a collection) and,

@@ -4,7 +4,7 @@
 //!
 //! Invariants:
 //! - The guest's bytes are untrusted. A parser sees only its window, runs on its own thread
-//!   ([`worker`]), and its errors and panics become [`GuestError`]s of this filesystem alone.
+//!   (`worker`), and its errors and panics become [`GuestError`]s of this filesystem alone.
 //!   Listings, link targets and paths are bounded ([`MAX_DIR_ENTRIES`], [`MAX_LINK`],
 //!   [`MAX_PATH`]), so a cycle in damaged metadata ends in an error, not a loop.
 //! - Symlinks are returned as their targets and never followed here.
