@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes the seed corpora under fuzz/corpus from a small real store (run from the repo root
-# after `cargo build`). The fuzzers and tests/fuzz_replay.rs grow and replay them.
+# after `cargo build`). The fuzzers and tests/it/fuzz_replay.rs grow and replay them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rpfs=target/debug/rpfs

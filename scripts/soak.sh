@@ -10,5 +10,7 @@ source scripts/deps.sh
 rpfs_install_deps
 export RPFS_CRASH_STATES="${RPFS_CRASH_STATES:-200}" RPFS_KILLS="${RPFS_KILLS:-50}"
 echo "soak: $RPFS_CRASH_STATES simulated crash states per case, $RPFS_KILLS kills per test" >&2
-cargo test --release --test crashsim --test crash --test faults -- --nocapture --test-threads 2 2>&1 |
+# The integration tests are one binary (tests/it); these filters select its modules crashsim,
+# crash and faults (libtest matches substrings of the full names, e.g. crash::killed_...).
+cargo test --release --test it -- crashsim:: crash:: faults:: --nocapture --test-threads 2 2>&1 |
   grep -E "states|caught|kills|killed|committed|faults|^test |test result"

@@ -121,6 +121,11 @@ impl<I: Image> Window<I> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::arithmetic_side_effects,
+        reason = "tests compute offsets into the small files they build"
+    )]
+
     use super::*;
 
     /// An image in memory with one hole: bytes 4096..8192 are zeros and read as a hole.

@@ -394,6 +394,11 @@ pub enum BlockReadError {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::arithmetic_side_effects,
+        reason = "tests compute offsets into the small files they build"
+    )]
+
     use super::*;
     use crate::store::LocalStorage;
     use crate::store::storage::Storage;

@@ -1,6 +1,6 @@
 //! Fuzz targets: the parsers of everything read back from a store, the name validator,
 //! sequences of file system operations on the vfs core, and guest filesystems (ext4, FAT). `fuzz/` drives them with cargo-fuzz;
-//! `tests/fuzz_replay.rs` replays the kept corpora and crashes, and random inputs, on stable.
+//! `tests/it/fuzz_replay.rs` replays the kept corpora and crashes, and random inputs, on stable.
 //!
 //! Invariant each target asserts: any input gives a value or a typed error, never a panic,
 //! and never an allocation beyond the bounds the format sets.

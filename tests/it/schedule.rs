@@ -4,21 +4,23 @@
 //! does; bad schedules and policies change nothing; a busy VM is retried at the next tick;
 //! missed runs give one catch-up point; the mount daemon runs a 2-second schedule.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::mount::{MountGuard, fuse_or_skip};
-use common::*;
 use rpfs::engine::schedule::{parse_policy, point_name};
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Clock, Engine, OpenOptions};
 use rpfs::store::LocalStorage;
 use rpfs::store::records::RetentionPolicy;
+
+use crate::common::cli::{assert_mentions, expect_exit, point_names};
+use crate::common::images::{KIB, random_image};
+use crate::common::mount::{MountGuard, fuse_or_skip, names_in};
+use crate::common::store::{TestStore, assert_unchanged, create, read_image};
+use crate::common::sys::{env_count, rng, seed, wait_until};
 
 const HOUR: u64 = 3600;
 /// 2025-03-01T00:00:00Z, a Saturday: the simulation crosses month, year and ISO-week borders.

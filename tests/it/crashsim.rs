@@ -7,13 +7,10 @@
 //! `RPFS_CRASH_STATES` sets the number of states per case (default 20; `scripts/soak.sh` runs
 //! 200).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rpfs::engine::progress::Silent;
@@ -23,6 +20,11 @@ use rpfs::store::blockmap::BlockMap;
 use rpfs::store::layout;
 use rpfs::store::layout::TEMP_SUFFIX;
 use rpfs::testing::crashsim::{self, Event, Sabotage, Trace};
+
+use crate::common::store::{
+    Expected, Golden, all_points, create, golden, open, point_matches, snapshot,
+};
+use crate::common::sys::{env_count, seed};
 
 fn states() -> usize {
     env_count("RPFS_CRASH_STATES", 20)

@@ -2,18 +2,19 @@
 //! records. `check --read-data` must report each with the point, disk and block affected; reads of
 //! the damaged data fail; everything else reads correctly.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
 use rpfs::engine::{Engine, ErrorKind};
 use rpfs::store::LocalStorage;
 use rpfs::store::pack::PackIndex;
 use rpfs::store::records::PointRecord;
 use rpfs::store::storage::Storage;
+
+use crate::common::images::{KIB, write_sparse};
+use crate::common::store::{Expected, TestStore, golden, open, read_image, snapshot};
+use crate::common::sys::{env_count, rng, seed};
 
 const BS: u64 = 64 * KIB;
 

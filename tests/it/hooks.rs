@@ -2,20 +2,22 @@
 //! running when capture fails, failing and timed-out pre-scripts committing nothing, the
 //! configuration stored verbatim per point, and the short freeze of reflink clones on XFS.
 
-mod common;
-
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use rand::RngCore;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::vms::VmSpec;
 use rpfs::store::records::ConsistencyMode;
 use serde_json::Value;
+
+use crate::common::cli::{assert_mentions, expect_exit};
+use crate::common::guards::Mounted;
+use crate::common::images::{KIB, MIB, random_image};
+use crate::common::store::{TestStore, assert_unchanged, read_image};
+use crate::common::sys::{require_tool, rng, root_or_skip, seed, sh};
 
 /// `rpfs vm add NAME --disk os=DISK EXTRA…` then `collection create COLL --vm NAME`.
 fn add_vm(ts: &TestStore, name: &str, disk: &Path, coll: &str, extra: &[&str]) {
@@ -383,21 +385,6 @@ fn application_or_filesystem_consistency_without_a_pre_script_is_refused() {
     assert!(out.contains("CrashConsistent"), "{out}");
 }
 
-/// A loop-mounted filesystem image, unmounted on drop (also when the test panics).
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn reflink_clones_keep_the_freeze_short() {
     if !root_or_skip("reflink_clones_keep_the_freeze_short") {
@@ -414,12 +401,10 @@ fn reflink_clones_keep_the_freeze_short() {
         "mkfs.xfs -q -m reflink=1 '{}'",
         fs_image.display()
     ));
-    sh(&format!(
-        "mount -o loop '{}' '{}'",
-        fs_image.display(),
-        mnt.display()
-    ));
-    let _mount = Mount(mnt.clone());
+    let _mount = Mounted::run(
+        &mnt,
+        &format!("mount -o loop '{}' '{}'", fs_image.display(), mnt.display()),
+    );
 
     let src_dir = mnt.join("vms");
     fs::create_dir(&src_dir).expect("source dir");

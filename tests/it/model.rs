@@ -3,17 +3,17 @@
 //! reopens, checked after every step against a model that keeps a flat copy of every disk of
 //! every point.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use common::*;
 use proptest::prelude::*;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::{Engine, ErrorKind};
+
+use crate::common::images::write_sparse;
+use crate::common::store::{TestStore, read_image};
 
 const BS: u64 = 4096;
 const DISKS: [&str; 2] = ["os", "data"];

@@ -3,12 +3,15 @@
 //! generations, a point per generation, every point read back through `read_at` and through
 //! `rpfs restore`, then deletes from the start, middle and end of the chain.
 
-mod common;
-
 use std::fs;
 
-use common::*;
 use rand::RngCore;
+
+use crate::common::images::{
+    KIB, MIB, change_blocks, ext4_image, file_tree, mixed_image, write_sparse,
+};
+use crate::common::store::{TestStore, read_image};
+use crate::common::sys::{require_tool, rng, seed, sh};
 
 #[test]
 fn six_generations_round_trip_then_delete_first_middle_last() {

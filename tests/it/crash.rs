@@ -6,18 +6,19 @@
 //!
 //! `RPFS_KILLS` sets the number of kills per test (default 24; `scripts/soak.sh` runs 50).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::{MountGuard, fuse_or_skip};
-use common::*;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rpfs::engine::Engine;
 use rpfs::engine::progress::Silent;
+
+use crate::common::images::{KIB, MIB, change_blocks, write_sparse};
+use crate::common::mount::{MountGuard, fuse_or_skip};
+use crate::common::store::{TestStore, create, read_image};
+use crate::common::sys::{env_count, rng, seed};
 
 fn kills() -> usize {
     env_count("RPFS_KILLS", 24)
@@ -198,7 +199,7 @@ fn killed_deletions_never_change_the_other_points() {
         // Keep the chain long enough, with new data in every point.
         change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
         let name = format!("n{i}");
-        common::create(&f.ts.reopen(), "c1", &name);
+        create(&f.ts.reopen(), "c1", &name);
         f.committed.insert(name, hash(&f.content));
         let names: Vec<String> = f.committed.keys().cloned().collect();
         // Alternate first, middle and last of the chain.
@@ -300,7 +301,7 @@ fn killed_collection_deletes_never_change_the_other_collections() {
         let mut doomed = Vec::new();
         for j in 0..3 {
             change_blocks(&disk, &mut f.content, 64 * KIB, 0.2, &mut rng);
-            common::create(&engine, &coll, &format!("x{j}"));
+            create(&engine, &coll, &format!("x{j}"));
             doomed.push((format!("x{j}"), hash(&f.content)));
         }
         drop(engine);

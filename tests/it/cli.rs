@@ -1,13 +1,15 @@
 //! The command line: exact exit codes and the substance of every refusal (what failed, why, what
 //! to do), stores left unchanged by refusals, and the Azure-shaped JSON outputs.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
 use serde_json::Value;
+
+use crate::common::cli::{assert_mentions, cli_json, expect_exit, point_names};
+use crate::common::images::{KIB, MIB, change_blocks, mixed_image, random_image};
+use crate::common::store::{TestStore, assert_unchanged, open, read_image, snapshot};
+use crate::common::sys::{rng, seed};
 
 /// The rpfs binary with no store configured.
 fn rpfs() -> assert_cmd::Command {

@@ -1,14 +1,19 @@
-//! Real mounts for tests: a guard that mounts a store in the foreground and unmounts it (and
-//! reaps the daemon) when dropped, even when the test fails.
+//! Real rpfs mounts for tests: whether FUSE mounts can run here, a guard that mounts a store in
+//! the foreground and unmounts it (and reaps the daemon) when dropped, even when the test fails,
+//! and what tests do with a mount (run a command as `nobody`, list a directory).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::guards::{KillOnDrop, Mounted};
+use super::sys::{is_root, require_tool};
+
 /// True when FUSE mounts can run here. Without them the test is skipped with a note, unless
 /// `RPFS_REQUIRE_FUSE=1` (set by CI), which makes it fail instead.
 pub fn fuse_or_skip(test: &str) -> bool {
-    let root = super::is_root();
+    let root = is_root();
     let fusermount = Command::new("sh")
         .arg("-c")
         .arg("command -v fusermount3")
@@ -29,16 +34,20 @@ pub fn fuse_or_skip(test: &str) -> bool {
 
 /// Whether `mountpoint` is currently an rpfs mount.
 pub fn is_mounted(mountpoint: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mp = mountpoint.to_string_lossy();
     info.lines()
         .any(|l| l.split(' ').nth(4) == Some(&*mp) && l.contains(" - fuse") && l.contains(" rpfs "))
 }
 
-/// A store mounted by `rpfs mount --foreground` in a child process.
+/// A store mounted by `rpfs mount --foreground` in a child process. Dropping it unmounts the
+/// store, gives the daemon 10 s to end by itself, then kills it and removes the mount point.
 pub struct MountGuard {
+    // Fields drop in this order: the mount, then the daemon, then the directory.
+    _mounted: Mounted,
     pub mountpoint: PathBuf,
-    pub child: Option<Child>,
+    /// The daemon, while the guard owns it: `m.child.take()` to wait for it in the test.
+    pub child: KillOnDrop,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +62,7 @@ impl MountGuard {
     pub fn wrapped(store: &Path, extra: &[&str], prelude: &str) -> MountGuard {
         let dir = tempfile::tempdir().expect("tempdir");
         let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        fs::create_dir(&mountpoint).expect("mkdir mountpoint");
         let mut script = format!("{prelude} exec \"$0\" mount \"$1\" --foreground");
         for (i, _) in extra.iter().enumerate() {
             script.push_str(&format!(" \"${}\"", i + 2));
@@ -74,8 +83,9 @@ impl MountGuard {
             .spawn()
             .expect("spawn rpfs mount");
         let mut guard = MountGuard {
+            _mounted: Mounted::adopt(&mountpoint),
             mountpoint,
-            child: Some(child),
+            child: KillOnDrop::with_grace(child, Duration::from_secs(10)),
             _dir: dir,
         };
         let start = Instant::now();
@@ -107,13 +117,13 @@ impl MountGuard {
 /// Runs `cmd` with `sh` as user and group `nobody` (65534, no supplementary groups) in the
 /// mount's root, after opening the temporary directories above it (they are private, 0700).
 pub fn as_nobody(m: &MountGuard, cmd: &str) -> std::process::Output {
-    super::require_tool("setpriv");
+    require_tool("setpriv");
     let mut dir = m.mountpoint.parent();
     while let Some(d) = dir {
         if d == Path::new("/") {
             break;
         }
-        let _ = std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         dir = d.parent();
     }
     Command::new("setpriv")
@@ -130,30 +140,13 @@ pub fn as_nobody(m: &MountGuard, cmd: &str) -> std::process::Output {
         .expect("setpriv")
 }
 
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if is_mounted(&self.mountpoint) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_rpfs"))
-                .arg("umount")
-                .arg(&self.mountpoint)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        if is_mounted(&self.mountpoint) {
-            // Still busy: detach it so the test cannot leave a mount behind.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The names in directory `dir` (of a mount, typically), sorted.
+#[track_caller]
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }

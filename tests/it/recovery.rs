@@ -1,22 +1,27 @@
 //! Recovery and cleanup under adverse conditions: a full store, a crash while the VM is frozen,
 //! a read-only store, a point deleted while it is read, and records that went missing.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rpfs::engine::ErrorKind;
 use rpfs::engine::vms::VmSpec;
 use rpfs::store::records::{PendingKind, PendingOp};
 use rpfs::store::{kind, layout, write_record};
 
+use crate::common::cli::{assert_mentions, expect_exit, point_names_at, rpfs_at};
+use crate::common::guards::{KillGroupOnDrop, LoopDevice, Mounted};
+use crate::common::images::{KIB, MIB, change_blocks, random_image};
+use crate::common::store::{TestStore, assert_unchanged, open, read_image, snapshot};
+use crate::common::sys::{require_tool, rng, root_or_skip, seed, sh, wait_until};
+
 /// A loop-mounted filesystem of its own, unmounted (and its image removed) on drop.
 struct SmallFs {
-    dir: tempfile::TempDir,
+    // Unmounted before the directory holding the image and the mount point is removed.
+    _mounted: Mounted,
+    _dir: tempfile::TempDir,
     mnt: PathBuf,
 }
 
@@ -32,12 +37,15 @@ impl SmallFs {
             img.display(),
             img.display()
         ));
-        sh(&format!(
-            "mount -o loop '{}' '{}'",
-            img.display(),
-            mnt.display()
-        ));
-        SmallFs { dir, mnt }
+        let mounted = Mounted::run(
+            &mnt,
+            &format!("mount -o loop '{}' '{}'", img.display(), mnt.display()),
+        );
+        SmallFs {
+            _mounted: mounted,
+            _dir: dir,
+            mnt,
+        }
     }
 
     fn free(&self) -> u64 {
@@ -46,13 +54,6 @@ impl SmallFs {
             self.mnt.display()
         ));
         out.trim().parse().expect("df")
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = self.dir.path();
     }
 }
 
@@ -176,6 +177,8 @@ fn a_creation_killed_while_the_vm_is_frozen_is_thawed_by_recovery() {
     ts.engine
         .create_collection("c", "vm", None)
         .expect("collection");
+    // The pre-script runs in its own process group, which outlives the killed rpfs.
+    let pre_script = KillGroupOnDrop::from_file(&pid);
     let mut child = Command::new(env!("CARGO_BIN_EXE_rpfs"))
         .args(["point", "create", "c", "p1"])
         .env("RPFS_STORE", ts.store_path())
@@ -204,11 +207,8 @@ fn a_creation_killed_while_the_vm_is_frozen_is_thawed_by_recovery() {
         fs::read_to_string(&log).expect("thaw log"),
         "thawed post vm\n"
     );
-    // The pre-script runs in its own process group: end its orphaned sleep.
-    sh(&format!(
-        "kill -9 -- -$(cat '{}') 2>/dev/null || true",
-        pid.display()
-    ));
+    // End the pre-script's orphaned sleep.
+    drop(pre_script);
 }
 
 #[test]
@@ -264,19 +264,15 @@ fn a_read_only_store_with_a_pending_marker_still_lists_and_restores() {
     .expect("marker");
     let ro = ts.path("ro");
     fs::create_dir(&ro).expect("mkdir");
-    sh(&format!(
-        "mount --bind '{}' '{}' && mount -o remount,ro,bind '{}'",
-        ts.store_path().display(),
-        ro.display(),
-        ro.display()
-    ));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(ro.clone());
+    let _guard = Mounted::run(
+        &ro,
+        &format!(
+            "mount --bind '{}' '{}' && mount -o remount,ro,bind '{}'",
+            ts.store_path().display(),
+            ro.display(),
+            ro.display()
+        ),
+    );
     let (out, _) = expect_exit(rpfs_at(&ro).args(["point", "list"]), 0);
     assert!(out.contains("c/p1"), "{out}");
     let to = ts.path("restored");
@@ -392,26 +388,6 @@ fn a_creation_the_store_has_no_room_for_is_refused_before_any_work() {
     assert_unchanged(&before, &snapshot(&store), "a refused creation");
 }
 
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote() {
     if !root_or_skip("a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote")
@@ -419,29 +395,26 @@ fn a_creation_that_runs_out_of_space_midway_rolls_back_and_frees_what_it_wrote()
         return;
     }
     require_tool("losetup");
-    let fs = Tmpfs {
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
-    sh(&format!(
-        "mount -t tmpfs -o size=48m rpfs-test '{}'",
-        fs.dir.path().display()
-    ));
-    let store = fs.dir.path().join("store");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _tmpfs = Mounted::run(
+        dir.path(),
+        &format!(
+            "mount -t tmpfs -o size=48m rpfs-test '{}'",
+            dir.path().display()
+        ),
+    );
+    let store = dir.path().join("store");
     // A block device source: how much it holds is unknown, so the free-space check lets the
     // creation start, and the store fills up half way through.
     let work = tempfile::tempdir().expect("tempdir");
     let image = work.path().join("d.img");
     random_image(&image, 96 * MIB as usize, &mut rng(seed()));
-    let dev = Loop(
-        sh(&format!("losetup -f --show '{}'", image.display()))
-            .trim()
-            .to_string(),
-    );
+    let dev = LoopDevice::attach(&image);
     init_with_vm(&store, Path::new(&dev.0));
     let free = || {
         sh(&format!(
             "df -B1 --output=avail '{}' | tail -1",
-            fs.dir.path().display()
+            dir.path().display()
         ))
         .trim()
         .parse::<u64>()

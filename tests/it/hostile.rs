@@ -3,17 +3,18 @@
 //! file, in well under a second, without large allocations (the CLI runs under a 2 GiB
 //! address-space limit), and without opening anything outside the store.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use rpfs::store::blockmap::BlockMap;
 use rpfs::store::records::PointRecord;
 use rpfs::store::{envelope, kind, layout, pack};
+
+use crate::common::images::{KIB, random_image};
+use crate::common::store::{Golden, create, golden, open};
+use crate::common::sys::{require_tool, rng, seed};
 
 /// A store with one VM ("vm", disks os and data) and points c/p1, c/p2, plus a second VM
 /// ("other", one disk) with point o/x.

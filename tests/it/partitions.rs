@@ -2,13 +2,13 @@
 //! disks with logical partitions (tables written by `sfdisk`), each byte-identical to its slice
 //! of the disk image and as sparse; a disk without a table shows no partitions.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::mount::{MountGuard, fuse_or_skip};
-use common::*;
+use crate::common::images::{KIB, MIB, random_image, sfdisk_partitions, write_sparse};
+use crate::common::mount::{MountGuard, fuse_or_skip};
+use crate::common::store::TestStore;
+use crate::common::sys::{require_tool, rng, seed, sh};
 
 /// Writes a table with `sfdisk` to `path` (a `size`-byte image) and random data into the first
 /// 64 KiB of each partition; returns the image and the (number, start, length) sfdisk reports.

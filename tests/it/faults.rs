@@ -3,18 +3,19 @@
 //! partial point appears; every committed point still reads byte-identically; and after one
 //! recovery (the next open) the store holds nothing but what its points reference.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::{Engine, ErrorKind, OpenOptions};
 use rpfs::store::LocalStorage;
 use rpfs::testing::fault::{Fault, FaultyStorage, Persistence, When};
+
+use crate::common::cli::assert_mentions;
+use crate::common::store::{Expected, Golden, all_points, golden, open, point_matches, snapshot};
+use crate::common::sys::sh;
 
 fn file_names(store: &Path) -> BTreeSet<String> {
     snapshot(store).into_keys().collect()

@@ -1,10 +1,11 @@
 //! Incremental size: a point stores only what changed since the previous point of the disk,
 //! holes and zeros cost nothing, and the chain follows the VM across its collections.
 
-mod common;
-
-use common::*;
 use rand::RngCore;
+
+use crate::common::images::{KIB, MIB, change_blocks, write_sparse};
+use crate::common::store::{TestStore, read_image};
+use crate::common::sys::{rng, seed};
 
 fn disk_stored(p: &rpfs::store::records::PointRecord, disk: &str) -> u64 {
     p.disks

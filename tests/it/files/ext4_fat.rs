@@ -1,22 +1,20 @@
-//! File-level restore through a real mount: `files/<disk>/p<N>/…` and `files/<disk>/…` show the
-//! files of ext4 and FAT filesystems inside a point (made with `mkfs.ext4 -d`, `mkfs.fat` and
-//! `mcopy`), faithfully enough for `diff -r`, `stat`, `cp -a`; to unprivileged users as the
-//! guest's modes allow; each generation as it was; and damage in one filesystem stays there.
-
-mod common;
+//! ext4 and FAT guest filesystems through a mount: files matching their source trees (`diff -r`,
+//! `find` facts, `cp -a`), a 10,000-entry directory listed fast with the guest view started
+//! lazily, unprivileged users limited by the guest's modes, MBR logical and partitionless disks,
+//! each generation as it was, damage kept in its partition, and preallocated blocks reading as
+//! zeros.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::mount::{MountGuard, as_nobody, fuse_or_skip};
-use common::*;
-use rand::Rng;
+use crate::common::images::{KIB, MIB, ext4_image, inode_table_offset, random_image};
+use crate::common::mount::{MountGuard, as_nobody, fuse_or_skip, is_mounted, names_in};
+use crate::common::store::TestStore;
+use crate::common::sys::{is_root, require_tool, rng, root_or_skip, seed, sh};
 
-/// Seconds since the epoch for the times set in the trees (mkfs.ext4 -d keeps whole seconds,
-/// FAT even ones).
-const T0: u64 = 1_600_000_000;
+use super::{disk, fixture};
 
 /// Writes `content` at byte `offset` of file `path`.
 fn write_at(path: &Path, offset: u64, content: &[u8]) {
@@ -26,144 +24,6 @@ fn write_at(path: &Path, offset: u64, content: &[u8]) {
         .open(path)
         .expect("open image");
     f.write_all_at(content, offset).expect("write image");
-}
-
-/// The tree the ext4 partition is made from: nested directories, a large file, empty files,
-/// symlinks (absolute, relative, dangling), a hard link, unusual names, modes 0600/0755/4755,
-/// another owner, special files (as root), a 10,000-entry directory and set times.
-fn guest_tree(dir: &Path) {
-    let mut r = rng(seed());
-    fs::create_dir_all(dir.join("etc/deep/er/still")).expect("mkdir");
-    fs::create_dir_all(dir.join("home/user/.config")).expect("mkdir");
-    let mut big = vec![0u8; 12 * MIB as usize + 12_345];
-    rand::RngCore::fill_bytes(&mut r, &mut big);
-    fs::write(dir.join("home/user/big.bin"), &big).expect("big");
-    fs::write(dir.join("etc/deep/er/still/leaf.txt"), "deep\n").expect("leaf");
-    fs::write(dir.join("empty"), "").expect("empty");
-    fs::write(dir.join("home/user/.config/empty too"), "").expect("empty");
-    fs::write(dir.join("etc/shadow"), "root:secret\n").expect("shadow");
-    fs::write(dir.join("etc/motd"), "hello\n").expect("motd");
-    fs::write(dir.join("home/user/run.sh"), "#!/bin/sh\necho hi\n").expect("script");
-    fs::write(dir.join("suid"), "not really\n").expect("suid");
-    for name in [
-        "with space",
-        "ünïcödé ✓",
-        "-starts-with-dash",
-        "#semi;colon&amp'quote\"",
-        &"n".repeat(255),
-    ] {
-        fs::write(dir.join("etc").join(name), name).expect("odd name");
-    }
-    std::os::unix::fs::symlink("/etc/passwd", dir.join("abs-link")).expect("symlink");
-    std::os::unix::fs::symlink("etc/deep", dir.join("rel-link")).expect("symlink");
-    std::os::unix::fs::symlink("nowhere/at/all", dir.join("dangling")).expect("symlink");
-    fs::hard_link(dir.join("etc/motd"), dir.join("home/motd-link")).expect("hard link");
-    fs::create_dir(dir.join("many")).expect("many");
-    for i in 0..10_000 {
-        fs::write(dir.join(format!("many/f{i:05}")), "").expect("many file");
-    }
-    let private = dir.join("home/user/private");
-    fs::create_dir(&private).expect("private dir");
-    fs::write(private.join("note"), "secret\n").expect("note");
-    sh(&format!(
-        "cd '{}' && chmod 0600 etc/shadow && chmod 0755 home/user/run.sh && chmod 4755 suid \
-         && chmod 0700 home/user/private && chown -R 1000:1000 home/user",
-        dir.display()
-    ));
-    if is_root() {
-        sh(&format!(
-            "cd '{}' && mkfifo fifo && mknod null c 1 3 && mknod loop9 b 7 9",
-            dir.display()
-        ));
-    }
-    // Times last, children before parents, each different: whole seconds.
-    set_times(dir, T0, 7);
-}
-
-/// Gives every entry under `dir` its own mtime and atime, `T0 + n * step` seconds for the n-th
-/// entry, children before their directory (setting a child's time leaves its parent's alone).
-fn set_times(dir: &Path, t0: u64, step: u64) {
-    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
-        if fs::symlink_metadata(p).expect("lstat").is_dir() {
-            let mut children: Vec<_> = fs::read_dir(p)
-                .expect("list")
-                .map(|e| e.expect("entry").path())
-                .collect();
-            children.sort();
-            for c in children {
-                walk(&c, out);
-            }
-        }
-        out.push(p.to_path_buf());
-    }
-    let mut all = Vec::new();
-    walk(dir, &mut all);
-    let mut links = String::new();
-    for (n, p) in all.iter().enumerate() {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(t0 + n as u64 * step);
-        let kind = fs::symlink_metadata(p).expect("lstat").file_type();
-        if kind.is_symlink() || kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
-            // std sets times through an open file; these get `touch -h`.
-            links.push_str(&format!(
-                "touch -h -d @{} '{}'\n",
-                t0 + n as u64 * step,
-                p.display()
-            ));
-            continue;
-        }
-        let f = fs::File::open(p).expect("open for times");
-        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
-            .expect("set times");
-    }
-    sh(&links);
-}
-
-/// A FAT tree like an EFI system partition: mcopy -m keeps (even-second) times.
-fn fat_tree(dir: &Path) {
-    let mut r = rng(seed() ^ 1);
-    fs::create_dir_all(dir.join("EFI/BOOT")).expect("mkdir");
-    fs::create_dir_all(dir.join("EFI/debian")).expect("mkdir");
-    let mut efi = vec![0u8; 900_000];
-    rand::RngCore::fill_bytes(&mut r, &mut efi);
-    fs::write(dir.join("EFI/BOOT/BOOTX64.EFI"), &efi).expect("efi");
-    fs::write(dir.join("EFI/debian/grub.cfg"), "search --fs-uuid\n").expect("cfg");
-    fs::write(dir.join("Long File Name.txt"), "long names are VFAT\n").expect("lfn");
-    set_times(dir, T0, 10);
-}
-
-fn fat_image(tree: &Path, image: &Path, size: u64) {
-    require_tool("mkfs.fat");
-    require_tool("mcopy");
-    sh(&format!(
-        "truncate -s {size} '{img}' && mkfs.fat '{img}' >/dev/null && \
-         mcopy -s -m -i '{img}' '{tree}'/* ::/",
-        img = image.display(),
-        tree = tree.display()
-    ));
-}
-
-/// A disk with table `script` (sfdisk) and the given filesystem images copied into partitions
-/// (by sfdisk's numbering); returns each partition's (number, start, length) in bytes.
-fn disk(path: &Path, size: u64, script: &str, images: &[(u32, &Path)]) -> Vec<(u32, u64, u64)> {
-    require_tool("sfdisk");
-    sh(&format!(
-        "truncate -s {size} '{p}' && printf '{script}' | sfdisk -q '{p}' >/dev/null",
-        p = path.display()
-    ));
-    let parts: Vec<(u32, u64, u64)> = sfdisk_partitions(path)
-        .into_iter()
-        .map(|(n, start, len, _)| (n, start, len))
-        .collect();
-    for &(n, image) in images {
-        let &(_, start, len) = parts.iter().find(|p| p.0 == n).expect("partition");
-        assert!(fs::metadata(image).expect("image").len() <= len);
-        sh(&format!(
-            "dd if='{}' of='{}' bs=64K seek={start} oflag=seek_bytes conv=notrunc,sparse status=none",
-            image.display(),
-            path.display()
-        ));
-    }
-    parts
 }
 
 /// `find` facts of every entry under `dir`: path, type, mode, owner, mtime, link target, and
@@ -194,42 +54,6 @@ fn assert_same_facts(got: &str, want: &str, what: &str) {
         want.lines().count(),
         differing.join("\n")
     );
-}
-
-struct Fixture {
-    ts: TestStore,
-    tree: std::path::PathBuf,
-    fat: std::path::PathBuf,
-    disk: std::path::PathBuf,
-    parts: Vec<(u32, u64, u64)>,
-}
-
-/// A VM with a GPT disk `gpt` holding ext4 (p1) and FAT (p2), and point `c/p1` of it.
-fn fixture() -> Fixture {
-    let ts = TestStore::new(64 * KIB as u32);
-    let (tree, fatdir) = (ts.path("tree"), ts.path("fat"));
-    fs::create_dir(&tree).expect("tree");
-    fs::create_dir(&fatdir).expect("fat");
-    guest_tree(&tree);
-    fat_tree(&fatdir);
-    let (ext, fat, disk_path) = (ts.path("ext4.img"), ts.path("fat.img"), ts.path("gpt.img"));
-    ext4_image(&tree, &ext, 48 * MIB);
-    fat_image(&fatdir, &fat, 16 * MIB);
-    let parts = disk(
-        &disk_path,
-        72 * MIB,
-        "label: gpt\\n,48MiB\\n,16MiB\\n",
-        &[(1, &ext), (2, &fat)],
-    );
-    ts.vm("vm", &[("gpt", &disk_path)], "c");
-    ts.create("c", "p1");
-    Fixture {
-        ts,
-        tree,
-        fat: fatdir,
-        disk: disk_path,
-        parts,
-    }
 }
 
 #[test]
@@ -553,7 +377,7 @@ fn generations_show_their_own_files_and_damage_stays_in_its_partition() {
         b"hello\n"
     );
     assert!(fs::metadata(format!("/proc/{}", m.pid())).is_ok());
-    assert!(common::mount::is_mounted(&m.mountpoint));
+    assert!(is_mounted(&m.mountpoint));
 }
 
 #[test]
@@ -596,127 +420,4 @@ fn preallocated_blocks_read_as_zeros_not_as_their_old_contents() {
         got.iter().all(|&b| b == 0),
         "an unwritten extent returned its blocks' old contents"
     );
-}
-
-#[test]
-fn ntfs_files_match_their_source_tree() {
-    if !fuse_or_skip("ntfs_files_match_their_source_tree")
-        || !root_or_skip("ntfs_files_match_their_source_tree")
-    {
-        return;
-    }
-    require_tool("mkntfs");
-    require_tool("ntfs-3g");
-    let ts = TestStore::new(64 * KIB as u32);
-    let tree = ts.path("tree");
-    fs::create_dir_all(tree.join("Users/alice/Documents")).expect("tree");
-    let mut big = vec![0u8; 5 * MIB as usize + 4321];
-    rand::RngCore::fill_bytes(&mut rng(seed()), &mut big);
-    fs::write(tree.join("Users/alice/Documents/big.bin"), &big).expect("big");
-    fs::write(tree.join("Users/alice/notes ünïcödé.txt"), "notes\n").expect("notes");
-    fs::write(tree.join("small.txt"), "tiny, resident in its MFT record\n").expect("small");
-    fs::write(tree.join("empty"), "").expect("empty");
-    set_times(&tree, T0, 11);
-    // Filled through ntfs-3g (root), with a hard link made there; then unmounted.
-    let (img, mnt) = (ts.path("ntfs.img"), ts.path("ntfs-mnt"));
-    fs::create_dir(&mnt).expect("mountpoint");
-    sh(&format!(
-        "truncate -s 48M '{i}' && mkntfs -q -F -Q '{i}' >/dev/null && ntfs-3g '{i}' '{m}' && \
-         cp -a '{t}'/. '{m}'/ && ln '{m}/small.txt' '{m}/Users/small-link.txt' && \
-         touch -d @{T0} '{m}/Users/small-link.txt' '{m}/small.txt' '{m}/Users'; \
-         status=$?; umount '{m}'; exit $status",
-        i = img.display(),
-        m = mnt.display(),
-        t = tree.display()
-    ));
-    let disk_path = ts.path("win.img");
-    disk(
-        &disk_path,
-        64 * MIB,
-        "label: gpt\\n,48MiB,EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\\n",
-        &[(1, &img)],
-    );
-    ts.vm("vm", &[("win", &disk_path)], "c");
-    ts.create("c", "p");
-    let m = MountGuard::new(&ts.store_path(), &[]);
-    let win = m.path("c/p/files/win/p1");
-    // Metadata files ($MFT, $Boot, ...) are not listed; 8.3 aliases are not either.
-    assert_eq!(names_in(&win), ["Users", "empty", "small.txt"]);
-    assert_eq!(
-        fs::read(win.join("Users/alice/Documents/big.bin")).expect("big"),
-        big
-    );
-    sh(&format!(
-        "diff -r -x small-link.txt '{}' '{}'",
-        tree.display(),
-        win.display()
-    ));
-    for rel in [
-        "Users/alice/Documents/big.bin",
-        "Users/alice/notes ünïcödé.txt",
-        "empty",
-    ] {
-        let (a, b) = (
-            fs::metadata(tree.join(rel)).expect("source"),
-            fs::metadata(win.join(rel)).expect("guest"),
-        );
-        assert_eq!((a.len(), a.mtime()), (b.len(), b.mtime()), "{rel}");
-        assert_eq!(b.mode() & 0o7777, 0o644, "{rel}");
-    }
-    let (s, l) = (
-        fs::metadata(win.join("small.txt")).expect("small"),
-        fs::metadata(win.join("Users/small-link.txt")).expect("link"),
-    );
-    assert_eq!(
-        (s.ino(), s.nlink()),
-        (l.ino(), 2),
-        "a hard link shares its record"
-    );
-    assert_eq!(s.mtime() as u64, T0);
-}
-
-#[test]
-fn damaged_ntfs_metadata_gives_errors_not_crashes() {
-    require_tool("mkntfs");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = dir.path().join("n.img");
-    sh(&format!(
-        "truncate -s 2M '{i}' && mkntfs -q -F -Q '{i}' >/dev/null",
-        i = img.display()
-    ));
-    if is_root() && fuse_or_skip("damaged_ntfs_metadata_gives_errors_not_crashes") {
-        // Files to find (as root, through ntfs-3g): nested, resident and not, a hard link.
-        require_tool("ntfs-3g");
-        let m = dir.path().join("m");
-        fs::create_dir(&m).expect("mountpoint");
-        sh(&format!(
-            "ntfs-3g '{i}' '{m}' && mkdir -p '{m}/a/b' && echo small > '{m}/a/b/s' && \
-             head -c 300000 /dev/urandom > '{m}/a/big' && ln '{m}/a/b/s' '{m}/link'; \
-             status=$?; umount '{m}'; exit $status",
-            i = img.display(),
-            m = m.display()
-        ));
-    }
-    let clean = fs::read(&img).expect("image");
-    // The MFT: its first cluster (boot sector 0x30) times the cluster size.
-    let cluster =
-        u64::from(u16::from_le_bytes([clean[0x0b], clean[0x0c]])) * u64::from(clean[0x0d]);
-    let mft = u64::from_le_bytes(clean[0x30..0x38].try_into().expect("8 bytes")) * cluster;
-    assert!(mft > 0 && mft < clean.len() as u64, "MFT at {mft}");
-    rpfs::testing::fuzzing::guest_fs(&clean);
-    let mut r = rng(seed());
-    let cases = env_count("RPFS_NTFS_MUTATIONS", 200);
-    for _ in 0..cases {
-        let mut d = clean.clone();
-        // A few bytes of the boot sector or the first 24 MFT records.
-        for _ in 0..r.random_range(1..8) {
-            let at = if r.random_bool(0.1) {
-                r.random_range(0..512)
-            } else {
-                mft as usize + r.random_range(0..24 * 1024)
-            };
-            d[at] = r.random();
-        }
-        rpfs::testing::fuzzing::guest_fs(&d);
-    }
 }

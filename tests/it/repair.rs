@@ -2,12 +2,12 @@
 //! nothing; `--yes` removes exactly that; damaged points are named and kept; a second run
 //! changes nothing.
 
-mod common;
-
 use std::fs;
 
-use common::*;
 use rpfs::store::layout;
+
+use crate::common::cli::{assert_mentions, expect_exit, rpfs_at};
+use crate::common::store::{assert_unchanged, golden, open, point_matches, snapshot};
 
 #[test]
 fn repair_removes_only_what_no_point_references_and_is_idempotent() {
