@@ -124,6 +124,17 @@ impl Vfs {
         })
     }
 
+    /// The entry of `node` for a lookup (or mkdir) answering the kernel: its number is held
+    /// (counted) before the attributes are made, and released again if they cannot be.
+    pub(super) fn held_entry(&self, snap: &Snapshot, node: Node) -> Result<Entry, FsError> {
+        let ino = self.inodes.lock().hold(node);
+        let entry = self.entry(snap, node);
+        if let (Some(ino), Err(_)) = (ino, &entry) {
+            self.inodes.lock().forget(ino, 1);
+        }
+        entry
+    }
+
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
         let node = self.node(ino)?;

@@ -56,9 +56,7 @@ impl Vfs {
         for w in &out.warnings {
             tracing::warn!("mkdir {coll}/{name}: {w}");
         }
-        let entry = self.entry(&snap, Node::Point(out.point.id))?;
-        self.inodes.lock().remember(entry.attr.ino);
-        Ok(entry)
+        self.held_entry(&snap, Node::Point(out.point.id))
     }
 
     /// `rmdir PARENT/NAME`: deletes restore point NAME, when deletion is allowed.

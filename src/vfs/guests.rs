@@ -81,7 +81,8 @@ impl Vfs {
         })
     }
 
-    /// Entry `name` of guest directory `dir` (0: the root) of `key`.
+    /// Entry `name` of guest directory `dir` (0: the root) of `key`, counted by the guest
+    /// filesystem as one lookup the kernel holds (returned if the entry cannot be made).
     pub(super) fn guest_lookup(
         &self,
         snap: &Snapshot,
@@ -93,9 +94,12 @@ impl Vfs {
         let a =
             g.fs.lookup(guest_ino(&g, dir)?, name.as_bytes())
                 .map_err(|e| guest_error(&g, e))?;
-        let node = guest_node(&g, key, a.ino)?;
+        let attr = guest_node(&g, key, a.ino).and_then(|node| self.attr_of(node, a));
+        if attr.is_err() {
+            g.fs.forget(a.ino, 1);
+        }
         Ok(Entry {
-            attr: self.attr_of(node, a)?,
+            attr: attr?,
             ttl: IMMUTABLE_TTL,
         })
     }

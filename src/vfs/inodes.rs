@@ -10,8 +10,11 @@
 //!
 //! Invariants: a number names one node while the kernel holds it (from the lookup that gave it
 //! until the `forget` that returns it), and a catalog node keeps its number while it is in the
-//! table; the root is never forgotten. What the table holds grows with the nodes the kernel
-//! holds and the catalog's size, never with guest files seen.
+//! table; the root is never forgotten. A lookup takes its count ([`Inodes::hold`]) in the same
+//! critical section that finds or assigns the number, so a `forget` racing it can never drop a
+//! number the kernel is about to be given. What the table holds grows with the nodes the kernel
+//! holds and the catalog's size, never with guest files seen (their lookups are counted by
+//! their filesystem, which keeps their paths).
 
 use std::collections::HashMap;
 
@@ -40,8 +43,6 @@ pub struct Inodes {
     /// Guest filesystems by number (index + 1), and their numbers by key.
     fs_keys: Vec<GuestKey>,
     fs_numbers: HashMap<GuestKey, u64>,
-    /// Lookups of guest files the kernel holds, by inode number.
-    guest_lookups: HashMap<u64, u64>,
 }
 
 impl Default for Inodes {
@@ -58,7 +59,6 @@ impl Default for Inodes {
             next: ROOT_INO + 1,
             fs_keys: Vec::new(),
             fs_numbers: HashMap::new(),
-            guest_lookups: HashMap::new(),
         }
     }
 }
@@ -102,30 +102,25 @@ impl Inodes {
         Some(Node::Guest(p, d, n, ino & GUEST_MASK))
     }
 
-    /// The kernel was given `ino` once more (a lookup or mkdir answered with it).
-    pub fn remember(&mut self, ino: u64) {
-        if ino >> GUEST_SHIFT != 0 {
-            *self.guest_lookups.entry(ino).or_default() += 1;
-        } else if let Some(slot) = self.slots.get_mut(&ino) {
-            slot.lookups += 1;
+    /// The number of `node` for a lookup about to answer the kernel with it: found or assigned,
+    /// and counted, at once. A guest file's count is its filesystem's to keep.
+    pub fn hold(&mut self, node: Node) -> Option<u64> {
+        let ino = self.ino(node)?;
+        if let Some(slot) = self.slots.get_mut(&ino) {
+            slot.lookups = slot.lookups.saturating_add(1);
         }
+        Some(ino)
     }
 
-    /// The kernel forgets `n` of its lookups of `ino`. Returns the guest file it no longer
-    /// holds at all, so its filesystem can forget it too.
+    /// The kernel forgets `n` of its lookups of `ino`; a catalog node it holds no more leaves
+    /// the table. For a guest file, says which (filesystem, guest inode) to tell.
     pub fn forget(&mut self, ino: u64, n: u64) -> Option<(GuestKey, u64)> {
         if ino == ROOT_INO {
             return None;
         }
         if ino >> GUEST_SHIFT != 0 {
-            let left = self.guest_lookups.get_mut(&ino)?;
-            *left = left.saturating_sub(n);
-            if *left > 0 {
-                return None;
-            }
-            self.guest_lookups.remove(&ino);
             return match self.node(ino)? {
-                Node::Guest(p, d, n, guest) => Some(((p, d, n), guest)),
+                Node::Guest(p, d, part, guest) => Some(((p, d, part), guest)),
                 _ => None,
             };
         }
@@ -155,11 +150,10 @@ impl Inodes {
         }
     }
 
-    /// Inodes the kernel holds or a listing named: table entries and guest files held (never
-    /// zero: the root is always there).
+    /// Catalog nodes the kernel holds or a listing named (never zero: the root is there).
     #[allow(clippy::len_without_is_empty, reason = "the root is always there")]
     pub fn len(&self) -> usize {
-        self.slots.len() + self.guest_lookups.len()
+        self.slots.len()
     }
 }
 
@@ -180,8 +174,8 @@ mod tests {
         assert_eq!(t.node(0), None);
         assert_eq!(t.node(u64::MAX), None);
         assert_eq!(t.node(b + 1), None);
-        t.remember(a);
-        t.remember(a);
+        assert_eq!(t.hold(Node::Point(p)), Some(a));
+        assert_eq!(t.hold(Node::Point(p)), Some(a));
         t.forget(a, 1);
         assert_eq!(t.node(a), Some(Node::Point(p)), "one lookup left");
         t.forget(a, 1);
@@ -210,10 +204,13 @@ mod tests {
         let other = t.ino(Node::Guest(p, d, 2, 5)).expect("ino");
         assert_ne!(other, inos[5], "another filesystem, another range");
         assert_eq!(t.ino(Node::Guest(p, d, 1, 1 << GUEST_SHIFT)), None);
-        t.remember(inos[7]);
-        assert_eq!(t.len(), before + 1);
+        assert_eq!(t.hold(Node::Guest(p, d, 1, 7)), Some(inos[7]));
+        assert_eq!(
+            t.len(),
+            before,
+            "its filesystem counts a guest file's lookups"
+        );
         assert_eq!(t.forget(inos[7], 1), Some(((p, d, 1), 7)));
-        assert_eq!(t.len(), before);
         assert_eq!(
             t.node(inos[7]),
             Some(Node::Guest(p, d, 1, 7)),
@@ -226,8 +223,7 @@ mod tests {
         let mut t = Inodes::default();
         let (gone, held) = (Uuid::new_v4(), Uuid::new_v4());
         let a = t.ino(Node::Point(gone)).expect("ino");
-        let b = t.ino(Node::Point(held)).expect("ino");
-        t.remember(b);
+        let b = t.hold(Node::Point(held)).expect("ino");
         t.prune(|_| false);
         assert_eq!(t.node(a), None);
         assert_eq!(t.node(b), Some(Node::Point(held)));

@@ -208,4 +208,14 @@ impl Media {
     pub fn probed_guest(&self, key: &GuestKey) -> Option<GuestFs> {
         self.guests.lock().get(key).cloned().flatten()
     }
+
+    /// Guest files looked up and not forgotten, in all (each filesystem's root included).
+    pub fn known_guest_files(&self) -> usize {
+        self.guests
+            .lock()
+            .values()
+            .flatten()
+            .map(|g| g.fs.known_files())
+            .sum()
+    }
 }

@@ -82,7 +82,7 @@ pub struct FsStat {
     pub blocks: u64,
     pub bfree: u64,
     pub bavail: u64,
-    /// Inodes the kernel holds or a listing named.
+    /// Inodes the kernel holds or a listing named: catalog nodes and guest files looked up.
     pub files: u64,
     pub bsize: u32,
     pub namelen: u32,
@@ -160,13 +160,14 @@ impl Vfs {
     }
 
     /// The kernel forgets `nlookup` of its lookups of `ino`; once it holds none, the inode's
-    /// number (and a guest file's path) is forgotten here too.
+    /// number (or a guest file's path) is forgotten here too.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        let released = self.inodes.lock().forget(ino, nlookup);
-        if let Some((key, guest_ino)) = released
+        let guest = self.inodes.lock().forget(ino, nlookup);
+        // The root of a guest filesystem is node 0, and always known: nothing to return.
+        if let Some((key, guest_ino @ 1..)) = guest
             && let Some(g) = self.media.probed_guest(&key)
         {
-            g.fs.forget(guest_ino);
+            g.fs.forget(guest_ino, nlookup);
         }
     }
 
@@ -182,7 +183,7 @@ impl Vfs {
             blocks: space.total_bytes / b,
             bfree: space.free_bytes / b,
             bavail: space.free_bytes / b,
-            files: self.inodes.lock().len() as u64,
+            files: (self.inodes.lock().len() + self.media.known_guest_files()) as u64,
             bsize: BLOCK,
             namelen: 255,
         })

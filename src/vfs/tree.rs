@@ -105,17 +105,14 @@ impl Vfs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let parent = self.node(parent)?;
         let snap = self.snapshot()?;
-        let entry = match parent {
-            Node::Guest(p, d, n, ino) => self.guest_lookup(&snap, (p, d, n), ino, name)?,
-            _ => {
-                // No rpfs name is anything but UTF-8, so such a name simply does not exist.
-                let name = name.to_str().ok_or(FsError::NotFound)?;
-                let node = self.child(&snap, parent, name)?;
-                self.entry(&snap, node)?
-            }
-        };
-        self.inodes.lock().remember(entry.attr.ino);
-        Ok(entry)
+        if let Node::Guest(p, d, n, ino) = parent {
+            // The guest filesystem counts the lookups it answers.
+            return self.guest_lookup(&snap, (p, d, n), ino, name);
+        }
+        // No rpfs name is anything but UTF-8, so such a name simply does not exist.
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let node = self.child(&snap, parent, name)?;
+        self.held_entry(&snap, node)
     }
 
     /// The entries of directory `ino`, with `.` and `..` first.

@@ -7,8 +7,10 @@
 //!   assigned per path on first sight (FAT, whose volumes are small); either way one number
 //!   names one file for the life of the [`Guest`].
 //! - A file is *known* (its path kept, so the parser can be asked about it) from the
-//!   [`Guest::lookup`] that found it until [`Guest::forget`]: what is known grows with the files
-//!   a caller holds, not with every entry listed. The root is always known.
+//!   [`Guest::lookup`] that found it until [`Guest::forget`] has returned every lookup: what is
+//!   known grows with the files a caller holds, not with every entry listed. Lookups are
+//!   counted under the same lock that keeps the paths, so a forget racing a lookup never drops
+//!   a file the caller is about to hold. The root is always known.
 //! - Listings are cached up to [`CACHED_ENTRIES`] entries in all, least recently used first out.
 //! - File data is read on the caller's thread, from where the parser says it lies.
 
@@ -50,11 +52,12 @@ impl Listing {
     }
 }
 
-/// A file a caller looked up: where it is and what it is.
+/// A file a caller looked up: where it is, what it is, and the lookups not yet forgotten.
 struct Known {
     path: Arc<[u8]>,
     parent: u64,
     attr: GuestAttr,
+    lookups: u64,
 }
 
 #[derive(Default)]
@@ -166,6 +169,7 @@ impl Guest {
                 path: Arc::from(&b"/"[..]),
                 parent: 0,
                 attr,
+                lookups: 0,
             },
         );
         *self.root.lock() = Some(attr);
@@ -235,7 +239,8 @@ impl Guest {
         Ok(listing)
     }
 
-    /// Entry `name` of directory `dir`; the file is known from now until it is forgotten.
+    /// Entry `name` of directory `dir`, counted as one lookup of it: the file is known until
+    /// [`Guest::forget`] returns that lookup.
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<GuestAttr, GuestError> {
         let attr = self
             .list(dir)?
@@ -243,26 +248,35 @@ impl Guest {
             .copied()
             .ok_or(GuestError::NotFound)?;
         let path = self.known(dir, |k| k.path.clone())?;
+        let child = child_path(&path, name)?;
         let mut names = self.names.lock();
-        if let std::collections::hash_map::Entry::Vacant(slot) = names.known.entry(attr.ino) {
-            // A hard link keeps the path it was looked up at: both name the same data.
-            slot.insert(Known {
-                path: child_path(&path, name)?,
-                parent: dir,
-                attr,
-            });
-        }
+        // A hard link keeps the path it was looked up at first: both name the same data.
+        let known = names.known.entry(attr.ino).or_insert(Known {
+            path: child,
+            parent: dir,
+            attr,
+            lookups: 0,
+        });
+        known.lookups = known.lookups.saturating_add(1);
         Ok(attr)
     }
 
-    /// Forgets file `ino` (its caller holds it no more): its path and placement go until a
+    /// Returns `n` lookups of file `ino`; once none is left its path and placement go, until a
     /// lookup finds it again. The root stays known.
-    pub fn forget(&self, ino: u64) {
+    pub fn forget(&self, ino: u64, n: u64) {
         if self.root.lock().is_some_and(|r| r.ino == ino) {
             return;
         }
-        self.names.lock().known.remove(&ino);
-        self.stretches.lock().pop(&ino);
+        let mut names = self.names.lock();
+        let Some(known) = names.known.get_mut(&ino) else {
+            return;
+        };
+        known.lookups = known.lookups.saturating_sub(n);
+        if known.lookups == 0 {
+            names.known.remove(&ino);
+            drop(names);
+            self.stretches.lock().pop(&ino);
+        }
     }
 
     /// How many files are known now (the root included, once loaded).

@@ -14,7 +14,7 @@ use crate::common::images::{KIB, MIB, ext4_image, inode_table_offset};
 use crate::common::store::TestStore;
 use crate::common::sys::{is_root, rng, seed, sh};
 
-use super::{FOREVER, SEEK_HOLE, fails, ino, listing, mount, resolve};
+use super::{FOREVER, SEEK_HOLE, fails, ino, listing, mount, read_file, resolve};
 
 /// Overwrites the first inode table of the ext4 image at `image` with random bytes.
 fn damage_inode_table(image: &Path, rng: &mut StdRng) {
@@ -133,4 +133,41 @@ fn guest_files_show_their_own_attributes_and_refuse_what_they_must() {
     let a = resolve(&v, "c/p/files/os/a.txt");
     let fh = v.open(a.attr.ino, libc::O_RDONLY).expect("open").fh;
     assert_eq!(v.read(fh, 0, 4096).expect("read"), b"guest file\n");
+}
+
+/// What the core keeps for a guest file lasts from the first lookup the kernel is given until
+/// it forgets the last one: two lookups, one forget, the file still answers; the second forget,
+/// and it is gone from the inode count (a lookup finds it again, under the same number).
+#[test]
+fn a_guest_file_is_kept_until_the_kernel_forgets_every_lookup() {
+    let ts = TestStore::new(4096);
+    let tree = ts.path("tree");
+    std::fs::create_dir_all(tree.join("d")).expect("tree");
+    std::fs::write(tree.join("d/a.txt"), "guest file\n").expect("file");
+    let os = ts.path("os.img");
+    ext4_image(&tree, &os, 8 * MIB);
+    ts.vm("vm", &[("os", &os)], "c");
+    ts.create("c", "p");
+    let v = mount(&ts, false, false, FOREVER);
+    let files = |v: &rpfs::vfs::Vfs| v.statfs().expect("statfs").files;
+
+    let dir = resolve(&v, "c/p/files/os/d").attr.ino;
+    let before = files(&v);
+    let a = v.lookup(dir, OsStr::new("a.txt")).expect("lookup").attr.ino;
+    assert_eq!(files(&v), before + 1, "the file is held once looked up");
+    assert_eq!(
+        v.lookup(dir, OsStr::new("a.txt")).expect("again").attr.ino,
+        a
+    );
+    v.forget(a, 1);
+    assert_eq!(v.getattr(a).expect("one lookup left").attr.size, 11);
+    v.forget(a, 1);
+    assert_eq!(files(&v), before, "forgotten with its last lookup");
+    fails(v.getattr(a), libc::ENOENT, "a forgotten guest file");
+    let again = v.lookup(dir, OsStr::new("a.txt")).expect("found again");
+    assert_eq!(
+        again.attr.ino, a,
+        "a guest file keeps its number for the mount's life"
+    );
+    assert_eq!(read_file(&v, a), b"guest file\n");
 }
