@@ -6,7 +6,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rpfs::engine::{Engine, ErrorKind};
+use rpfs::engine::{Damage, Engine, Error, ErrorKind};
+use rpfs::store::CorruptKind;
 use rpfs::store::LocalStorage;
 use rpfs::store::pack::PackIndex;
 use rpfs::store::records::PointRecord;
@@ -129,6 +130,7 @@ impl Fixture {
                 ),
                 Err(e) => {
                     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+                    assert!(matches!(e, Error::Damaged { .. }), "{e:?}");
                     assert!(e.to_string().contains(&format!("block {b}")), "{e}");
                     bad.push(b);
                 }
@@ -188,6 +190,18 @@ fn damaged_base_block_fails_only_that_block_in_every_point() {
     for p in 0..3 {
         assert_eq!(f.failing_blocks(p), vec![STABLE]);
     }
+    // The engine says which block of which pack, and why, as types.
+    let image = f
+        .engine()
+        .open_disk("c1", &f.points[0], "disk")
+        .expect("open disk");
+    let mut buf = vec![0u8; BS as usize];
+    let err = image.read_at(STABLE * BS, &mut buf).expect_err("damaged");
+    assert!(
+        matches!(&err, Error::Damaged { damage: Damage::Block { pack, .. }, .. }
+            if pack.ends_with(".pack")),
+        "{err:?}"
+    );
     // The other disk is untouched, and a restore of a damaged point fails without leaving a file.
     let engine = f.engine();
     let other = read_image(&engine, "c1", "p2", "other");
@@ -277,6 +291,13 @@ fn damaged_block_map_fails_that_disk_restore_point_only() {
         .open_disk("c1", &f.points[1], "disk")
         .expect_err("damaged map");
     assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(
+        matches!(
+            &err,
+            Error::Damaged { damage: Damage::Map(c), .. } if c.kind == CorruptKind::BodyChecksum
+        ),
+        "{err:?}"
+    );
     assert!(f.failing_blocks(0).is_empty() && f.failing_blocks(2).is_empty());
     assert!(read_image(&engine, "c1", "p2", "other") == f.gens[0][..(8 * BS) as usize]);
 }
