@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::inodes::GuestKey;
 use super::media::GuestFs;
-use super::node::{Attr, DirEntry, Entry, IMMUTABLE_TTL, Kind, Node};
+use super::node::{Attr, DirEntry, Entry, IMMUTABLE_TTL, Node};
 use super::snapshot::Snapshot;
 use super::{FsError, Vfs};
 use crate::inspect::guest::{GuestAttr, GuestError, GuestKind};
@@ -67,7 +67,7 @@ impl Vfs {
     fn attr_of(&self, node: Node, a: GuestAttr) -> Result<Attr, FsError> {
         Ok(Attr {
             ino: self.ino(node)?,
-            kind: kind(a.kind),
+            kind: a.kind,
             size: a.size,
             blocks: a.blocks,
             perm: a.perm,
@@ -128,7 +128,7 @@ impl Vfs {
         for (name, a) in &listing.entries {
             out.push(DirEntry {
                 ino: self.ino(guest_node(&g, key, a.ino)?)?,
-                kind: kind(a.kind),
+                kind: a.kind,
                 name: OsString::from(OsStr::from_bytes(name)),
             });
         }
@@ -182,18 +182,6 @@ fn guest_ino(g: &GuestFs, ino: u64) -> Result<u64, FsError> {
 fn guest_node(g: &GuestFs, (p, d, n): GuestKey, ino: u64) -> Result<Node, FsError> {
     let root = g.fs.root().map_err(|e| guest_error(g, e))?.ino;
     Ok(Node::Guest(p, d, n, if ino == root { 0 } else { ino }))
-}
-
-fn kind(k: GuestKind) -> Kind {
-    match k {
-        GuestKind::Directory => Kind::Directory,
-        GuestKind::File => Kind::File,
-        GuestKind::Symlink => Kind::Symlink,
-        GuestKind::CharDevice => Kind::CharDevice,
-        GuestKind::BlockDevice => Kind::BlockDevice,
-        GuestKind::Fifo => Kind::Fifo,
-        GuestKind::Socket => Kind::Socket,
-    }
 }
 
 /// A guest error as the mount reports it; damage names the filesystem it is in.

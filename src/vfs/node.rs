@@ -100,17 +100,8 @@ impl Node {
     }
 }
 
-/// Kind of a node, as `stat` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Directory,
-    File,
-    Symlink,
-    CharDevice,
-    BlockDevice,
-    Fifo,
-    Socket,
-}
+/// Kind of a node, as `stat` reports it: the same kinds a guest filesystem's files have.
+pub use crate::inspect::guest::GuestKind as Kind;
 
 /// Attributes of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
