@@ -63,7 +63,7 @@ impl Previous {
         let packs = map
             .packs
             .iter()
-            .map(|&p| shared.open_pack(vm, disk, p))
+            .map(|&p| Ok(shared.open_pack(vm, disk, p)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Previous { map, packs })
     }

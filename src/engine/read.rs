@@ -110,12 +110,9 @@ impl DiskImage {
         if let Some(h) = self.packs[slot].get() {
             return Ok(h.clone());
         }
-        let (storage, bs) = (&*self.shared.storage, self.shared.header.block_size);
-        let pack = self.map.packs[slot];
         let h = self
             .shared
-            .packs
-            .open(storage, bs, self.vm, self.disk, pack)?;
+            .open_pack(self.vm, self.disk, self.map.packs[slot])?;
         // Another thread may have set it first; both handles are equivalent.
         let _ = self.packs[slot].set(h.clone());
         Ok(h)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::cache::BlockCache;
 use super::error::{Error, Result};
-use super::packs::{PackHandle, PackRegistry};
+use super::packs::{OpenError, PackHandle, PackRegistry};
 use crate::store::layout;
 use crate::store::records::StoreHeader;
 use crate::store::storage::{LockGuard, Storage};
@@ -27,10 +27,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Opens pack `pack` of disk chain `disk` of `vm`, sharing a live handle when there is one.
-    pub(crate) fn open_pack(&self, vm: Uuid, disk: Uuid, pack: Uuid) -> Result<Arc<PackHandle>> {
-        Ok(self
-            .packs
-            .open(&*self.storage, self.header.block_size, vm, disk, pack)?)
+    pub(crate) fn open_pack(
+        &self,
+        vm: Uuid,
+        disk: Uuid,
+        pack: Uuid,
+    ) -> std::result::Result<Arc<PackHandle>, OpenError> {
+        self.packs
+            .open(&*self.storage, self.header.block_size, vm, disk, pack)
     }
 
     /// Takes the lock of VM `vm` if it is free.

@@ -44,7 +44,7 @@ pub trait FileOps: Send + Sync + fmt::Debug {
 pub struct Syscalls;
 
 /// The temporary name of an object being written to `dest`: `<name>.<random>.tmp` beside it.
-pub fn temp_path(dest: &Path) -> PathBuf {
+fn temp_path(dest: &Path) -> PathBuf {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     dest.with_file_name(layout::temp_name(&name))
 }
