@@ -8,7 +8,8 @@
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
 //!   `roundtrip`, `schedule`, `repair`;
 //! - real mounts: `mount`, `files`, `partitions`;
-//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `hostile`, `recovery`.
+//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `hostile`, `recovery`;
+//! - a hostile local user against root's rpfs: `security`.
 //!
 //! Tests that need FUSE or root skip with a note, unless `RPFS_REQUIRE_FUSE=1` (as in CI) makes
 //! them fail instead. `scripts/soak.sh` runs `crashsim`, `crash` and `faults` with higher counts.
@@ -35,4 +36,5 @@ mod recovery;
 mod repair;
 mod roundtrip;
 mod schedule;
+mod security;
 mod vfs;

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::attacker;
 use super::guards::{KillOnDrop, Mounted};
-use super::sys::{is_root, require_tool};
+use super::sys::is_root;
 
 /// True when FUSE mounts can run here. Without them the test is skipped with a note, unless
 /// `RPFS_REQUIRE_FUSE=1` (set by CI), which makes it fail instead.
@@ -114,30 +115,13 @@ impl MountGuard {
     }
 }
 
-/// Runs `cmd` with `sh` as user and group `nobody` (65534, no supplementary groups) in the
-/// mount's root, after opening the temporary directories above it (they are private, 0700).
+/// Runs `cmd` with `sh` as the attacker (`nobody`) in the mount's root, after opening the
+/// temporary directories above it (they are private, 0700).
 pub fn as_nobody(m: &MountGuard, cmd: &str) -> std::process::Output {
-    require_tool("setpriv");
-    let mut dir = m.mountpoint.parent();
-    while let Some(d) = dir {
-        if d == Path::new("/") {
-            break;
-        }
-        let _ = fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-        dir = d.parent();
+    if let Some(parent) = m.mountpoint.parent() {
+        attacker::open_up(parent);
     }
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-            cmd,
-        ])
-        .current_dir(&m.mountpoint)
-        .output()
-        .expect("setpriv")
+    attacker::as_nobody(&m.mountpoint, cmd)
 }
 
 /// The names in directory `dir` (of a mount, typically), sorted.

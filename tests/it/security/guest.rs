@@ -1,0 +1,1 @@
+//! Security tests: guest (see the module list in `security`).

@@ -1,0 +1,1 @@
+//! Security tests: mount (see the module list in `security`).

@@ -1,0 +1,1 @@
+//! Security tests: records (see the module list in `security`).

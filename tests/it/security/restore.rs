@@ -1,0 +1,1 @@
+//! Security tests: restore (see the module list in `security`).

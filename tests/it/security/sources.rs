@@ -1,0 +1,1 @@
+//! Security tests: sources (see the module list in `security`).

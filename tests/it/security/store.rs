@@ -1,0 +1,1 @@
+//! Security tests: store (see the module list in `security`).
