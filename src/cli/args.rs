@@ -93,10 +93,15 @@ pub struct MountArgs {
     /// Memory for decoded blocks, shared by all readers (K, M, G are binary)
     #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
     pub cache_size: u64,
-    /// Let other users use the mount; the kernel then enforces permissions, and only root or
-    /// the mounting user may create or delete points
+    /// Let other users use the mount (the JSON resources, and files/ as the guest's modes
+    /// grant everyone); the kernel then enforces permissions, and only root or the mounting
+    /// user may create or delete points
     #[arg(long)]
     pub allow_other: bool,
+    /// Group (name or number) that may read disk and partition images, `vm-config` and the
+    /// daemon's log; without it they are the mounting user's alone, even with --allow-other
+    #[arg(long, value_name = "GROUP")]
+    pub image_group: Option<String>,
     /// Let `rmdir MOUNT/<collection>/<point>` delete the point
     #[arg(long)]
     pub allow_delete: bool,

@@ -5,8 +5,16 @@
 //! daemon says the mount is ready or reports why it failed. The daemon (or a foreground mount)
 //! serves until the mount is unmounted from outside or it gets SIGINT, SIGTERM or SIGHUP, which
 //! unmount it cleanly.
+//!
+//! Invariants: the daemon's log (hook output and errors go there) is private from its first
+//! instant: created 0600 (0640 with `--image-group`'s group) in a directory created 0700 (0750),
+//! opened without following a symbolic link, refused unless it is a regular file of ours with
+//! one link, and tightened (with a warning) when an existing one is looser. `--image-group` is
+//! resolved before anything is started or mounted.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -42,6 +50,125 @@ fn default_log_file() -> PathBuf {
         .join("rpfs/mount.log")
 }
 
+/// Resolves `--image-group` (a group name, else a number) to a gid. A group the system does
+/// not know is refused, so a typo never mounts with images shared with nobody or everybody.
+fn resolve_group(spec: &str) -> Result<u32, Failure> {
+    use nix::unistd::{Gid, Group};
+    let looked_up = |r: nix::Result<Option<Group>>| {
+        r.map_err(|e| failure(exit::FAILURE, format!("looking up group '{spec}': {e}")))
+    };
+    if let Some(g) = looked_up(Group::from_name(spec))? {
+        return Ok(g.gid.as_raw());
+    }
+    if let Ok(n) = spec.parse::<u32>()
+        && let Some(g) = looked_up(Group::from_gid(Gid::from_raw(n)))?
+    {
+        return Ok(g.gid.as_raw());
+    }
+    Err(failure(
+        exit::USAGE,
+        format!(
+            "--image-group {spec}: no such group (give a group name or number the system knows)"
+        ),
+    ))
+}
+
+/// Creates the missing directories of `dir`, each 0700, or 0750 owned by group `group`.
+fn create_log_dir(dir: &Path, group: Option<u32>) -> Result<(), Failure> {
+    let fail = |d: &Path, e: &dyn std::fmt::Display| {
+        failure(exit::FAILURE, format!("log directory {}: {e}", d.display()))
+    };
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(p).is_ok() {
+            break;
+        }
+        missing.push(p);
+        d = p.parent();
+    }
+    for p in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: used as it is, like one that was there.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(fail(p, &e)),
+        }
+        if let Some(gid) = group {
+            nix::unistd::chown(p, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| fail(p, &e))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o750))
+                .map_err(|e| fail(p, &e))?;
+        }
+    }
+    if !std::fs::metadata(dir).map_err(|e| fail(dir, &e))?.is_dir() {
+        return Err(fail(dir, &"not a directory"));
+    }
+    Ok(())
+}
+
+/// Opens the daemon's log for appending (see the module's invariants): 0600, or 0640 owned by
+/// group `group`.
+fn open_log(log: &Path, group: Option<u32>) -> Result<File, Failure> {
+    let fail = |e: &dyn std::fmt::Display| {
+        failure(exit::FAILURE, format!("log file {}: {e}", log.display()))
+    };
+    if let Some(dir) = log.parent() {
+        create_log_dir(dir, group)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        // Private from its first instant; the group (if any) is given below, once it is ours.
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO planted at the name fails at once instead of hanging the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(log)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => fail(&"a symbolic link; refused (give --log-file a real path)"),
+            _ => fail(&e),
+        })?;
+    let md = file.metadata().map_err(|e| fail(&e))?;
+    if !md.file_type().is_file() {
+        return Err(fail(&"not a regular file; refused"));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(fail(&format!(
+            "owned by uid {}, not by this user (uid {me}); refused",
+            md.uid()
+        )));
+    }
+    if md.nlink() != 1 {
+        return Err(fail(&format!(
+            "has {} hard links; refused (another name could expose it)",
+            md.nlink()
+        )));
+    }
+    let want = if group.is_some() { 0o640 } else { 0o600 };
+    let was = md.mode() & 0o7777;
+    let regroup = group.is_some_and(|g| g != md.gid());
+    if was != want || regroup {
+        // Remove what is too much first, so the group never reads a log others could.
+        file.set_permissions(std::fs::Permissions::from_mode(was & want))
+            .map_err(|e| fail(&e))?;
+        if let Some(gid) = group.filter(|_| regroup) {
+            nix::unistd::fchown(&file, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| fail(&e))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(want))
+            .map_err(|e| fail(&e))?;
+        if was & !want != 0 {
+            eprintln!(
+                "warning: log file {} was {was:04o}, readable beyond its owner{}; now {want:04o}",
+                log.display(),
+                if group.is_some() { " and group" } else { "" }
+            );
+        }
+    }
+    Ok(file)
+}
+
 fn check_mountpoint(mp: &Path) -> Result<PathBuf, Failure> {
     let mp = std::path::absolute(mp)
         .map_err(|e| failure(exit::FAILURE, format!("mount point {}: {e}", mp.display())))?;
@@ -75,9 +202,10 @@ pub fn mount(store: &Path, args: MountArgs) -> Result<(), Failure> {
     let store = std::path::absolute(store)
         .map_err(|e| failure(exit::FAILURE, format!("store {}: {e}", store.display())))?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let image_gid = args.image_group.as_deref().map(resolve_group).transpose()?;
     let daemon = std::env::var_os(DAEMON_ENV).is_some();
     if !args.foreground && !daemon {
-        return start_daemon(&store, &mountpoint, &args);
+        return start_daemon(&store, &mountpoint, &args, image_gid);
     }
     if daemon {
         // Leave the caller's session (closing its terminal must not hang us up) and its
@@ -86,7 +214,7 @@ pub fn mount(store: &Path, args: MountArgs) -> Result<(), Failure> {
         let _ = std::env::set_current_dir("/");
     }
     let mut ready = false;
-    let result = serve(&store, &mountpoint, &args, daemon, &mut ready);
+    let result = serve(&store, &mountpoint, &args, image_gid, daemon, &mut ready);
     if daemon
         && !ready
         && let Err(f) = &result
@@ -120,6 +248,7 @@ fn serve(
     store: &Path,
     mountpoint: &Path,
     args: &MountArgs,
+    image_gid: Option<u32>,
     daemon: bool,
     ready: &mut bool,
 ) -> Result<(), Failure> {
@@ -137,6 +266,7 @@ fn serve(
             allow_other: args.allow_other,
             owner_uid: nix::unistd::getuid().as_raw(),
             owner_gid: nix::unistd::getgid().as_raw(),
+            image_gid,
             catalog_max_age: CATALOG_MAX_AGE,
         },
     )
@@ -243,21 +373,14 @@ impl Drop for Scheduler {
     }
 }
 
-fn start_daemon(store: &Path, mountpoint: &Path, args: &MountArgs) -> Result<(), Failure> {
+fn start_daemon(
+    store: &Path,
+    mountpoint: &Path,
+    args: &MountArgs,
+    image_gid: Option<u32>,
+) -> Result<(), Failure> {
     let log = args.log_file.clone().unwrap_or_else(default_log_file);
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            failure(
-                exit::FAILURE,
-                format!("log directory {}: {e}", dir.display()),
-            )
-        })?;
-    }
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| failure(exit::FAILURE, format!("log file {}: {e}", log.display())))?;
+    let log_file = open_log(&log, image_gid)?;
     let exe = std::env::current_exe()
         .map_err(|e| failure(exit::FAILURE, format!("finding the rpfs executable: {e}")))?;
     let mut cmd = Command::new(exe);
@@ -273,6 +396,9 @@ fn start_daemon(store: &Path, mountpoint: &Path, args: &MountArgs) -> Result<(),
     }
     if args.allow_delete {
         cmd.arg("--allow-delete");
+    }
+    if let Some(gid) = image_gid {
+        cmd.arg("--image-group").arg(gid.to_string());
     }
     if args.no_schedule {
         cmd.arg("--no-schedule");

@@ -191,6 +191,7 @@ pub fn vfs_fixture(dir: &Path) -> Vfs {
             allow_other: false,
             owner_uid: 0,
             owner_gid: 0,
+            image_gid: None,
             catalog_max_age: Duration::ZERO,
         },
     )

@@ -1,12 +1,14 @@
 //! Attributes of the catalog's nodes, and the JSON documents the tree shows.
 //!
 //! Invariants: a node's attributes come from one snapshot; directories of committed points are
-//! read-only (0555), documents and images read-only files (0444), and `st_blocks` counts only
-//! stored data, so `du` and `cp --sparse` see a disk image's holes.
+//! read-only (0555), JSON documents read-only files (0444), raw views of VM data (disk and
+//! partition images, `vm-config`) 0400 or 0440 with the image group (see `access.rs`), and
+//! `st_blocks` counts only stored data, so `du` and `cp --sparse` see a disk image's holes.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::access;
 use super::node::{Attr, Entry, Kind, Node};
 use super::snapshot::Snapshot;
 use super::{FsError, Vfs, parse_time};
@@ -21,6 +23,8 @@ impl Vfs {
         }
         let dir = |perm: u16, nlink: u32, time| (Kind::Directory, 0, 0, perm, nlink, time);
         let file = |size: u64, time| (Kind::File, size, size.div_ceil(512), 0o444, 1, time);
+        // Disk and partition images and `vm-config`: private whatever else the mount allows.
+        let raw = access::raw_view(&self.options);
         let (kind, size, blocks, perm, nlink, time) = match node {
             Node::Root => dir(
                 0o755,
@@ -72,7 +76,7 @@ impl Vfs {
                     Kind::File,
                     part.len,
                     allocated.div_ceil(512),
-                    0o444,
+                    raw.perm,
                     1,
                     parse_time(&point.created),
                 )
@@ -86,7 +90,9 @@ impl Vfs {
             }
             Node::VmConfig(p) => {
                 let point = snap.point(p)?;
-                file(point.config_len, parse_time(&point.created))
+                let size = point.config_len;
+                let time = parse_time(&point.created);
+                (Kind::File, size, size.div_ceil(512), raw.perm, 1, time)
             }
             Node::DiskImage(p, d) => {
                 let point = snap.point(p)?;
@@ -95,11 +101,16 @@ impl Vfs {
                     Kind::File,
                     size,
                     allocated.div_ceil(512),
-                    0o444,
+                    raw.perm,
                     1,
                     parse_time(&point.created),
                 )
             }
+        };
+        let (uid, gid) = if node.is_raw_view() {
+            (raw.uid, raw.gid)
+        } else {
+            (self.options.owner_uid, self.options.owner_gid)
         };
         Ok(Attr {
             ino: self.ino(node)?,
@@ -108,8 +119,8 @@ impl Vfs {
             blocks,
             perm,
             nlink,
-            uid: self.options.owner_uid,
-            gid: self.options.owner_gid,
+            uid,
+            gid,
             atime: time,
             mtime: time,
             ctime: time,

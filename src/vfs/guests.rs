@@ -62,18 +62,19 @@ impl Vfs {
         self.attr_of(Node::Guest(key.0, key.1, key.2, ino), a)
     }
 
-    /// A guest file's attributes as the mount shows them: the guest's own, owned by the mount's
-    /// owner where the filesystem has no owners.
+    /// A guest file's attributes as the mount shows them: the guest's own, with owners and
+    /// mode mapped as `access.rs` says (under `--allow-other`, the mounting user's).
     fn attr_of(&self, node: Node, a: GuestAttr) -> Result<Attr, FsError> {
+        let own = super::access::guest_file(&self.options, a.perm, a.uid, a.gid);
         Ok(Attr {
             ino: self.ino(node)?,
             kind: a.kind,
             size: a.size,
             blocks: a.blocks,
-            perm: a.perm,
+            perm: own.perm,
             nlink: a.nlink,
-            uid: a.uid.unwrap_or(self.options.owner_uid),
-            gid: a.gid.unwrap_or(self.options.owner_gid),
+            uid: own.uid,
+            gid: own.gid,
             atime: a.atime,
             mtime: a.mtime,
             ctime: a.ctime,

@@ -5,7 +5,8 @@
 //! Rooms: the state lives in `snapshot` (the catalog), `inodes` (numbers and the kernel's
 //! lookups), `handles` (open files) and `media` (images, partitions, guest filesystems);
 //! the operations on it in `attrs`, `tree` (names and listings), `guests` (the subtree
-//! under `files/`), `files` (open, read, seek) and `changes` (`mkdir`, `rmdir`).
+//! under `files/`), `files` (open, read, seek) and `changes` (`mkdir`, `rmdir`); who may read
+//! what (owners and modes, which the kernel enforces under `--allow-other`) in `access`.
 //!
 //! Invariants:
 //! - The tree is read-only except for `mkdir` (a new point directly inside a collection) and,
@@ -20,9 +21,12 @@
 //!   a lookup or an insert, never across I/O or a creation, so a long `mkdir` blocks no read.
 //! - What the kernel forgets, the tree forgets: memory grows with what the kernel holds and the
 //!   catalog's size, not with every guest file ever listed.
+//! - Raw views of VM data are 0400 to the mounting user (0440 with the image group) even under
+//!   `--allow-other`, and a guest uid never grants a host user access (see `access.rs`).
 //! - `files/` costs nothing until entered: a disk's table is read and its filesystems probed on
 //!   first use, each parsed by its own guest reader; what one cannot read is EIO in it alone.
 
+mod access;
 mod attrs;
 mod changes;
 mod errno;
@@ -62,6 +66,9 @@ pub struct VfsOptions {
     /// Owner of every node: the mounting user.
     pub owner_uid: u32,
     pub owner_gid: u32,
+    /// Group that may read raw views of VM data (disk and partition images, `vm-config`),
+    /// which are otherwise the owner's alone (`--image-group`).
+    pub image_gid: Option<u32>,
     /// Oldest a catalog snapshot may be when a name is resolved or a directory listed.
     pub catalog_max_age: Duration,
 }

@@ -98,6 +98,27 @@ impl Node {
                 | Node::Guest(..)
         )
     }
+
+    /// True for the nodes whose bytes are a disk's or the VM configuration's: private to the
+    /// mounting user (and the image group) whatever else the mount allows. Exhaustive, so a
+    /// new node must decide.
+    pub fn is_raw_view(self) -> bool {
+        match self {
+            Node::VmConfig(_) | Node::DiskImage(..) | Node::PartitionImage(..) => true,
+            Node::Root
+            | Node::Collection(_)
+            | Node::CollectionJson(_)
+            | Node::Latest(_)
+            | Node::Point(_)
+            | Node::PointJson(_)
+            | Node::Disks(_)
+            | Node::Partitions(_)
+            | Node::PartitionDisk(..)
+            | Node::Files(_)
+            | Node::FilesDisk(..)
+            | Node::Guest(..) => false,
+        }
+    }
 }
 
 /// Kind of a node, as `stat` reports it: the same kinds a guest filesystem's files have.

@@ -45,6 +45,7 @@ fn options(allow_delete: bool, allow_other: bool, catalog_max_age: Duration) -> 
         allow_other,
         owner_uid: OWNER_UID,
         owner_gid: OWNER_GID,
+        image_gid: None,
         catalog_max_age,
     }
 }

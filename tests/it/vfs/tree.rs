@@ -144,9 +144,9 @@ fn tree_lists_collections_points_and_disks_with_their_attributes() {
         ("c1/zeta", Kind::Directory, 0o555),
         ("c1/zeta/disks", Kind::Directory, 0o555),
         ("c1/zeta/restore-point.json", Kind::File, 0o444),
-        ("c1/zeta/vm-config", Kind::File, 0o444),
-        ("c1/zeta/disks/os.img", Kind::File, 0o444),
-        ("c1/zeta/disks/data.img", Kind::File, 0o444),
+        ("c1/zeta/vm-config", Kind::File, 0o400),
+        ("c1/zeta/disks/os.img", Kind::File, 0o400),
+        ("c1/zeta/disks/data.img", Kind::File, 0o400),
     ] {
         let a = attr(path);
         assert_eq!((a.kind, a.perm), (kind, perm), "{path:?}: {a:?}");
