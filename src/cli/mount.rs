@@ -113,7 +113,8 @@ fn open_log(log: &Path, group: Option<u32>) -> Result<File, Failure> {
     let fail = |e: &dyn std::fmt::Display| {
         failure(exit::FAILURE, format!("log file {}: {e}", log.display()))
     };
-    if let Some(dir) = log.parent() {
+    // A bare file name's parent is "": the working directory, which exists.
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_log_dir(dir, group)?;
     }
     let file = std::fs::OpenOptions::new()
@@ -126,6 +127,7 @@ fn open_log(log: &Path, group: Option<u32>) -> Result<File, Failure> {
         .open(log)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => fail(&"a symbolic link; refused (give --log-file a real path)"),
+            Some(libc::ENXIO) => fail(&"a FIFO, not a regular file; refused"),
             _ => fail(&e),
         })?;
     let md = file.metadata().map_err(|e| fail(&e))?;

@@ -20,7 +20,8 @@ use crate::vfs::Vfs;
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub mountpoint: PathBuf,
-    /// Let other users in (`allow_other`); the kernel then enforces the mode bits.
+    /// Let other users in (`allow_other`); the kernel then enforces the mode bits
+    /// (`default_permissions`), which keep raw views of VM data private (see `vfs`).
     pub allow_other: bool,
     /// Threads serving kernel requests.
     pub threads: usize,

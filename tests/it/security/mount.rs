@@ -101,6 +101,11 @@ fn denied(m: &MountGuard, path: &str) {
     );
 }
 
+#[track_caller]
+fn assert_octal(got: u32, want: u32, what: &str) {
+    assert!(got == want, "{what}: mode {got:04o}, want {want:04o}");
+}
+
 /// A group that exists here and that nobody is not a member of.
 fn group_without_nobody() -> (String, u32) {
     for name in ["adm", "disk", "sys", "daemon"] {
@@ -125,13 +130,13 @@ fn allow_other_keeps_raw_views_private_and_the_rest_readable() {
     let m = MountGuard::new(&ts.store_path(), &["--allow-other"]);
     // The raw views are root's alone (0400) and nobody's reads of them are refused.
     for path in RAW_VIEWS {
+        denied(&m, path);
         let md = fs::metadata(m.path(path)).expect("stat");
         assert_eq!(
-            (md.mode() & 0o7777, md.uid(), md.gid()),
-            (0o400, 0, 0),
+            (format!("{:o}", md.mode() & 0o7777), md.uid(), md.gid()),
+            ("400".into(), 0, 0),
             "{path}"
         );
-        denied(&m, path);
     }
     // Root still reads them whole.
     assert_eq!(
@@ -214,13 +219,13 @@ fn image_group_shares_raw_views_with_that_group_only() {
         &["--allow-other", "--image-group", &group],
     );
     for path in RAW_VIEWS {
+        denied(&m, path);
         let md = fs::metadata(m.path(path)).expect("stat");
         assert_eq!(
-            (md.mode() & 0o7777, md.uid(), md.gid()),
-            (0o440, 0, gid),
+            (format!("{:o}", md.mode() & 0o7777), md.uid(), md.gid()),
+            ("440".into(), 0, gid),
             "{path}"
         );
-        denied(&m, path);
     }
     // A member of the group reads them.
     attacker::open_up(m.mountpoint.parent().expect("parent"));
@@ -307,6 +312,16 @@ fn background_mount(ts: &TestStore, log: &Path, extra: &[&str]) -> (Mounted, Pat
     (guard, mp, err)
 }
 
+#[track_caller]
+fn nobody_cannot_read(log: &Path) {
+    let out = attacker::as_nobody(Path::new("/"), &format!("cat '{}'", log.display()));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "nobody read the log {}: {out:?}",
+        log.display()
+    );
+}
+
 fn unmount(ts: &TestStore, mp: &Path) {
     expect_exit(ts.cli().arg("umount").arg(mp), 0);
     wait_until("still mounted", std::time::Duration::from_secs(5), || {
@@ -329,8 +344,9 @@ fn the_mount_log_is_private() {
     wait_until("nothing logged", std::time::Duration::from_secs(5), || {
         fs::read_to_string(&log).is_ok_and(|l| l.contains("mounted"))
     });
-    assert_eq!(mode_of(&log), 0o600);
-    assert_eq!(mode_of(&ts.path("logs")), 0o700);
+    nobody_cannot_read(&log);
+    assert_octal(mode_of(&log), 0o600, "a new log");
+    assert_octal(mode_of(&ts.path("logs")), 0o700, "a new log directory");
     unmount(&ts, &mp);
     drop(guard);
 
@@ -347,12 +363,8 @@ fn the_mount_log_is_private() {
         err.contains("warning") && err.contains(&old.display().to_string()),
         "no word of the tightened log: {err}"
     );
-    assert_eq!(mode_of(&old), 0o600);
-    let out = attacker::as_nobody(Path::new("/"), &format!("cat '{}'", old.display()));
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "nobody read the log: {out:?}"
-    );
+    assert_octal(mode_of(&old), 0o600, "an old 0644 log");
+    nobody_cannot_read(&old);
     assert!(
         fs::read_to_string(&old)
             .expect("log")
@@ -367,9 +379,15 @@ fn the_mount_log_is_private() {
     let glog = ts.path("group-logs/mount.log");
     let (guard, mp, _) = background_mount(&ts, &glog, &["--image-group", &group]);
     let md = fs::metadata(&glog).expect("stat");
-    assert_eq!((md.mode() & 0o7777, md.gid()), (0o640, gid));
+    assert_octal(md.mode() & 0o7777, 0o640, "a log with --image-group");
+    assert_eq!(md.gid(), gid);
     let dmd = fs::metadata(ts.path("group-logs")).expect("stat");
-    assert_eq!((dmd.mode() & 0o7777, dmd.gid()), (0o750, gid));
+    assert_octal(
+        dmd.mode() & 0o7777,
+        0o750,
+        "a log directory with --image-group",
+    );
+    assert_eq!(dmd.gid(), gid);
     unmount(&ts, &mp);
     drop(guard);
 }
@@ -401,5 +419,5 @@ fn a_symlinked_mount_log_is_refused() {
     );
     assert!(!is_mounted(&mp));
     assert_eq!(fs::read(&victim).expect("victim"), b"root's file\n");
-    assert_eq!(mode_of(&victim), 0o644);
+    assert_octal(mode_of(&victim), 0o644, "the symlink's target");
 }
