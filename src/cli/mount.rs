@@ -399,8 +399,9 @@ fn start_daemon(
     if args.allow_delete {
         cmd.arg("--allow-delete");
     }
-    if let Some(gid) = image_gid {
-        cmd.arg("--image-group").arg(gid.to_string());
+    // As the user gave it: the daemon resolves it as this process did.
+    if let Some(group) = &args.image_group {
+        cmd.arg("--image-group").arg(group);
     }
     if args.no_schedule {
         cmd.arg("--no-schedule");
