@@ -111,7 +111,8 @@ pub struct MountArgs {
     /// Do not run the collections' schedules while mounted
     #[arg(long)]
     pub no_schedule: bool,
-    /// Where the background daemon logs [default: /var/log/rpfs/mount.log as root, else
+    /// Where the background daemon logs, a file private to the mounting user (0600, 0640 with
+    /// --image-group; not a symbolic link) [default: /var/log/rpfs/mount.log as root, else
     /// $XDG_STATE_HOME/rpfs/mount.log or ~/.local/state/rpfs/mount.log]
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
