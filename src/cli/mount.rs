@@ -151,8 +151,14 @@ fn open_log(log: &Path, group: Option<u32>) -> Result<File, Failure> {
     let was = md.mode() & 0o7777;
     let regroup = group.is_some_and(|g| g != md.gid());
     if was != want || regroup {
-        // Remove what is too much first, so the group never reads a log others could.
-        file.set_permissions(std::fs::Permissions::from_mode(was & want))
+        // Remove what is too much first (the old group's bits too, when the group changes),
+        // so no one reads the log in between who may not read it before or after.
+        let first = if regroup {
+            was & want & 0o600
+        } else {
+            was & want
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(first))
             .map_err(|e| fail(&e))?;
         if let Some(gid) = group.filter(|_| regroup) {
             nix::unistd::fchown(&file, None, Some(nix::unistd::Gid::from_raw(gid)))
