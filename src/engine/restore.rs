@@ -472,18 +472,22 @@ impl Target {
             OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
             private,
         ) {
-            Ok(fd) => {
-                return Ok(Staged {
-                    file: File::from(fd),
-                    temp: None,
-                    _lock: None,
-                    name: name.to_string(),
-                });
-            }
+            Ok(fd) => Ok(Staged {
+                file: File::from(fd),
+                temp: None,
+                _lock: None,
+                name: name.to_string(),
+            }),
             // A filesystem (or kernel) without nameless files.
-            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
-            Err(e) => return Err(create(e)),
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => self.stage_named(name),
+            Err(e) => Err(create(e)),
         }
+    }
+
+    /// Creates a file to be published as `name` under a temporary name, 0600, locked.
+    fn stage_named(&self, name: &str) -> Result<Staged> {
+        let private = Mode::from_bits_truncate(0o600);
+        let create = |e| io_error(format!("creating a file for {}", self.shown(name.as_ref())))(e);
         for _ in 0..8 {
             let temp = OsString::from(format!(
                 "{TEMP_PREFIX}{}-{}",
@@ -763,4 +767,165 @@ fn write_and_verify(
         });
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn docs(names: &[&str]) -> Vec<(String, Vec<u8>)> {
+        names.iter().map(|n| (n.to_string(), Vec::new())).collect()
+    }
+
+    #[test]
+    fn modes_are_octal_permission_bits() {
+        for (text, mode) in [("0640", 0o640), ("640", 0o640), ("0o600", 0o600), ("0", 0)] {
+            assert_eq!(parse_mode(text).unwrap_or(u32::MAX), mode, "{text}");
+        }
+        for bad in [
+            "4755", "01777", "2750", "0999", "", "rw", "0o", "00600", "-600", "+600",
+        ] {
+            assert!(parse_mode(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_mode("4755").is_err_and(|e| e.to_string().contains("setuid")));
+        assert_eq!(dir_mode(0o600), 0o700);
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o664), 0o755);
+        assert_eq!(dir_mode(0o400), 0o700);
+    }
+
+    #[test]
+    fn two_files_of_one_name_are_refused_naming_both() {
+        let ok = file_names(&["os", "data"], &docs(&["restore-point.json"]));
+        assert_eq!(
+            ok,
+            Ok(vec![
+                "os.img".to_string(),
+                "data.img".into(),
+                "vm-config".into(),
+                "restore-point.json".into()
+            ])
+        );
+        assert_eq!(
+            file_names(&["os", "data", "os"], &[]),
+            Err(Collision::SameName {
+                first: "disk 'os' (disk 1)".into(),
+                second: "disk 'os' (disk 3), to os.img".into()
+            })
+        );
+        assert!(matches!(
+            file_names(&["os", "OS"], &[]),
+            Err(Collision::Case { first, second }) if first.contains("'os'") && second.contains("'OS'")
+        ));
+        assert!(matches!(
+            file_names(&["os"], &docs(&["OS.img"])),
+            Err(Collision::Case { .. })
+        ));
+        for bad in ["a/b", "..", ".rpfs-restore-1-x"] {
+            assert!(
+                matches!(file_names(&[], &docs(&[bad])), Err(Collision::Unsafe(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    fn target(dir: &Path) -> Target {
+        Target::open(dir, 0o700).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_target_is_created_private_and_never_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let made = tmp.path().join("a/b");
+        target(&made);
+        for d in [tmp.path().join("a"), made.clone()] {
+            let mode = fs::metadata(&d).expect("made").permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        let link = tmp.path().join("link");
+        symlink(&made, &link).expect("symlink");
+        let err = Target::open(&link, 0o700).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("symbolic link")));
+        // A link of the caller's own, in a directory only it can change, is followed.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        target(&link.join("c"));
+        assert!(made.join("c").is_dir());
+        fs::write(tmp.path().join("file"), "").expect("file");
+        assert!(Target::open(&tmp.path().join("file"), 0o700).is_err());
+    }
+
+    #[test]
+    fn named_temporaries_are_published_by_descriptor_and_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let t = target(tmp.path());
+        let mut a = t.stage_named("a.img").unwrap_or_else(|e| panic!("{e}"));
+        a.file.write_all(b"a").expect("write");
+        let temp = a.temp.clone().expect("named");
+        let nameless = t.stage("b").unwrap_or_else(|e| panic!("{e}"));
+        t.publish_all(vec![a, nameless])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fs::read(tmp.path().join("a.img")).expect("a"), b"a");
+        assert!(tmp.path().join("b").is_file());
+        assert!(!tmp.path().join(&temp).exists());
+        let mode = fs::metadata(tmp.path().join("a.img"))
+            .expect("a")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_planted_name_fails_the_publication_and_leaves_nothing_of_ours() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let t = target(tmp.path());
+        let first = t.stage("first").unwrap_or_else(|e| panic!("{e}"));
+        let second = t.stage_named("second").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(tmp.path().join("second"), "planted").expect("plant");
+        let err = t
+            .publish_all(vec![first, second])
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("second") && e.contains("never overwrites")));
+        let mut left: Vec<_> = fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![OsString::from("second")]);
+        assert_eq!(
+            fs::read(tmp.path().join("second")).expect("planted"),
+            b"planted"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_dead_restores_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let t = target(tmp.path());
+        let live = t.stage_named("live").unwrap_or_else(|e| panic!("{e}"));
+        let dead = format!("{TEMP_PREFIX}1-dead");
+        fs::write(tmp.path().join(&dead), "half an image").expect("dead");
+        let not_a_file = format!("{TEMP_PREFIX}1-link");
+        symlink("/etc/passwd", tmp.path().join(&not_a_file)).expect("symlink");
+        fs::create_dir(tmp.path().join(format!("{TEMP_PREFIX}1-dir"))).expect("dir");
+        fs::write(tmp.path().join("unrelated"), "").expect("unrelated");
+
+        assert_eq!(t.remove_leftovers(), vec![dead.clone()]);
+        assert!(!tmp.path().join(&dead).exists());
+        let live_temp = live.temp.clone().expect("named");
+        for kept in [
+            &live_temp,
+            &OsString::from(&not_a_file),
+            &OsString::from("unrelated"),
+        ] {
+            assert!(tmp.path().join(kept).symlink_metadata().is_ok(), "{kept:?}");
+        }
+        // Once its restore is gone, the live one is a leftover too.
+        drop(live);
+        assert_eq!(
+            t.remove_leftovers(),
+            vec![live_temp.to_string_lossy().into_owned()]
+        );
+    }
 }

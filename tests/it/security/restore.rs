@@ -116,7 +116,11 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// image there: a temporary, named or not).
 fn wait_until_writing(child: &mut Child, dir: &Path) {
     // The target may not exist yet: the restore creates it.
-    let parent = dir.parent().expect("parent").canonicalize().expect("canonical");
+    let parent = dir
+        .parent()
+        .expect("parent")
+        .canonicalize()
+        .expect("canonical");
     let prefix = format!("{}/", parent.join(dir.file_name().expect("name")).display());
     let fds = format!("/proc/{}/fd", child.id());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -227,20 +231,19 @@ fn a_symlinked_target_is_refused() {
     f.assert_restored(&real.join("sub"));
 }
 
-/// In a target nobody can write (1777, as /tmp), a symbolic link nobody plants at a final name,
-/// before the restore or while it writes, is neither replaced nor followed: the restore fails
-/// naming it, the root-only file it points to is unchanged, and nothing of the restore is left.
+/// In a target nobody can write (1777, as /tmp), a symbolic link nobody planted at a final name
+/// before the restore (dangling, or to a root-only file) is neither replaced nor followed: the
+/// restore fails naming it, and writes nothing.
 #[test]
-fn a_file_planted_at_a_final_name_is_never_replaced() {
-    if !root_or_skip("a_file_planted_at_a_final_name_is_never_replaced") {
+fn a_link_planted_before_the_restore_is_never_replaced() {
+    if !root_or_skip("a_link_planted_before_the_restore_is_never_replaced") {
         return;
     }
-    let f = fixture(32 * MIB as usize);
+    let f = fixture(MIB as usize);
     let secret_dir = dir_with_mode(&f.ts, "root-only", 0o700);
     let secret = secret_dir.join("shadow");
     fs::write(&secret, "root:secret").expect("secret");
 
-    // Before: a dangling link (to a file that does not exist yet), and a link to the secret.
     for (name, to) in [
         ("os.img", secret_dir.join("new")),
         ("vm-config", secret.clone()),
@@ -254,8 +257,19 @@ fn a_file_planted_at_a_final_name_is_never_replaced() {
         assert_eq!(names_in(&target), vec![name.to_string()]);
     }
     assert!(!secret_dir.join("new").exists());
+}
 
-    // During: planted while the restore is stopped in the middle of writing os.img.
+/// The same, with the link planted while the restore is stopped in the middle of writing
+/// os.img (after any check it made of the final names).
+#[test]
+fn a_link_planted_during_the_restore_is_never_replaced() {
+    if !root_or_skip("a_link_planted_during_the_restore_is_never_replaced") {
+        return;
+    }
+    let f = fixture(32 * MIB as usize);
+    let secret_dir = dir_with_mode(&f.ts, "root-only", 0o700);
+    let secret = secret_dir.join("shadow");
+    fs::write(&secret, "root:secret").expect("secret");
     let target = dir_with_mode(&f.ts, "during", 0o1777);
     let mut guard = f.spawn_restore(&target);
     let child = guard.as_mut().expect("child");
