@@ -304,14 +304,25 @@ struct Target {
     uid: u32,
 }
 
-/// A file written but not yet published.
-struct Staged {
+/// A file written but not yet published. Dropping it removes its temporary name (published or
+/// not, failed or not), before its lock is released.
+struct Staged<'t> {
+    dir: &'t OwnedFd,
     file: File,
     /// Its temporary name, where the filesystem could not create it without one.
     temp: Option<OsString>,
     /// Held while this restore lives: tells a later one that the temporary is not a leftover.
     _lock: Option<Flock<File>>,
     name: String,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            // Best effort: after a rename the name is gone already.
+            let _ = unlinkat(self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
 }
 
 /// Whether `a` and `b` are the same file.
@@ -463,7 +474,7 @@ impl Target {
     }
 
     /// Creates a file to be published as `name`, 0600, nameless where the filesystem allows.
-    fn stage(&self, name: &str) -> Result<Staged> {
+    fn stage(&self, name: &str) -> Result<Staged<'_>> {
         let private = Mode::from_bits_truncate(0o600);
         let create = |e| io_error(format!("creating a file for {}", self.shown(name.as_ref())))(e);
         match openat(
@@ -473,6 +484,7 @@ impl Target {
             private,
         ) {
             Ok(fd) => Ok(Staged {
+                dir: &self.dir,
                 file: File::from(fd),
                 temp: None,
                 _lock: None,
@@ -485,7 +497,7 @@ impl Target {
     }
 
     /// Creates a file to be published as `name` under a temporary name, 0600, locked.
-    fn stage_named(&self, name: &str) -> Result<Staged> {
+    fn stage_named(&self, name: &str) -> Result<Staged<'_>> {
         let private = Mode::from_bits_truncate(0o600);
         let create = |e| io_error(format!("creating a file for {}", self.shown(name.as_ref())))(e);
         for _ in 0..8 {
@@ -519,6 +531,7 @@ impl Target {
             match fstatat(&self.dir, temp.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if same_file(&st, &ours) => {
                     return Ok(Staged {
+                        dir: &self.dir,
                         file: fd,
                         temp: Some(temp),
                         _lock: Some(lock),
@@ -574,28 +587,24 @@ impl Target {
     /// Publishes every staged file under its final name, in order; on a failure removes those
     /// already published (when still this restore's) and every temporary.
     fn publish_all(&self, staged: Vec<Staged>) -> Result<()> {
-        let mut published: Vec<(&str, FileStat)> = Vec::new();
+        let mut published: Vec<(String, FileStat)> = Vec::new();
         let mut failure = None;
         for s in &staged {
             match self.publish(s) {
-                Ok(st) => published.push((&s.name, st)),
+                Ok(st) => published.push((s.name.clone(), st)),
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
         }
-        for s in &staged {
-            if let Some(temp) = &s.temp {
-                let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            }
-        }
+        drop(staged);
         if failure.is_some() {
             for (name, st) in &published {
-                let ours = fstatat(&self.dir, *name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                let ours = fstatat(&self.dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                     .is_ok_and(|now| same_file(&now, st));
                 if ours {
-                    let _ = unlinkat(&self.dir, *name, UnlinkatFlags::NoRemoveDir);
+                    let _ = unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
                 }
             }
         }
@@ -921,11 +930,9 @@ mod tests {
         ] {
             assert!(tmp.path().join(kept).symlink_metadata().is_ok(), "{kept:?}");
         }
-        // Once its restore is gone, the live one is a leftover too.
+        // A staged file dropped unpublished (its restore failed) takes its temporary with it.
         drop(live);
-        assert_eq!(
-            t.remove_leftovers(),
-            vec![live_temp.to_string_lossy().into_owned()]
-        );
+        assert!(tmp.path().join(&live_temp).symlink_metadata().is_err());
+        assert_eq!(t.remove_leftovers(), Vec::<String>::new());
     }
 }
