@@ -28,7 +28,8 @@
 //!   of the temporary name where the filesystem has no hard links): neither ever replaces an
 //!   entry, so a file or link planted at a final name during the restore stays as it is, and the
 //!   restore fails naming it. A failed restore removes what it published (each checked to still
-//!   be its own file) and its temporaries: it leaves the target as it found it.
+//!   be its own file) and its temporaries: it leaves no file behind (directories it created
+//!   stay, empty).
 //! - **A killed restore stops no other.** Nameless files vanish with the process. Named
 //!   temporaries of a restore that no longer runs (regular files the caller owns, named
 //!   [`TEMP_PREFIX`]`…`, whose lock nobody holds) are removed by the next restore into the same
