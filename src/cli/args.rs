@@ -39,12 +39,18 @@ pub enum Command {
     Restore {
         /// The restore point, as COLLECTION/NAME
         point: String,
-        /// Directory to write into (created if missing); existing files are never overwritten
+        /// Directory to write into (created 0700 if missing; not a symbolic link); existing
+        /// files are never overwritten
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Restore only this disk
         #[arg(long, value_name = "DISK")]
         disk: Option<String>,
+        /// Permission bits of the files written, in octal (e.g. 0640); the directories restore
+        /// creates get the matching read and search bits (0640 gives 0750)
+        #[arg(long, value_name = "MODE", default_value = "0600",
+              value_parser = rpfs::engine::restore::parse_mode)]
+        mode: u32,
     },
     /// Stream one disk of a restore point to standard output as a raw image
     Cat {

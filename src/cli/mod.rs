@@ -62,7 +62,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Vm(cmd) => vm(&open_store(&dir)?, cmd),
         Command::Collection(cmd) => collection(&open_store(&dir)?, cmd),
         Command::Point(cmd) => point(&open_store(&dir)?, cmd),
-        Command::Restore { point, to, disk } => {
+        Command::Restore {
+            point,
+            to,
+            disk,
+            mode,
+        } => {
             let engine = open_store(&dir)?;
             let (c, n) = split_point_path(&point)?;
             let cat = engine.catalog()?;
@@ -76,8 +81,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 to,
                 disk,
                 documents: vec![(resource::POINT_DOCUMENT.to_string(), json)],
+                mode,
             };
             let out = engine.restore(&req, &Bar::new())?;
+            for name in &out.leftovers_removed {
+                eprintln!(
+                    "removed {}, left by a restore that was interrupted",
+                    req.to.join(name).display()
+                );
+            }
             say!(
                 "restored {point} to {}: {} files, {} of images ({} of data written, verified), {:.2} s",
                 req.to.display(),

@@ -130,6 +130,8 @@ fn rpfs(store: &Path, args: &[&str], allowed: &Path) -> (i32, String, Vec<String
                     .any(|s| p.starts_with(s))
                 && !p.starts_with(bin.parent().expect("bin dir"))
                 && !p.starts_with(allowed)
+                // The directories above the restore target, walked (O_PATH) to reach it.
+                && !allowed.starts_with(p)
         })
         .map(|p| p.display().to_string())
         .collect();
