@@ -114,7 +114,14 @@ fn clone_path(source: &Path, point: Uuid) -> Option<PathBuf> {
 
 impl Plan {
     fn env(&self, phase: &str) -> Vec<(&'static str, String)> {
-        script_env(&self.vm, &self.collection, self.point_id, phase)
+        script_env(
+            &self.vm,
+            &self.collection,
+            Some(self.collection_id),
+            &self.name,
+            self.point_id,
+            phase,
+        )
     }
 }
 
@@ -152,6 +159,7 @@ impl Engine {
             started: now_rfc3339(),
             frozen: false,
             collection: plan.collection.clone(),
+            point: plan.name.clone(),
             gc_owed: false,
         };
         let earlier = pending::begin(&self.shared, vm.id, &mut op)?;

@@ -71,6 +71,7 @@ pub(crate) fn delete_locked(
         started: now_rfc3339(),
         frozen: false,
         collection: collection.to_string(),
+        point: point.name.clone(),
         gc_owed: false,
     };
     let earlier = pending::begin(shared, vm, &mut op)?;

@@ -5,6 +5,13 @@
 //! output goes to anonymous temporary files (never pipes, so a background child holding them
 //! cannot hang us); a command that outlives its timeout is killed with its whole process group
 //! and counts as failed.
+//!
+//! A command's output never leaves this module except as the configuration a configuration
+//! command prints: what a failing command wrote to standard error goes to the log (tracing, at
+//! warn level) and nowhere else. [`Outcome::Failed`] says why in rpfs's own words (exit status,
+//! signal, timeout), because it ends up in error messages, `collection.json` and point records,
+//! which other users may read; scripts print secrets (a freeze tool's password prompt, a
+//! `virsh` connection string) more often than one would think.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -17,21 +24,40 @@ use uuid::Uuid;
 
 use crate::store::records::VmRecord;
 
+/// The most of a failing command's standard error the log keeps (its end).
+pub const LOGGED_STDERR_MAX: usize = 4096;
+
 /// The environment a script of `vm` sees in `phase` (`pre`, `post`, `config`) of the creation
-/// of point `point` in `collection`.
+/// of point `point` (id `point_id`) in collection `collection` (id `collection_id`).
+///
+/// `RPFS_VM`, `RPFS_COLLECTION` and `RPFS_POINT` are names, `RPFS_VM_ID`, `RPFS_COLLECTION_ID`
+/// and `RPFS_POINT_ID` ids. A name or id that is not known (empty, or None: a post-script run by
+/// recovery for a marker written before the point's name was kept in it) is left unset rather
+/// than set to something else.
 pub fn script_env(
     vm: &VmRecord,
     collection: &str,
-    point: Uuid,
+    collection_id: Option<Uuid>,
+    point: &str,
+    point_id: Uuid,
     phase: &str,
 ) -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("RPFS_PHASE", phase.to_string()),
         ("RPFS_VM", vm.name.clone()),
         ("RPFS_VM_ID", vm.id.to_string()),
-        ("RPFS_COLLECTION", collection.to_string()),
-        ("RPFS_POINT", point.to_string()),
-    ]
+    ];
+    if !collection.is_empty() {
+        env.push(("RPFS_COLLECTION", collection.to_string()));
+    }
+    if let Some(id) = collection_id {
+        env.push(("RPFS_COLLECTION_ID", id.to_string()));
+    }
+    if !point.is_empty() {
+        env.push(("RPFS_POINT", point.to_string()));
+    }
+    env.push(("RPFS_POINT_ID", point_id.to_string()));
+    env
 }
 
 /// How a command ended.
@@ -39,8 +65,35 @@ pub fn script_env(
 pub enum Outcome {
     /// Exit status 0; carries standard output.
     Success(Vec<u8>),
-    /// Anything else; says why, with the last line of standard error when there is one.
+    /// Anything else; says why in rpfs's own words (exit status, signal, timeout), never with
+    /// the command's output: see the module documentation.
     Failed(String),
+}
+
+/// What the log calls the command `env` was made for ("pre-script of VM 'vm1' for restore point
+/// c1/p1"), from the environment [`script_env`] made.
+fn describe(env: &[(&str, String)]) -> String {
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+    let what = match get("RPFS_PHASE") {
+        Some("pre") => "pre-script",
+        Some("post") => "post-script",
+        Some("config") => "configuration command",
+        _ => "command",
+    };
+    let mut out = what.to_string();
+    if let Some(vm) = get("RPFS_VM") {
+        out.push_str(&format!(" of VM '{vm}'"));
+    }
+    match (
+        get("RPFS_COLLECTION"),
+        get("RPFS_POINT"),
+        get("RPFS_POINT_ID"),
+    ) {
+        (Some(c), Some(p), _) => out.push_str(&format!(" for restore point {c}/{p}")),
+        (_, _, Some(id)) => out.push_str(&format!(" for restore point {id}")),
+        _ => {}
+    }
+    out
 }
 
 /// Runs `command` with `env` added, for at most `timeout`.
@@ -94,20 +147,34 @@ pub fn run(command: &str, env: &[(&str, String)], timeout: Duration) -> Outcome 
             .and_then(|_| f.read_to_end(&mut v));
         v
     };
-    match status {
-        Ok(s) if s.success() => Outcome::Success(read_all(&mut out)),
-        Ok(s) => {
-            let stderr = read_all(&mut err);
-            let last = String::from_utf8_lossy(&stderr)
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(|l| format!(": {}", l.trim()))
-                .unwrap_or_default();
-            Outcome::Failed(format!("failed ({s}){last}"))
-        }
-        Err(reason) => Outcome::Failed(reason),
+    let reason = match status {
+        Ok(s) if s.success() => return Outcome::Success(read_all(&mut out)),
+        Ok(s) => format!("failed ({s})"),
+        Err(reason) => reason,
+    };
+    Outcome::Failed(log_stderr(&describe(env), &reason, &read_all(&mut err)))
+}
+
+/// Logs the end of what a failed command wrote to standard error (at most
+/// [`LOGGED_STDERR_MAX`] bytes, escaped onto one line); returns `reason`, saying so when there
+/// was some. The failure itself is reported by whoever gets the [`Outcome`].
+fn log_stderr(what: &str, reason: &str, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        return reason.to_string();
     }
+    let mut start = text.len().saturating_sub(LOGGED_STDERR_MAX);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = if start > 0 { "…" } else { "" };
+    // Debug formatting escapes newlines and control characters: one line, safe on a terminal.
+    tracing::warn!(
+        "{what} {reason}; its standard error: {cut}{:?}",
+        &text[start..]
+    );
+    format!("{reason}; its standard error was logged")
 }
 
 #[cfg(test)]
@@ -121,10 +188,12 @@ mod tests {
             run("printf %s \"$X\"", &[("X", "hi".into())], t),
             Outcome::Success(b"hi".to_vec())
         );
-        match run("echo oops >&2; exit 3", &[], t) {
-            Outcome::Failed(m) => {
-                assert!(m.contains("exit status: 3") && m.ends_with(": oops"), "{m}")
-            }
+        match run("exit 3", &[], t) {
+            Outcome::Failed(m) => assert_eq!(m, "failed (exit status: 3)"),
+            o => panic!("{o:?}"),
+        }
+        match run("kill -9 $$", &[], t) {
+            Outcome::Failed(m) => assert!(m.contains("signal: 9"), "{m}"),
             o => panic!("{o:?}"),
         }
         let start = Instant::now();
@@ -133,6 +202,119 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    fn vm1() -> VmRecord {
+        VmRecord {
+            id: Uuid::new_v4(),
+            name: "vm1".into(),
+            created: String::new(),
+            orchestration: Default::default(),
+            disks: Vec::new(),
+            config: Default::default(),
+            pre_script: None,
+            post_script: None,
+            script_timeout_secs: 5,
+            min_interval_secs: None,
+        }
+    }
+
+    /// A writer the test's log goes to.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with the log captured; returns its result and the log.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&log.0.lock().expect("log buffer")).into_owned();
+        (out, text)
+    }
+
+    #[test]
+    fn standard_error_goes_to_the_log_only() {
+        let vm = vm1();
+        let env = script_env(&vm, "c1", None, "p1", Uuid::new_v4(), "pre");
+        let t = Duration::from_secs(5);
+        let (out, log) = logged(|| {
+            run(
+                "echo 'password=hunter2' >&2; printf 'two\\nlines\\033[2J' >&2; exit 4",
+                &env,
+                t,
+            )
+        });
+        match out {
+            Outcome::Failed(m) => {
+                assert_eq!(m, "failed (exit status: 4); its standard error was logged");
+            }
+            o => panic!("{o:?}"),
+        }
+        let line = log
+            .lines()
+            .find(|l| l.contains("hunter2"))
+            .unwrap_or_else(|| panic!("stderr not logged: {log}"));
+        assert!(
+            line.contains("pre-script of VM 'vm1' for restore point c1/p1 failed (exit status: 4)")
+                && line.contains(r"two\nlines\u{1b}[2J"),
+            "{line}"
+        );
+        // A timeout and a long output: the end of it is logged, bounded.
+        let (out, log) = logged(|| {
+            run(
+                "yes 0123456789 | head -c 100000 >&2; echo LAST >&2; sleep 30",
+                &env,
+                Duration::from_millis(500),
+            )
+        });
+        assert!(
+            matches!(&out, Outcome::Failed(m) if m.contains("timed out") && !m.contains("LAST")),
+            "{out:?}"
+        );
+        assert!(
+            log.contains("LAST") && log.len() < 2 * LOGGED_STDERR_MAX,
+            "{} bytes",
+            log.len()
+        );
+        // Success logs nothing.
+        let (out, log) = logged(|| run("echo chatter >&2", &env, t));
+        assert_eq!(out, Outcome::Success(Vec::new()));
+        assert!(!log.contains("chatter"), "{log}");
+    }
+
+    #[test]
+    fn scripts_see_names_and_ids() {
+        let vm_id = Uuid::new_v4();
+        let (c, p) = (Uuid::new_v4(), Uuid::new_v4());
+        let vm = VmRecord { id: vm_id, ..vm1() };
+        let env = script_env(&vm, "c1", Some(c), "p1", p, "post");
+        let show = "printf '%s|' \"$RPFS_PHASE\" \"$RPFS_VM\" \"$RPFS_VM_ID\" \"$RPFS_COLLECTION\" \
+                    \"$RPFS_COLLECTION_ID\" \"$RPFS_POINT\" \"$RPFS_POINT_ID\"";
+        assert_eq!(
+            run(show, &env, Duration::from_secs(5)),
+            Outcome::Success(format!("post|vm1|{vm_id}|c1|{c}|p1|{p}|").into_bytes())
+        );
+        // Unknown names and ids are unset, not stand-ins.
+        let env = script_env(&vm, "", None, "", p, "post");
+        let show = "printf '%s|' \"${RPFS_COLLECTION-unset}\" \"${RPFS_COLLECTION_ID-unset}\" \"${RPFS_POINT-unset}\"";
+        assert_eq!(
+            run(show, &env, Duration::from_secs(5)),
+            Outcome::Success(b"unset|unset|unset|".to_vec())
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub(crate) fn finish(shared: &Shared, vm: Uuid) -> Result<(bool, Cleanup)> {
             started: String::new(),
             frozen: false,
             collection: String::new(),
+            point: String::new(),
             gc_owed: true,
         },
     };
@@ -150,7 +151,19 @@ fn thaw(shared: &Shared, vm: Uuid, op: &PendingOp) -> String {
             record.name
         );
     };
-    let env = hooks::script_env(&record, &op.collection, op.point_id, "post");
+    // The collection's id, for RPFS_COLLECTION_ID: the marker keeps its name only.
+    let collection_id = catalog::load_collections(&*shared.storage, vm)
+        .ok()
+        .and_then(|cs| cs.into_iter().find(|c| c.name == op.collection))
+        .map(|c| c.id);
+    let env = hooks::script_env(
+        &record,
+        &op.collection,
+        collection_id,
+        &op.point,
+        op.point_id,
+        "post",
+    );
     match hooks::run(cmd, &env, Duration::from_secs(record.script_timeout_secs)) {
         Outcome::Success(_) => format!(
             "VM '{}' may have been left frozen by an interrupted creation; its post-script was run \

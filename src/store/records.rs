@@ -268,6 +268,10 @@ pub struct PendingOp {
     /// Collection of the point, for the environment of a post-script run by recovery.
     #[serde(default)]
     pub collection: String,
+    /// Name of the point, for the same environment (empty in markers written before it was
+    /// kept).
+    #[serde(default)]
+    pub point: String,
     /// Garbage collection still owes work (a repack deferred for lack of space): whoever ends
     /// the operation runs it again before removing the marker.
     #[serde(default)]
@@ -307,11 +311,10 @@ impl Record for StoreHeader {}
 
 impl Record for PendingOp {
     fn names(&self) -> Vec<&str> {
-        if self.collection.is_empty() {
-            Vec::new()
-        } else {
-            vec![self.collection.as_str()]
-        }
+        [self.collection.as_str(), self.point.as_str()]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect()
     }
 }
 

@@ -253,6 +253,7 @@ fn a_read_only_store_with_a_pending_marker_still_lists_and_restores() {
         started: "now".into(),
         frozen: false,
         collection: "c".into(),
+        point: "p2".into(),
         gc_owed: false,
     };
     write_record(
