@@ -2,7 +2,7 @@
 //!
 //! Structure: every record parses and its envelope checksum holds; points reference existing
 //! collections; names are unique; limits hold; every record obeys the naming and identity rules
-//! the CLI enforces when it writes one (see [`RecordRules`]); every committed disk restore point has a valid
+//! the CLI enforces when it writes one (see `RecordRules`); every committed disk restore point has a valid
 //! map whose packs exist with valid tables holding every block the map references; nothing is
 //! left that no committed point references. With `read_data`, every stored block is read,
 //! decompressed and its hash compared.

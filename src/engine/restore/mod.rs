@@ -1,7 +1,7 @@
 //! Restoring a point to a directory: each disk as a sparse raw image, the captured configuration
 //! verbatim, and whatever documents the caller adds (the CLI adds the point's resource JSON).
 //!
-//! [`target`] holds the target directory's side of the invariants below (walk, create, publish,
+//! `target` holds the target directory's side of the invariants below (walk, create, publish,
 //! leftovers); this module decides what to write and verifies it.
 //!
 //! The target directory may be one another user can write (a shared `/srv/restore`, a 1777
