@@ -36,6 +36,7 @@ mod handles;
 mod inodes;
 mod media;
 mod node;
+mod open_guests;
 mod snapshot;
 mod tree;
 
@@ -171,10 +172,8 @@ impl Vfs {
     pub fn forget(&self, ino: u64, nlookup: u64) {
         let guest = self.inodes.lock().forget(ino, nlookup);
         // The root of a guest filesystem is node 0, and always known: nothing to return.
-        if let Some((key, guest_ino @ 1..)) = guest
-            && let Some(g) = self.media.probed_guest(&key)
-        {
-            g.fs.forget(guest_ino, nlookup);
+        if let Some((key, guest_ino @ 1..)) = guest {
+            self.media.forget_guest(&key, guest_ino, nlookup);
         }
     }
 

@@ -21,7 +21,7 @@ mod ntfs;
 mod worker;
 
 pub use backend::{
-    Backend, FsType, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, MAX_PATH, Piece,
-    Source, Stream,
+    Backend, DirItem, FsType, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK,
+    MAX_PATH, Piece, Source, Stream, Unreadable,
 };
-pub use filesystem::{Guest, Listing};
+pub use filesystem::{CACHED_LISTING_BYTES, Guest, GuestNames, Listing, ListingCache};
