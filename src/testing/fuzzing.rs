@@ -333,7 +333,7 @@ pub fn guest_fs(data: &[u8]) {
         let Ok(listing) = guest.list(dir) else {
             continue;
         };
-        for (name, attr) in &listing.entries {
+        for (name, attr) in listing.entries() {
             if listing.unreadable(name).is_some() {
                 // A damaged inode fails alone: its lookup, not the listing.
                 assert!(guest.lookup(dir, name).is_err());

@@ -125,8 +125,8 @@ impl Vfs {
                 guest_node(&g, key, up)?
             }
         };
-        let mut out = Vec::with_capacity(listing.entries.len());
-        for (name, a) in &listing.entries {
+        let mut out = Vec::with_capacity(listing.len());
+        for (name, a) in listing.entries() {
             out.push(DirEntry {
                 ino: self.ino(guest_node(&g, key, a.ino)?)?,
                 kind: a.kind,

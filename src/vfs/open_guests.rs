@@ -36,7 +36,7 @@ use crate::inspect::guest::{
 };
 
 /// Most guest filesystems open at once.
-pub const MAX_OPEN_GUESTS: usize = 8;
+pub const MAX_OPEN_GUESTS: usize = 4;
 /// How long an unused guest filesystem stays open, unless `RPFS_GUEST_IDLE_SECS` says.
 pub const GUEST_IDLE: Duration = Duration::from_secs(60);
 /// The environment variable that sets the idle time, in seconds.

@@ -53,40 +53,54 @@ const MAX_PIECES: usize = 1 << 16;
 /// Stretches kept per filesystem.
 const STRETCHES: usize = 16;
 
-/// A directory's entries, by position and by name.
+/// A directory's entries, by position and by name. Kept compact (a few allocations, not one
+/// per entry), so that what a listing holds is freed in whole blocks when it leaves the cache.
 pub struct Listing {
-    /// Every entry, in the directory's order; an unreadable entry has the number and kind its
-    /// directory records and nothing else.
-    pub entries: Vec<(Vec<u8>, GuestAttr)>,
-    /// Positions of the entries sorted by name (4 bytes an entry, where a map costs ~80).
+    /// Every name, back to back.
+    names: Vec<u8>,
+    /// Where each entry's name ends in `names`, in the directory's order.
+    ends: Vec<u32>,
+    /// Each entry's attributes; an unreadable entry has the number and kind its directory
+    /// records and nothing else.
+    attrs: Vec<GuestAttr>,
+    /// Positions of the entries sorted by name.
     by_name: Vec<u32>,
     /// The unreadable entries, by position (ascending), with why.
     unreadable: Vec<(u32, Box<str>)>,
 }
 
 impl Listing {
-    fn new(entries: Vec<(Vec<u8>, GuestAttr)>, unreadable: Vec<(u32, Box<str>)>) -> Listing {
-        // A listing holds at most MAX_DIR_ENTRIES (2^20) entries: positions fit in u32.
-        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
-        by_name.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
-        Listing {
-            entries,
-            by_name,
-            unreadable,
-        }
+    /// How many entries the listing holds.
+    pub fn len(&self) -> usize {
+        self.attrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attrs.is_empty()
+    }
+
+    /// The name of entry `i`.
+    fn name(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        &self.names[start..self.ends[i] as usize]
+    }
+
+    /// The entries, in the directory's order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &GuestAttr)> {
+        (0..self.len()).map(|i| (self.name(i), &self.attrs[i]))
     }
 
     fn position(&self, name: &[u8]) -> Option<usize> {
         let at = self
             .by_name
-            .binary_search_by(|&i| self.entries[i as usize].0.as_slice().cmp(name))
+            .binary_search_by(|&i| self.name(i as usize).cmp(name))
             .ok()?;
         Some(self.by_name[at] as usize)
     }
 
     /// Entry `name`'s attributes (only its number and kind if it is unreadable).
     pub fn get(&self, name: &[u8]) -> Option<&GuestAttr> {
-        self.position(name).map(|i| &self.entries[i].1)
+        self.position(name).map(|i| &self.attrs[i])
     }
 
     /// Why entry `name` cannot be read, if it cannot.
@@ -98,11 +112,11 @@ impl Listing {
 
     /// Roughly the memory the listing takes.
     fn bytes(&self) -> usize {
-        let names: usize = self.entries.iter().map(|(n, _)| n.capacity()).sum();
         let why: usize = self.unreadable.iter().map(|(_, w)| w.len()).sum();
-        let entry = size_of::<(Vec<u8>, GuestAttr)>().saturating_add(size_of::<u32>());
-        names
-            .saturating_add(self.entries.capacity().saturating_mul(entry))
+        let per_entry = size_of::<GuestAttr>().saturating_add(2 * size_of::<u32>());
+        self.names
+            .capacity()
+            .saturating_add(self.attrs.capacity().saturating_mul(per_entry))
             .saturating_add(
                 self.unreadable
                     .capacity()
@@ -391,7 +405,10 @@ impl Guest {
         // FAT finds names regardless of case, so there names differing only in case are alike.
         let fat = self.fs == FsType::Fat;
         let mut seen = std::collections::HashSet::with_capacity(items.len());
-        let mut entries = Vec::with_capacity(items.len());
+        let names_len = items.iter().map(|(n, _)| n.len()).sum();
+        let mut names = Vec::with_capacity(names_len);
+        let mut ends = Vec::with_capacity(items.len());
+        let mut attrs = Vec::with_capacity(items.len());
         let mut unreadable = Vec::new();
         for (name, item) in items {
             let first = seen.insert(if fat {
@@ -402,7 +419,7 @@ impl Guest {
             if !first {
                 continue;
             }
-            let attr = match item {
+            let mut attr = match item {
                 Ok(attr) => attr,
                 Err(Unreadable {
                     ino: bad,
@@ -415,7 +432,7 @@ impl Guest {
                         String::from_utf8_lossy(&name),
                     );
                     // At most MAX_DIR_ENTRIES (2^20) entries: the position fits in u32.
-                    unreadable.push((entries.len() as u32, why.into_boxed_str()));
+                    unreadable.push((attrs.len() as u32, why.into_boxed_str()));
                     GuestAttr {
                         ino: bad,
                         kind,
@@ -423,25 +440,40 @@ impl Guest {
                     }
                 }
             };
-            entries.push((name, attr));
-        }
-        drop(seen);
-        let mut names = self.names.lock();
-        for (name, attr) in entries.iter_mut() {
             if attr.ino == 0 {
                 // Numbered by path, once: the number stays the file's while its names live.
-                let child = child_path(&path, name)?;
-                let next = names.next;
-                attr.ino = *names.assigned.entry(child).or_insert(next);
+                let child = child_path(&path, &name)?;
+                let mut known = self.names.lock();
+                let next = known.next;
+                attr.ino = *known.assigned.entry(child).or_insert(next);
                 if attr.ino == next {
-                    names.next = next.saturating_add(1);
+                    known.next = next.saturating_add(1);
                 }
             } else if path.len().saturating_add(name.len()) >= MAX_PATH {
-                child_path(&path, name)?;
+                child_path(&path, &name)?;
             }
+            names.extend_from_slice(&name);
+            // At most 2^20 names of at most MAX_PATH bytes each: under 2^32.
+            ends.push(
+                u32::try_from(names.len()).map_err(|_| {
+                    GuestError::Damaged("a directory whose names exceed 4 GiB".into())
+                })?,
+            );
+            attrs.push(attr);
         }
-        drop(names);
-        let listing = Arc::new(Listing::new(entries, unreadable));
+        drop(seen);
+        // A listing holds at most MAX_DIR_ENTRIES (2^20) entries: positions fit in u32.
+        let mut listing = Listing {
+            names,
+            ends,
+            attrs,
+            by_name: Vec::new(),
+            unreadable,
+        };
+        let mut by_name: Vec<u32> = (0..listing.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| listing.name(a as usize).cmp(listing.name(b as usize)));
+        listing.by_name = by_name;
+        let listing = Arc::new(listing);
         self.listings.put((self.serial, ino), listing.clone());
         Ok(listing)
     }

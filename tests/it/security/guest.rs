@@ -99,6 +99,12 @@ fn listing_a_large_guest_directory_in_many_points_keeps_the_daemon_bounded() {
     }
     let after = rss(pid);
     eprintln!(
+        "{}",
+        sh(&format!(
+            "grep -E 'Threads' /proc/{pid}/status; awk '/^[0-9a-f]+-/{{m=$0}} /^Rss:/{{ if ($2 > 2000) print $2, m }}' /proc/{pid}/smaps"
+        ))
+    );
+    eprintln!(
         "daemon RSS before {} MiB, peak {} MiB, after {} MiB",
         before >> 20,
         peak >> 20,
