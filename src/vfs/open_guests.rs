@@ -42,6 +42,9 @@ pub const GUEST_IDLE: Duration = Duration::from_secs(60);
 /// The environment variable that sets the idle time, in seconds.
 const IDLE_VAR: &str = "RPFS_GUEST_IDLE_SECS";
 
+/// An open guest filesystem and what to call it in errors.
+pub type OpenGuest = (Arc<Guest>, Arc<str>);
+
 /// What a probe found in a (point, disk, partition) where rpfs reads a filesystem.
 struct Probed {
     fs: FsType,
@@ -172,7 +175,7 @@ impl OpenGuests {
         &self,
         key: GuestKey,
         source: impl FnOnce() -> Result<S, E>,
-    ) -> Result<Option<(Arc<Guest>, Arc<str>)>, E> {
+    ) -> Result<Option<OpenGuest>, E> {
         let (fs, label, names) = {
             let mut t = self.table.lock();
             let Some(Some(p)) = t.probed.get(&key) else {

@@ -113,7 +113,7 @@ impl Listing {
     /// Roughly the memory the listing takes.
     fn bytes(&self) -> usize {
         let why: usize = self.unreadable.iter().map(|(_, w)| w.len()).sum();
-        let per_entry = size_of::<GuestAttr>().saturating_add(2 * size_of::<u32>());
+        let per_entry = size_of::<GuestAttr>().saturating_add(size_of::<[u32; 2]>());
         self.names
             .capacity()
             .saturating_add(self.attrs.capacity().saturating_mul(per_entry))
