@@ -268,42 +268,110 @@ fn sweep(table: &Weak<Mutex<Table>>, idle: Duration, every: Duration) {
         let Some(table) = table.upgrade() else {
             return;
         };
-        let mut guard = table.lock();
-        let t = &mut *guard;
-        let now = Instant::now();
-        let mut closed = Vec::new();
-        while t
-            .open
-            .peek_lru()
-            .is_some_and(|(_, (_, at))| now.duration_since(*at) >= idle)
-        {
-            if let Some((k, (g, _))) = t.open.pop_lru() {
-                t.closed.insert(k, Arc::downgrade(&g));
-                closed.push((k, g));
-            }
+        close_idle(&table, idle);
+    }
+}
+
+/// Closes the filesystems unused for `idle`; returns how many it closed.
+fn close_idle(table: &Mutex<Table>, idle: Duration) -> usize {
+    let mut guard = table.lock();
+    let t = &mut *guard;
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    while t
+        .open
+        .peek_lru()
+        .is_some_and(|(_, (_, at))| now.duration_since(*at) >= idle)
+    {
+        if let Some((k, (g, _))) = t.open.pop_lru() {
+            t.closed.insert(k, Arc::downgrade(&g));
+            closed.push((k, g));
         }
-        drop(guard);
-        let keys: Vec<GuestKey> = closed.iter().map(|(k, _)| *k).collect();
-        drop(closed);
-        if keys.is_empty() {
-            continue;
+    }
+    drop(guard);
+    let keys: Vec<GuestKey> = closed.iter().map(|(k, _)| *k).collect();
+    drop(closed);
+    if keys.is_empty() {
+        return 0;
+    }
+    // Numbers given to paths nobody holds go once no guest of the filesystem is left.
+    let mut guard = table.lock();
+    let t = &mut *guard;
+    t.closed.retain(|_, w| w.strong_count() > 0);
+    let names: Vec<_> = keys
+        .iter()
+        .filter(|k| !t.closed.contains_key(k) && !t.open.contains(k))
+        .filter_map(|k| {
+            t.probed
+                .get(k)
+                .and_then(|p| p.as_ref().map(|p| p.names.clone()))
+        })
+        .collect();
+    drop(guard);
+    for n in names {
+        n.lock().trim();
+    }
+    keys.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn key(i: u128) -> GuestKey {
+        (Uuid::from_u128(i), Uuid::nil(), 0)
+    }
+
+    /// Opens probed `key` on a (garbage) source: no parser loads until asked.
+    fn open(g: &OpenGuests, k: GuestKey) -> Arc<Guest> {
+        g.set_probed(k, Some((FsType::Ext4, "ext4 in disk os of c/p".into())));
+        let (fs, label) = g
+            .get(k, || Ok::<_, ()>(vec![0u8; 4096]))
+            .expect("source")
+            .expect("probed");
+        assert_eq!(&*label, "ext4 in disk os of c/p");
+        fs
+    }
+
+    #[test]
+    fn at_most_the_ceiling_is_open_and_a_held_one_is_reused() {
+        let g = OpenGuests::new();
+        let held = open(&g, key(0));
+        for i in 1..(3 * MAX_OPEN_GUESTS as u128) {
+            open(&g, key(i));
+            assert!(g.table.lock().open.len() <= MAX_OPEN_GUESTS);
         }
-        // Numbers given to paths nobody holds go once no guest of the filesystem is left.
-        let mut guard = table.lock();
-        let t = &mut *guard;
-        t.closed.retain(|_, w| w.strong_count() > 0);
-        let names: Vec<_> = keys
-            .iter()
-            .filter(|k| !t.closed.contains_key(k) && !t.open.contains(k))
-            .filter_map(|k| {
-                t.probed
-                    .get(k)
-                    .and_then(|p| p.as_ref().map(|p| p.names.clone()))
-            })
-            .collect();
-        drop(guard);
-        for n in names {
-            n.lock().trim();
+        assert!(
+            !g.table.lock().open.contains(&key(0)),
+            "least recently used"
+        );
+        // A handle still holds the first: asked for again, it is the same one.
+        assert!(Arc::ptr_eq(&held, &open(&g, key(0))));
+        // One closed and held by nothing is gone, and opened afresh on demand.
+        let again = open(&g, key(1));
+        assert_eq!(Arc::strong_count(&again), 2, "the table's and ours");
+    }
+
+    #[test]
+    fn idle_ones_close_and_nothing_rpfs_reads_stays_none() {
+        let g = OpenGuests::new();
+        for i in 0..3 {
+            open(&g, key(i));
         }
+        assert_eq!(close_idle(&g.table, Duration::from_secs(3600)), 0);
+        assert_eq!(close_idle(&g.table, Duration::ZERO), 3);
+        assert_eq!(g.table.lock().open.len(), 0);
+        assert!(g.table.lock().closed.is_empty(), "nothing held them");
+        g.set_probed(key(9), None);
+        assert_eq!(g.probed(&key(9)), Some(None));
+        assert!(
+            g.get(key(9), || Ok::<_, ()>(Vec::new()))
+                .expect("no source needed")
+                .is_none()
+        );
+        g.retain_points(|p| p == key(1).0);
+        assert_eq!(g.probed(&key(0)), None);
+        assert_eq!(g.probed(&key(1)), Some(Some(FsType::Ext4)));
     }
 }
