@@ -677,7 +677,7 @@ mod tests {
             l.names.extend_from_slice(n.as_bytes());
             l.ends.push(l.names.len() as u32);
             l.attrs.push(GuestAttr {
-                ino: 10 + i as u64,
+                ino: (i as u64).saturating_add(10),
                 ..GuestAttr::synthetic_dir(std::time::UNIX_EPOCH)
             });
         }
@@ -702,10 +702,10 @@ mod tests {
     #[test]
     fn the_listing_cache_is_bounded_by_bytes_and_keeps_the_newest() {
         let one = listing(&["a", "b", "c"], 0).bytes();
-        let cache = ListingCache::new(one * 2);
+        let cache = ListingCache::new(one.saturating_mul(2));
         for dir in 0..10 {
             cache.put((1, dir), Arc::new(listing(&["a", "b", "c"], 0)));
-            assert!(cache.bytes() <= one * 2);
+            assert!(cache.bytes() <= one.saturating_mul(2));
         }
         assert!(cache.get((1, 9)).is_some() && cache.get((1, 0)).is_none());
         cache.put((2, 0), Arc::new(listing(&["a", "b", "c"], 0)));
