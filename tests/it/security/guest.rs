@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::attacker::umask_022;
 use crate::common::images::{MIB, ext4_image};
-use crate::common::mount::{MountGuard, as_nobody, fuse_or_skip, names_in};
+use crate::common::mount::{MountGuard, as_nobody, fuse_or_skip, names_in, rss};
 use crate::common::store::TestStore;
 use crate::common::sys::{require_tool, rng, root_or_skip, seed, sh};
 
@@ -29,18 +29,6 @@ const SECOND_HALF_GROWTH: u64 = 16 << 20;
 /// Idle time after which the test's daemon releases its guest filesystems
 /// (`RPFS_GUEST_IDLE_SECS`).
 const IDLE_SECS: u64 = 2;
-
-/// The daemon's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
 
 #[test]
 fn listing_a_large_guest_directory_in_many_points_keeps_the_daemon_bounded() {
