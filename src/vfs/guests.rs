@@ -4,7 +4,11 @@
 //! the root of each filesystem being number 0, so every file has one node and one inode number;
 //! names are bytes, taken as the guest stores them; attributes are the guest's own (owned by
 //! the mounting user where the filesystem has no owners); what a guest filesystem cannot give
-//! is EIO naming the filesystem, in that filesystem alone.
+//! is EIO naming the filesystem, in that filesystem alone, and an entry whose own inode is
+//! damaged is listed (as the kernel's readdir lists names without reading inodes) and EIO when
+//! looked up, stat'ed or opened, in that file alone. The filesystem behind a node may have been
+//! closed as idle since the kernel got its number: it is reopened here on demand, and the
+//! number still names the same file (see `open_guests.rs`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -125,8 +129,8 @@ impl Vfs {
                 guest_node(&g, key, up)?
             }
         };
-        let mut out = Vec::with_capacity(listing.entries.len());
-        for (name, a) in &listing.entries {
+        let mut out = Vec::with_capacity(listing.len());
+        for (name, a) in listing.entries() {
             out.push(DirEntry {
                 ino: self.ino(guest_node(&g, key, a.ino)?)?,
                 kind: a.kind,

@@ -4,7 +4,10 @@
 //! Invariants: everything here describes a committed point, so it never changes and is never
 //! refreshed; it is dropped when its point leaves the catalog ([`Media::retain_points`]). Locks
 //! are held only to look up or insert: opening an image, reading a table or probing a
-//! filesystem happens outside them (two threads may both do it; the first result stays).
+//! filesystem happens outside them (two threads may both do it; the first result stays). Guest
+//! filesystems are kept open within the ceilings of `open_guests.rs`; images, sizes and
+//! partition tables are a few bytes per disk of the catalog, except open images, which live
+//! only while something (a handle, an open guest filesystem) holds them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -14,6 +17,7 @@ use uuid::Uuid;
 
 use super::errno::FsError;
 use super::inodes::GuestKey;
+use super::open_guests::OpenGuests;
 use super::snapshot::Snapshot;
 use crate::engine::{DiskImage, Engine};
 use crate::inspect::Window;
@@ -40,8 +44,8 @@ pub struct Media {
     sizes: Mutex<HashMap<(Uuid, Uuid), (u64, u64)>>,
     /// Partitions of disk images, with the data bytes of each.
     partitions: Mutex<HashMap<(Uuid, Uuid), PartitionTable>>,
-    /// Guest filesystems probed so far (None: nothing rpfs reads there).
-    guests: Mutex<HashMap<GuestKey, Option<GuestFs>>>,
+    /// Guest filesystems: probed, open (bounded) and the files of each the kernel holds.
+    guests: OpenGuests,
 }
 
 /// The name of disk `disk` of `point`.
@@ -61,7 +65,7 @@ impl Media {
             images: Mutex::default(),
             sizes: Mutex::default(),
             partitions: Mutex::default(),
-            guests: Mutex::default(),
+            guests: OpenGuests::new(),
         }
     }
 
@@ -70,7 +74,7 @@ impl Media {
         self.images.lock().retain(|_, w| w.strong_count() > 0);
         self.sizes.lock().retain(|(p, _), _| live(*p));
         self.partitions.lock().retain(|(p, _), _| live(*p));
-        self.guests.lock().retain(|(p, _, _), _| live(*p));
+        self.guests.retain_points(live);
     }
 
     /// Loads the block map of disk `disk` of `point`.
@@ -173,7 +177,7 @@ impl Media {
     }
 
     /// The filesystem in partition `n` (0: the whole disk) of disk `d` of `point`, if rpfs
-    /// reads it; probed once.
+    /// reads it; probed once, opened on demand (again after it was closed).
     pub fn guest(
         &self,
         snap: &Snapshot,
@@ -182,40 +186,34 @@ impl Media {
         n: u32,
     ) -> Result<Option<GuestFs>, FsError> {
         let key = (point.id, d, n);
-        if let Some(g) = self.guests.lock().get(&key) {
-            return Ok(g.clone());
+        if self.guests.probed(&key).is_none() {
+            let window = self.window(snap, point, d, n)?;
+            let found = FsType::probe(&window).map(|fs| {
+                let coll = snap
+                    .collection(point.collection_id)
+                    .map_or("?", |c| &c.name);
+                let disk = disk_name(point, d).unwrap_or("?");
+                let place = match n {
+                    0 => format!("disk {disk}"),
+                    n => format!("partition {n} of disk {disk}"),
+                };
+                let label: Arc<str> =
+                    format!("{} in {place} of {coll}/{}", fs.name(), point.name).into();
+                (fs, label)
+            });
+            self.guests.set_probed(key, found);
         }
-        let window = self.window(snap, point, d, n)?;
-        let found = FsType::probe(&window).map(|fs| {
-            let coll = snap
-                .collection(point.collection_id)
-                .map_or("?", |c| &c.name);
-            let disk = disk_name(point, d).unwrap_or("?");
-            let place = match n {
-                0 => format!("disk {disk}"),
-                n => format!("partition {n} of disk {disk}"),
-            };
-            GuestFs {
-                fs: Arc::new(Guest::new(fs, Arc::new(window))),
-                label: format!("{} in {place} of {coll}/{}", fs.name(), point.name).into(),
-            }
-        });
-        // Whoever probed first wins, so one parser serves each filesystem.
-        Ok(self.guests.lock().entry(key).or_insert(found).clone())
+        let open = self.guests.get(key, || self.window(snap, point, d, n))?;
+        Ok(open.map(|(fs, label)| GuestFs { fs, label }))
     }
 
-    /// The guest filesystem of `key`, if it was probed and is one rpfs reads.
-    pub fn probed_guest(&self, key: &GuestKey) -> Option<GuestFs> {
-        self.guests.lock().get(key).cloned().flatten()
+    /// Returns `n` of the kernel's lookups of guest file `ino` of `key`.
+    pub fn forget_guest(&self, key: &GuestKey, ino: u64, n: u64) {
+        self.guests.forget(key, ino, n);
     }
 
     /// Guest files looked up and not forgotten, in all (each filesystem's root included).
     pub fn known_guest_files(&self) -> usize {
-        self.guests
-            .lock()
-            .values()
-            .flatten()
-            .map(|g| g.fs.known_files())
-            .sum()
+        self.guests.known_files()
     }
 }

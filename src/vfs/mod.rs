@@ -3,7 +3,8 @@
 //! FUSE (the adapter in `fuse/` translates), so every behaviour is testable without a kernel.
 //!
 //! Rooms: the state lives in `snapshot` (the catalog), `inodes` (numbers and the kernel's
-//! lookups), `handles` (open files) and `media` (images, partitions, guest filesystems);
+//! lookups), `handles` (open files) and `media` (images, partitions, guest filesystems, kept
+//! open within the ceilings of `open_guests`);
 //! the operations on it in `attrs`, `tree` (names and listings), `guests` (the subtree
 //! under `files/`), `files` (open, read, seek) and `changes` (`mkdir`, `rmdir`); who may read
 //! what (owners and modes, which the kernel enforces under `--allow-other`) in `access`.
@@ -24,7 +25,11 @@
 //! - Raw views of VM data are 0400 to the mounting user (0440 with the image group) even under
 //!   `--allow-other`, and a guest uid never grants a host user access (see `access.rs`).
 //! - `files/` costs nothing until entered: a disk's table is read and its filesystems probed on
-//!   first use, each parsed by its own guest reader; what one cannot read is EIO in it alone.
+//!   first use, each parsed by its own guest reader; what one cannot read is EIO in it alone,
+//!   and a damaged guest inode is EIO in its own file alone (its directory still lists).
+//! - What browsing `files/` makes the daemon keep is bounded whoever browses: a few guest
+//!   filesystems open at once, closed when idle, their listings in one byte-bounded cache (see
+//!   `open_guests.rs`); inode numbers the kernel holds stay valid across a close.
 
 mod access;
 mod attrs;
@@ -36,6 +41,7 @@ mod handles;
 mod inodes;
 mod media;
 mod node;
+mod open_guests;
 mod snapshot;
 mod tree;
 
@@ -171,10 +177,8 @@ impl Vfs {
     pub fn forget(&self, ino: u64, nlookup: u64) {
         let guest = self.inodes.lock().forget(ino, nlookup);
         // The root of a guest filesystem is node 0, and always known: nothing to return.
-        if let Some((key, guest_ino @ 1..)) = guest
-            && let Some(g) = self.media.probed_guest(&key)
-        {
-            g.fs.forget(guest_ino, nlookup);
+        if let Some((key, guest_ino @ 1..)) = guest {
+            self.media.forget_guest(&key, guest_ino, nlookup);
         }
     }
 

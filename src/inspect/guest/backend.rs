@@ -175,6 +175,20 @@ impl GuestAttr {
     }
 }
 
+/// A directory entry whose own inode cannot be read (damaged, or what the parser refuses): the
+/// directory still names it, with the number and kind its entry records, and the file fails
+/// alone when it is looked up, as the kernel's readdir lists names without reading inodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub ino: u64,
+    pub kind: GuestKind,
+    pub why: String,
+}
+
+/// One entry of a directory as a parser lists it: its name, and its attributes or why they
+/// cannot be read.
+pub type DirItem = (Vec<u8>, Result<GuestAttr, Unreadable>);
+
 /// Why a guest filesystem request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GuestError {
@@ -203,8 +217,9 @@ pub trait Backend {
     /// Attributes of the root directory.
     fn root(&mut self) -> Result<GuestAttr, GuestError>;
     /// The entries of directory `path` (inode `ino`) without `.` and `..`; an entry's `ino` of
-    /// 0 asks for one.
-    fn list(&mut self, path: &[u8], ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError>;
+    /// 0 asks for one. An entry whose inode cannot be read is [`Unreadable`], not an error of
+    /// the whole directory.
+    fn list(&mut self, path: &[u8], ino: u64) -> Result<Vec<DirItem>, GuestError>;
     fn read_link(&mut self, path: &[u8]) -> Result<Vec<u8>, GuestError>;
     /// Where `len` bytes of file `path` (inode `ino`) from `offset` lie in the image, so the
     /// caller can read them itself (on its own thread); None where the parser must read them.

@@ -14,7 +14,8 @@ use lru::LruCache;
 use std::sync::Arc;
 
 use super::backend::{
-    Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, Piece, Source,
+    Backend, DirItem, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, MAX_LINK, Piece, Source,
+    Unreadable,
 };
 
 /// Open files (and placements) kept per filesystem.
@@ -114,8 +115,8 @@ fn time(t: Timestamp) -> SystemTime {
     }
 }
 
-fn attr(m: &Metadata) -> GuestAttr {
-    let kind = match m.file_type() {
+fn kind(t: FileType) -> GuestKind {
+    match t {
         FileType::Directory => GuestKind::Directory,
         FileType::Regular => GuestKind::File,
         FileType::Symlink => GuestKind::Symlink,
@@ -123,7 +124,11 @@ fn attr(m: &Metadata) -> GuestAttr {
         FileType::BlockDevice => GuestKind::BlockDevice,
         FileType::Fifo => GuestKind::Fifo,
         FileType::Socket => GuestKind::Socket,
-    };
+    }
+}
+
+fn attr(m: &Metadata) -> GuestAttr {
+    let kind = kind(m.file_type());
     let (major, minor) = m.device().unwrap_or((0, 0));
     GuestAttr {
         ino: u64::from(m.inode()),
@@ -146,7 +151,7 @@ impl Backend for Ext4Fs {
         Ok(attr(&self.fs.symlink_metadata("/").map_err(damaged)?))
     }
 
-    fn list(&mut self, path: &[u8], _ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+    fn list(&mut self, path: &[u8], _ino: u64) -> Result<Vec<DirItem>, GuestError> {
         let mut out = Vec::new();
         for entry in self.fs.read_dir(path).map_err(damaged)? {
             let entry = entry.map_err(damaged)?;
@@ -159,7 +164,13 @@ impl Backend for Ext4Fs {
                     "a directory with more than {MAX_DIR_ENTRIES} entries"
                 )));
             }
-            out.push((name, attr(&entry.metadata().map_err(damaged)?)));
+            // The entry's own inode may be damaged: that fails this entry alone.
+            let item = entry.metadata().map(|m| attr(&m)).map_err(|e| Unreadable {
+                ino: u64::from(entry.inode()),
+                kind: entry.file_type().map_or(GuestKind::File, kind),
+                why: e.to_string(),
+            });
+            out.push((name, item));
         }
         Ok(out)
     }

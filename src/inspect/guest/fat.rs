@@ -12,7 +12,9 @@ use fatfs::{Date, DateTime, FileSystem, FsOptions};
 
 use std::sync::Arc;
 
-use super::backend::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
+use super::backend::{
+    Backend, DirItem, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream,
+};
 
 /// `fatfs` wants a writable device; every write fails.
 impl Write for Stream {
@@ -73,7 +75,7 @@ impl Backend for FatFs {
         Ok(GuestAttr::synthetic_dir(SystemTime::UNIX_EPOCH))
     }
 
-    fn list(&mut self, path: &[u8], _ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+    fn list(&mut self, path: &[u8], _ino: u64) -> Result<Vec<DirItem>, GuestError> {
         let rel = relative(path)?;
         let root = self.fs.root_dir();
         let dir = if rel.is_empty() {
@@ -113,7 +115,8 @@ impl Backend for FatFs {
                     rdev: 0,
                 }
             };
-            out.push((name.into_bytes(), attr));
+            // A FAT entry holds its own attributes: it is readable whenever it is listed.
+            out.push((name.into_bytes(), Ok(attr)));
         }
         Ok(out)
     }

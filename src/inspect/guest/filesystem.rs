@@ -5,13 +5,22 @@
 //! Invariants:
 //! - Inode numbers are the filesystem's own where it has them (ext4: hard links share one), else
 //!   assigned per path on first sight (FAT, whose volumes are small); either way one number
-//!   names one file for the life of the [`Guest`].
+//!   names one file for as long as its [`GuestNames`] live, which outlive the [`Guest`]: the
+//!   mount drops an idle `Guest` (parser, listings, open image) and makes a new one on demand
+//!   from the same names, so the numbers the kernel holds stay valid.
 //! - A file is *known* (its path kept, so the parser can be asked about it) from the
-//!   [`Guest::lookup`] that found it until [`Guest::forget`] has returned every lookup: what is
-//!   known grows with the files a caller holds, not with every entry listed. Lookups are
+//!   [`Guest::lookup`] that found it until [`GuestNames::forget`] has returned every lookup: what
+//!   is known grows with the files the kernel holds, not with every entry listed. Lookups are
 //!   counted under the same lock that keeps the paths, so a forget racing a lookup never drops
-//!   a file the caller is about to hold. The root is always known.
-//! - Listings are cached up to [`CACHED_ENTRIES`] entries in all, least recently used first out.
+//!   a file the caller is about to hold. The root is always known. Numbers assigned to files
+//!   nobody holds may be dropped ([`GuestNames::trim`]) once no `Guest` of the filesystem is
+//!   left; a later listing numbers those files afresh.
+//! - Listings are cached in a [`ListingCache`] that every `Guest` of a mount shares, bounded by
+//!   its bytes in all ([`CACHED_LISTING_BYTES`]), least recently used first out; the newest
+//!   stays however large (it is about to be used). A `Guest`'s listings leave with it.
+//! - A directory entry whose inode cannot be read is listed (with the number and kind its
+//!   directory records) and fails alone, as damage, when it is looked up; its neighbours and
+//!   its directory are unaffected.
 //! - File data is read on the caller's thread, from where the parser says it lies.
 
 #![warn(clippy::arithmetic_side_effects)]
@@ -19,16 +28,20 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::backend::{FsType, GuestAttr, GuestError, GuestKind, MAX_PATH, Piece, Source};
+use super::backend::{
+    FsType, GuestAttr, GuestError, GuestKind, MAX_PATH, Piece, Source, Unreadable,
+};
 use super::worker::Worker;
 use super::{ext4, fat, ntfs};
 
-/// Entries of directory listings kept per filesystem, in all (~100 bytes each).
-pub const CACHED_ENTRIES: usize = 1 << 20;
+/// Bytes of directory listings a [`ListingCache`] keeps, in all its filesystems (a 20,000-entry
+/// directory of 30-byte names takes about 3.5 MiB).
+pub const CACHED_LISTING_BYTES: usize = 32 << 20;
 /// Inode number of the root directory where the filesystem assigns none (FAT).
 const SYNTHETIC_ROOT: u64 = 1;
 /// How much of a file's placement is asked of the parser at once, so a sequential read asks
@@ -40,15 +53,76 @@ const MAX_PIECES: usize = 1 << 16;
 /// Stretches kept per filesystem.
 const STRETCHES: usize = 16;
 
-/// A directory's entries, by position and by name.
+/// A directory's entries, by position and by name. Kept compact (a few allocations, not one
+/// per entry), so that what a listing holds is freed in whole blocks when it leaves the cache.
 pub struct Listing {
-    pub entries: Vec<(Vec<u8>, GuestAttr)>,
-    by_name: HashMap<Vec<u8>, usize>,
+    /// Every name, back to back.
+    names: Vec<u8>,
+    /// Where each entry's name ends in `names`, in the directory's order.
+    ends: Vec<u32>,
+    /// Each entry's attributes; an unreadable entry has the number and kind its directory
+    /// records and nothing else.
+    attrs: Vec<GuestAttr>,
+    /// Positions of the entries sorted by name.
+    by_name: Vec<u32>,
+    /// The unreadable entries, by position (ascending), with why.
+    unreadable: Vec<(u32, Box<str>)>,
 }
 
 impl Listing {
+    /// How many entries the listing holds.
+    pub fn len(&self) -> usize {
+        self.attrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attrs.is_empty()
+    }
+
+    /// The name of entry `i`.
+    fn name(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+        &self.names[start..self.ends[i] as usize]
+    }
+
+    /// The entries, in the directory's order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &GuestAttr)> {
+        (0..self.len()).map(|i| (self.name(i), &self.attrs[i]))
+    }
+
+    fn position(&self, name: &[u8]) -> Option<usize> {
+        let at = self
+            .by_name
+            .binary_search_by(|&i| self.name(i as usize).cmp(name))
+            .ok()?;
+        Some(self.by_name[at] as usize)
+    }
+
+    /// Entry `name`'s attributes (only its number and kind if it is unreadable).
     pub fn get(&self, name: &[u8]) -> Option<&GuestAttr> {
-        self.by_name.get(name).map(|&i| &self.entries[i].1)
+        self.position(name).map(|i| &self.attrs[i])
+    }
+
+    /// Why entry `name` cannot be read, if it cannot.
+    pub fn unreadable(&self, name: &[u8]) -> Option<&str> {
+        let i = u32::try_from(self.position(name)?).ok()?;
+        let at = self.unreadable.binary_search_by_key(&i, |u| u.0).ok()?;
+        Some(&self.unreadable[at].1)
+    }
+
+    /// Roughly the memory the listing takes.
+    fn bytes(&self) -> usize {
+        let why: usize = self.unreadable.iter().map(|(_, w)| w.len()).sum();
+        let per_entry = size_of::<GuestAttr>().saturating_add(size_of::<[u32; 2]>());
+        self.names
+            .capacity()
+            .saturating_add(self.attrs.capacity().saturating_mul(per_entry))
+            .saturating_add(
+                self.unreadable
+                    .capacity()
+                    .saturating_mul(size_of::<(u32, Box<str>)>()),
+            )
+            .saturating_add(why)
     }
 }
 
@@ -60,11 +134,59 @@ struct Known {
     lookups: u64,
 }
 
-#[derive(Default)]
-struct Names {
+/// The files of one guest filesystem that callers hold, and the numbers given to paths where
+/// the filesystem has none: what must outlive a [`Guest`] so that a new one answers for the
+/// same numbers.
+pub struct GuestNames {
     known: HashMap<u64, Known>,
     /// Numbers given to paths, where the filesystem has none.
     assigned: HashMap<Arc<[u8]>, u64>,
+    /// The next number to give a path.
+    next: u64,
+    /// The root's number, once loaded: never forgotten.
+    root: Option<u64>,
+}
+
+impl Default for GuestNames {
+    fn default() -> Self {
+        GuestNames {
+            known: HashMap::new(),
+            assigned: HashMap::new(),
+            next: SYNTHETIC_ROOT + 1,
+            root: None,
+        }
+    }
+}
+
+impl GuestNames {
+    /// Returns `n` lookups of file `ino`; once none is left its path goes, until a lookup finds
+    /// it again. The root stays known. True when the file is no longer known.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+        if self.root == Some(ino) {
+            return false;
+        }
+        let Some(known) = self.known.get_mut(&ino) else {
+            return false;
+        };
+        known.lookups = known.lookups.saturating_sub(n);
+        if known.lookups > 0 {
+            return false;
+        }
+        self.known.remove(&ino);
+        true
+    }
+
+    /// How many files are known now (the root included, once loaded).
+    pub fn known_files(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Drops the numbers given to paths no caller holds: only once no [`Guest`] of the
+    /// filesystem is left (a live one may still list files by them).
+    pub fn trim(&mut self) {
+        let known = &self.known;
+        self.assigned.retain(|_, ino| known.contains_key(ino));
+    }
 }
 
 /// Where `len` bytes of a file from `start` lie: pieces relative to `start`, in order, covering
@@ -75,39 +197,91 @@ struct Stretch {
     pieces: Vec<Piece>,
 }
 
-/// Listings by directory, least recently used first out, bounded by their entries in all.
-struct Listings {
-    lru: LruCache<u64, Arc<Listing>>,
-    entries: usize,
+/// Listings of every [`Guest`] sharing it, by (guest, directory), least recently used first out,
+/// bounded by their bytes in all.
+pub struct ListingCache {
+    inner: Mutex<Listings>,
 }
 
-impl Listings {
-    fn put(&mut self, dir: u64, listing: Arc<Listing>) {
-        self.entries = self.entries.saturating_add(listing.entries.len());
-        if let Some(old) = self.lru.put(dir, listing) {
-            self.entries = self.entries.saturating_sub(old.entries.len());
+struct Listings {
+    lru: LruCache<(u64, u64), Arc<Listing>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl ListingCache {
+    /// A cache keeping at most `limit` bytes of listings (and always the newest one).
+    pub fn new(limit: usize) -> Arc<ListingCache> {
+        Arc::new(ListingCache {
+            inner: Mutex::new(Listings {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                limit,
+            }),
+        })
+    }
+
+    fn get(&self, key: (u64, u64)) -> Option<Arc<Listing>> {
+        self.inner.lock().lru.get(&key).cloned()
+    }
+
+    fn put(&self, key: (u64, u64), listing: Arc<Listing>) {
+        let mut l = self.inner.lock();
+        l.bytes = l.bytes.saturating_add(listing.bytes());
+        if let Some(old) = l.lru.put(key, listing) {
+            l.bytes = l.bytes.saturating_sub(old.bytes());
         }
         // The newest stays, however large: it is about to be used.
-        while self.entries > CACHED_ENTRIES && self.lru.len() > 1 {
-            match self.lru.pop_lru() {
-                Some((_, evicted)) => {
-                    self.entries = self.entries.saturating_sub(evicted.entries.len());
-                }
+        while l.bytes > l.limit && l.lru.len() > 1 {
+            match l.lru.pop_lru() {
+                Some((_, evicted)) => l.bytes = l.bytes.saturating_sub(evicted.bytes()),
                 None => break,
             }
         }
     }
+
+    /// Drops the listings of guest `guest` (it is going).
+    fn drop_guest(&self, guest: u64) {
+        let mut l = self.inner.lock();
+        let keys: Vec<(u64, u64)> = l
+            .lru
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.0 == guest)
+            .collect();
+        for k in keys {
+            if let Some(evicted) = l.lru.pop(&k) {
+                l.bytes = l.bytes.saturating_sub(evicted.bytes());
+            }
+        }
+    }
+
+    /// Bytes of listings kept now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
 }
+
+/// Numbers telling the `Guest`s of a process apart in a shared [`ListingCache`].
+static GUEST_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// One guest filesystem, shared by the mount's threads.
 pub struct Guest {
     fs: FsType,
     source: Arc<dyn Source>,
     worker: Worker,
+    /// This guest's key in `listings`.
+    serial: u64,
     root: Mutex<Option<GuestAttr>>,
-    names: Mutex<Names>,
-    listings: Mutex<Listings>,
+    names: Arc<Mutex<GuestNames>>,
+    listings: Arc<ListingCache>,
     stretches: Mutex<LruCache<u64, Arc<Stretch>>>,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.listings.drop_guest(self.serial);
+    }
 }
 
 /// `dir`'s path joined with `name`, bounded by [`MAX_PATH`].
@@ -127,8 +301,25 @@ fn child_path(dir: &[u8], name: &[u8]) -> Result<Arc<[u8]>, GuestError> {
 }
 
 impl Guest {
-    /// The `fs` filesystem in `source`; loaded on first use.
+    /// The `fs` filesystem in `source`, with names and a listing cache of its own; loaded on
+    /// first use.
     pub fn new(fs: FsType, source: Arc<dyn Source>) -> Guest {
+        Self::with_shared(
+            fs,
+            source,
+            Arc::default(),
+            ListingCache::new(CACHED_LISTING_BYTES),
+        )
+    }
+
+    /// The `fs` filesystem in `source`, answering for the files `names` holds (a previous
+    /// `Guest` of the same filesystem may have left them), caching its listings in `listings`.
+    pub fn with_shared(
+        fs: FsType,
+        source: Arc<dyn Source>,
+        names: Arc<Mutex<GuestNames>>,
+        listings: Arc<ListingCache>,
+    ) -> Guest {
         let worker = Worker::new(source.clone(), move |parsed| match fs {
             FsType::Ext4 => ext4::open(parsed),
             FsType::Fat => fat::open(parsed),
@@ -138,12 +329,10 @@ impl Guest {
             fs,
             source,
             worker,
+            serial: GUEST_SERIAL.fetch_add(1, Ordering::Relaxed),
             root: Mutex::new(None),
-            names: Mutex::new(Names::default()),
-            listings: Mutex::new(Listings {
-                lru: LruCache::unbounded(),
-                entries: 0,
-            }),
+            names,
+            listings,
             stretches: Mutex::new(LruCache::new(
                 NonZeroUsize::new(STRETCHES).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -163,7 +352,9 @@ impl Guest {
         if attr.ino == 0 {
             attr.ino = SYNTHETIC_ROOT;
         }
-        self.names.lock().known.insert(
+        let mut names = self.names.lock();
+        names.root = Some(attr.ino);
+        names.known.insert(
             attr.ino,
             Known {
                 path: Arc::from(&b"/"[..]),
@@ -172,6 +363,7 @@ impl Guest {
                 lookups: 0,
             },
         );
+        drop(names);
         *self.root.lock() = Some(attr);
         Ok(attr)
     }
@@ -199,54 +391,106 @@ impl Guest {
 
     /// The entries of directory `ino`.
     pub fn list(&self, ino: u64) -> Result<Arc<Listing>, GuestError> {
-        if let Some(l) = self.listings.lock().lru.get(&ino) {
-            return Ok(l.clone());
+        if let Some(l) = self.listings.get((self.serial, ino)) {
+            return Ok(l);
         }
         let (path, kind) = self.known(ino, |k| (k.path.clone(), k.attr.kind))?;
         if kind != GuestKind::Directory {
             return Err(GuestError::NotDir);
         }
         let dir = path.clone();
-        let mut entries = self.worker.call(move |b| b.list(&dir, ino))?;
+        let items = self.worker.call(move |b| b.list(&dir, ino))?;
         // A directory names each file once; damage may repeat a name: the first one stands, so
         // listings, lookups and attributes agree.
         // FAT finds names regardless of case, so there names differing only in case are alike.
         let fat = self.fs == FsType::Fat;
-        let mut seen = std::collections::HashSet::with_capacity(entries.len());
-        entries.retain(|(name, _)| {
-            seen.insert(if fat {
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        let names_len = items.iter().map(|(n, _)| n.len()).sum();
+        let mut names = Vec::with_capacity(names_len);
+        let mut ends = Vec::with_capacity(items.len());
+        let mut attrs = Vec::with_capacity(items.len());
+        let mut unreadable = Vec::new();
+        for (name, item) in items {
+            let first = seen.insert(if fat {
                 name.to_ascii_lowercase()
             } else {
                 name.clone()
-            })
-        });
-        let mut names = self.names.lock();
-        let mut by_name = HashMap::with_capacity(entries.len());
-        for (i, (name, attr)) in entries.iter_mut().enumerate() {
-            if attr.ino == 0 {
-                // Numbered by path, once: the number stays the file's for the Guest's life.
-                let child = child_path(&path, name)?;
-                let next = (names.assigned.len() as u64).saturating_add(SYNTHETIC_ROOT + 1);
-                attr.ino = *names.assigned.entry(child).or_insert(next);
-            } else if path.len().saturating_add(name.len()) >= MAX_PATH {
-                child_path(&path, name)?;
+            });
+            if !first {
+                continue;
             }
-            by_name.insert(name.clone(), i);
+            let mut attr = match item {
+                Ok(attr) => attr,
+                Err(Unreadable {
+                    ino: bad,
+                    kind,
+                    why,
+                }) => {
+                    tracing::warn!(
+                        "guest directory {}: entry {} (inode {bad}) cannot be read; it alone fails: {why}",
+                        String::from_utf8_lossy(&path),
+                        String::from_utf8_lossy(&name),
+                    );
+                    // At most MAX_DIR_ENTRIES (2^20) entries: the position fits in u32.
+                    unreadable.push((attrs.len() as u32, why.into_boxed_str()));
+                    GuestAttr {
+                        ino: bad,
+                        kind,
+                        ..GuestAttr::synthetic_dir(std::time::UNIX_EPOCH)
+                    }
+                }
+            };
+            if attr.ino == 0 {
+                // Numbered by path, once: the number stays the file's while its names live.
+                let child = child_path(&path, &name)?;
+                let mut known = self.names.lock();
+                let next = known.next;
+                attr.ino = *known.assigned.entry(child).or_insert(next);
+                if attr.ino == next {
+                    known.next = next.saturating_add(1);
+                }
+            } else if path.len().saturating_add(name.len()) >= MAX_PATH {
+                child_path(&path, &name)?;
+            }
+            names.extend_from_slice(&name);
+            // At most 2^20 names of at most MAX_PATH bytes each: under 2^32.
+            ends.push(
+                u32::try_from(names.len()).map_err(|_| {
+                    GuestError::Damaged("a directory whose names exceed 4 GiB".into())
+                })?,
+            );
+            attrs.push(attr);
         }
-        drop(names);
-        let listing = Arc::new(Listing { entries, by_name });
-        self.listings.lock().put(ino, listing.clone());
+        drop(seen);
+        // A listing holds at most MAX_DIR_ENTRIES (2^20) entries: positions fit in u32.
+        let mut listing = Listing {
+            names,
+            ends,
+            attrs,
+            by_name: Vec::new(),
+            unreadable,
+        };
+        let mut by_name: Vec<u32> = (0..listing.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| listing.name(a as usize).cmp(listing.name(b as usize)));
+        listing.by_name = by_name;
+        let listing = Arc::new(listing);
+        self.listings.put((self.serial, ino), listing.clone());
         Ok(listing)
     }
 
     /// Entry `name` of directory `dir`, counted as one lookup of it: the file is known until
     /// [`Guest::forget`] returns that lookup.
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<GuestAttr, GuestError> {
-        let attr = self
-            .list(dir)?
-            .get(name)
-            .copied()
-            .ok_or(GuestError::NotFound)?;
+        let listing = self.list(dir)?;
+        let attr = listing.get(name).copied().ok_or(GuestError::NotFound)?;
+        if let Some(why) = listing.unreadable(name) {
+            return Err(GuestError::Damaged(format!(
+                "{} (inode {}): {why}",
+                String::from_utf8_lossy(name),
+                attr.ino
+            )));
+        }
+        drop(listing);
         let path = self.known(dir, |k| k.path.clone())?;
         let child = child_path(&path, name)?;
         let mut names = self.names.lock();
@@ -261,27 +505,17 @@ impl Guest {
         Ok(attr)
     }
 
-    /// Returns `n` lookups of file `ino`; once none is left its path and placement go, until a
-    /// lookup finds it again. The root stays known.
+    /// Returns `n` lookups of file `ino` (see [`GuestNames::forget`]); its placement goes with
+    /// its last lookup.
     pub fn forget(&self, ino: u64, n: u64) {
-        if self.root.lock().is_some_and(|r| r.ino == ino) {
-            return;
-        }
-        let mut names = self.names.lock();
-        let Some(known) = names.known.get_mut(&ino) else {
-            return;
-        };
-        known.lookups = known.lookups.saturating_sub(n);
-        if known.lookups == 0 {
-            names.known.remove(&ino);
-            drop(names);
+        if self.names.lock().forget(ino, n) {
             self.stretches.lock().pop(&ino);
         }
     }
 
     /// How many files are known now (the root included, once loaded).
     pub fn known_files(&self) -> usize {
-        self.names.lock().known.len()
+        self.names.lock().known_files()
     }
 
     /// The target of symlink `ino`, as stored (never followed).
@@ -429,6 +663,59 @@ impl Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listing of `names` (in that order) whose entry `bad` is unreadable.
+    fn listing(names: &[&str], bad: usize) -> Listing {
+        let mut l = Listing {
+            names: Vec::new(),
+            ends: Vec::new(),
+            attrs: Vec::new(),
+            by_name: Vec::new(),
+            unreadable: vec![(bad as u32, "too many blocks".into())],
+        };
+        for (i, n) in names.iter().enumerate() {
+            l.names.extend_from_slice(n.as_bytes());
+            l.ends.push(l.names.len() as u32);
+            l.attrs.push(GuestAttr {
+                ino: (i as u64).saturating_add(10),
+                ..GuestAttr::synthetic_dir(std::time::UNIX_EPOCH)
+            });
+        }
+        let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| l.name(a as usize).cmp(l.name(b as usize)));
+        l.by_name = by_name;
+        l
+    }
+
+    #[test]
+    fn a_listing_keeps_its_order_finds_by_name_and_knows_its_unreadable_entry() {
+        let l = listing(&["zeta", "alpha", "", "mid"], 3);
+        let order: Vec<&[u8]> = l.entries().map(|(n, _)| n).collect();
+        assert_eq!(order, [&b"zeta"[..], b"alpha", b"", b"mid"]);
+        assert_eq!(l.get(b"alpha").map(|a| a.ino), Some(11));
+        assert_eq!(l.get(b"zeta").map(|a| a.ino), Some(10));
+        assert_eq!(l.get(b"none"), None);
+        assert_eq!(l.unreadable(b"mid"), Some("too many blocks"));
+        assert_eq!(l.unreadable(b"alpha"), None);
+    }
+
+    #[test]
+    fn the_listing_cache_is_bounded_by_bytes_and_keeps_the_newest() {
+        let one = listing(&["a", "b", "c"], 0).bytes();
+        let cache = ListingCache::new(one.saturating_mul(2));
+        for dir in 0..10 {
+            cache.put((1, dir), Arc::new(listing(&["a", "b", "c"], 0)));
+            assert!(cache.bytes() <= one.saturating_mul(2));
+        }
+        assert!(cache.get((1, 9)).is_some() && cache.get((1, 0)).is_none());
+        cache.put((2, 0), Arc::new(listing(&["a", "b", "c"], 0)));
+        cache.drop_guest(1);
+        assert_eq!(cache.bytes(), one, "only guest 2's listing is left");
+        // Larger than the whole cache: kept, as the newest.
+        let tiny = ListingCache::new(1);
+        tiny.put((1, 1), Arc::new(listing(&["a"], 0)));
+        assert!(tiny.get((1, 1)).is_some());
+    }
 
     #[test]
     fn garbage_with_a_signature_is_damage_not_a_crash() {

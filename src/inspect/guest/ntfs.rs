@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime};
 
-use super::backend::{Backend, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream};
+use super::backend::{
+    Backend, DirItem, GuestAttr, GuestError, GuestKind, MAX_DIR_ENTRIES, Source, Stream, Unreadable,
+};
 
 /// MFT record of the root directory.
 const ROOT_RECORD: u64 = 5;
@@ -99,7 +101,7 @@ impl Backend for NtfsFs {
         Ok(attr)
     }
 
-    fn list(&mut self, _path: &[u8], ino: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+    fn list(&mut self, _path: &[u8], ino: u64) -> Result<Vec<DirItem>, GuestError> {
         let ntfs = &self.ntfs;
         let fs = &mut self.fs;
         let dir = ntfs.file(fs, ino).map_err(damaged)?;
@@ -116,6 +118,7 @@ impl Backend for NtfsFs {
             if name.namespace() == NtfsFileNamespace::Dos || record < FIRST_USER_RECORD {
                 continue;
             }
+            let dir_flag = name.is_directory();
             let name = name
                 .name()
                 .to_string()
@@ -125,8 +128,21 @@ impl Backend for NtfsFs {
                     "NTFS: a directory with more than {MAX_DIR_ENTRIES} entries"
                 )));
             }
-            let file = entry.to_file(ntfs, fs).map_err(damaged)?;
-            out.push((name.into_bytes(), attr_of(fs, &file)?));
+            // The entry's own file record may be damaged: that fails this entry alone.
+            let item = entry
+                .to_file(ntfs, fs)
+                .map_err(damaged)
+                .and_then(|file| attr_of(fs, &file))
+                .map_err(|e| Unreadable {
+                    ino: record,
+                    kind: if dir_flag {
+                        GuestKind::Directory
+                    } else {
+                        GuestKind::File
+                    },
+                    why: e.to_string(),
+                });
+            out.push((name.into_bytes(), item));
         }
         Ok(out)
     }

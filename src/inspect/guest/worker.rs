@@ -218,7 +218,7 @@ fn serve(shared: &Shared, rx: &Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::guest::GuestAttr;
+    use crate::inspect::guest::{DirItem, GuestAttr};
 
     fn worker(open: impl Fn() -> Box<dyn Backend> + Send + Sync + 'static) -> Worker {
         Worker::new(Arc::new(Vec::new()), move |_| Ok(open()))
@@ -231,7 +231,7 @@ mod tests {
         fn root(&mut self) -> Result<GuestAttr, GuestError> {
             Err(GuestError::NotFound)
         }
-        fn list(&mut self, path: &[u8], _: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+        fn list(&mut self, path: &[u8], _: u64) -> Result<Vec<DirItem>, GuestError> {
             assert!(path != b"/boom", "damaged data");
             Ok(Vec::new())
         }
@@ -318,7 +318,7 @@ mod tests {
         fn root(&mut self) -> Result<GuestAttr, GuestError> {
             Err(GuestError::NotFound)
         }
-        fn list(&mut self, _: &[u8], _: u64) -> Result<Vec<(Vec<u8>, GuestAttr)>, GuestError> {
+        fn list(&mut self, _: &[u8], _: u64) -> Result<Vec<DirItem>, GuestError> {
             let mut buf = [0u8; 8];
             loop {
                 // Damaged metadata that points back at itself, forever.

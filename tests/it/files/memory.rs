@@ -9,25 +9,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::mount::{MountGuard, fuse_or_skip};
+use crate::common::mount::{MountGuard, fuse_or_skip, rss};
 use crate::common::store::TestStore;
 use crate::common::sys::{require_tool, root_or_skip, sh, wait_until};
 
 /// Directories and files per directory of the tree: 400 × 500 files + 400 directories.
 const DIRS: usize = 400;
 const FILES: usize = 500;
-
-/// The daemon's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
 
 /// Inodes the mount reports in use (`statfs` f_files: what the kernel holds or a listing named).
 fn inodes_in_use(mountpoint: &Path) -> u64 {
