@@ -64,6 +64,28 @@ pub struct DiskSpec {
     pub disk_type: DiskType,
     /// `None` for the OS disk, else the data disk's LUN.
     pub lun: Option<u32>,
+    /// What `path` was when the VM was added; `None` in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_as: Option<AddedAs>,
+}
+
+/// What a source path (a disk or a configuration file) was when its VM was added. Capture opens
+/// the path as it was then: through a symbolic link only if the path was one, and only the same
+/// kind of file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddedAs {
+    /// The path itself (its last component) was a symbolic link.
+    pub symlink: bool,
+    /// What it named.
+    pub kind: PathKind,
+}
+
+/// The kinds of file a source path may name.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    File,
+    BlockDevice,
 }
 
 /// Where the VM configuration captured at each point comes from.
@@ -86,6 +108,10 @@ pub struct VmRecord {
     /// OS disk first, then data disks in LUN order.
     pub disks: Vec<DiskSpec>,
     pub config: ConfigSource,
+    /// What the configuration file's path was when the VM was added (see [`AddedAs`]); `None`
+    /// without a configuration file and in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_added_as: Option<AddedAs>,
     pub pre_script: Option<String>,
     pub post_script: Option<String>,
     pub script_timeout_secs: u64,
