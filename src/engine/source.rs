@@ -478,6 +478,66 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_opened_as_they_were_when_the_vm_was_added() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("d.img");
+        std::fs::write(&file, [1u8; 4096]).expect("write");
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let plain = AddedAs {
+            symlink: false,
+            kind: PathKind::File,
+        };
+        let open = |path: &Path, expect| open_path(path, expect, "vm1", "wanted");
+
+        let added = open(&link, Expect::Adding).expect("a link at vm add");
+        assert!(added.added_as.symlink);
+        assert!(!open(&file, Expect::Adding).expect("file").added_as.symlink);
+        assert!(open(&link, Expect::AsAdded(added.added_as)).is_ok());
+
+        let err = open(&link, Expect::AsAdded(plain)).expect_err("a new link");
+        assert_eq!(err.problem, SourceProblem::Changed);
+        assert!(
+            err.reason
+                .starts_with("is now a symbolic link; it was not when VM 'vm1'")
+        );
+        // A FIFO swapped in is refused, not opened (which would block).
+        let err = open(&fifo, Expect::AsAdded(plain)).expect_err("a FIFO");
+        assert_eq!(err.reason, "is a FIFO; wanted");
+        let device = AddedAs {
+            symlink: false,
+            kind: PathKind::BlockDevice,
+        };
+        let err = open(&file, Expect::AsAdded(device)).expect_err("another kind");
+        assert_eq!(err.problem, SourceProblem::Changed);
+        assert_eq!(
+            err.reason,
+            "is now a regular file; it was a block device when VM 'vm1' was added"
+        );
+
+        // Records without `added_as`: a link is followed only where only root writes.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let err = open(&link, Expect::Unrecorded).expect_err("a link others could swap");
+        assert!(
+            err.reason
+                .contains("a directory users other than root can write")
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let followed = open(&link, Expect::Unrecorded);
+        assert_eq!(
+            followed.is_ok(),
+            nix::unistd::geteuid().is_root(),
+            "{followed:?}"
+        );
+        assert!(open(&file, Expect::Unrecorded).is_ok());
+    }
+
+    #[test]
     fn foreign_formats_and_special_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let empty = dir.path().join("empty.img");
