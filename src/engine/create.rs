@@ -175,6 +175,8 @@ impl Engine {
         };
         let earlier = pending::begin(&self.shared, vm.id, &mut op)?;
         let result = self.capture_and_commit(&plan, &mut op, progress, started);
+        // Clones are unnamed, or unlinked at once: a name is only left here when that unlink
+        // failed. `remove_file` unlinks the name itself and never follows a link.
         for c in &op.clones {
             let _ = std::fs::remove_file(c);
         }

@@ -284,7 +284,8 @@ pub struct PointRecord {
 pub struct PendingOp {
     pub op: PendingKind,
     pub point_id: Uuid,
-    /// Reflink clones of source disks this operation may have made, removed by recovery.
+    /// Names a reflink clone of a source disk may have had for an instant (where O_TMPFILE is
+    /// not supported), removed by recovery.
     pub clones: Vec<PathBuf>,
     pub started: String,
     /// Set while the VM may be frozen (its pre-script was started and its post-script has not
