@@ -368,3 +368,33 @@ impl Record for PointRecord {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM record written before `added_as` was kept still reads, with nothing recorded.
+    #[test]
+    fn vm_records_without_added_as_still_read() {
+        let old = r#"{"id":"6f1c1a52-9c2e-4a3e-8d0e-0b9d5f6c7a11","name":"vm1",
+            "created":"2026-01-01T00:00:00Z","orchestration":"standalone",
+            "disks":[{"id":"0d7f2c54-3b0e-4c8e-9a51-7e0c3f1b2d44","name":"os",
+                      "path":"/var/lib/images/os.img","disk_type":"managed","lun":null}],
+            "config":{"file":"/etc/vm1.xml"},"pre_script":null,"post_script":null,
+            "script_timeout_secs":60}"#;
+        let vm: VmRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(vm.disks[0].added_as, None);
+        assert_eq!(vm.config_added_as, None);
+        let mut new = vm.clone();
+        new.disks[0].added_as = Some(AddedAs {
+            symlink: true,
+            kind: PathKind::BlockDevice,
+        });
+        let json = serde_json::to_string(&new).expect("json");
+        assert!(
+            json.contains(r#""added_as":{"symlink":true,"kind":"block-device"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<VmRecord>(&json).expect("new"), new);
+    }
+}
