@@ -40,7 +40,6 @@ use super::pending;
 use super::policy;
 use super::progress::Progress;
 use super::source::{self, Expect, Source, SourceKind};
-use super::vms;
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk,
     PendingKind, PendingOp, PointRecord, VmRecord,
@@ -325,7 +324,7 @@ impl Engine {
             ConfigSource::None => Ok(Vec::new()),
             ConfigSource::File(path) => {
                 let expect = Expect::from_record(plan.vm.config_added_as);
-                let mut opened = vms::open_config(path, expect, &plan.vm.name)?;
+                let mut opened = source::open_config(path, expect, &plan.vm.name)?;
                 let mut config = Vec::new();
                 opened
                     .file

@@ -230,6 +230,26 @@ pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<
     })
 }
 
+/// Opens the configuration file `path` of VM `vm` as `expect` says: a regular file, and a
+/// symbolic link only where it was one when the VM was added.
+pub fn open_config(path: &Path, expect: Expect, vm: &str) -> Result<Opened> {
+    let refuse = |problem, reason: String| Error::ConfigFile {
+        vm: vm.to_string(),
+        path: path.to_path_buf(),
+        reason,
+        problem,
+    };
+    let wanted = "a configuration file must be a regular file";
+    let opened = open_path(path, expect, vm, wanted).map_err(|r| refuse(r.problem, r.reason))?;
+    if opened.added_as.kind != PathKind::File {
+        return Err(refuse(
+            SourceProblem::Unsupported,
+            format!("is a block device; {wanted}"),
+        ));
+    }
+    Ok(opened)
+}
+
 /// Image formats recognised (and refused) by their magic: (name, offset, magic).
 const FOREIGN_FORMATS: &[(&str, u64, &[u8])] = &[
     ("qcow2", 0, b"QFI\xfb"),

@@ -6,7 +6,7 @@
 //! refused before anything is stored; paths are stored absolute, with what each was (a symbolic
 //! link or not, a regular file or a block device), which capture holds them to (`source.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::Engine;
 use super::catalog;
@@ -16,10 +16,10 @@ use super::error::SourceProblem;
 use super::error::{Error, Result};
 use super::names;
 use super::policy::refuse_uniform_scale_set;
-use super::source::{Expect, Opened, Source, open_path};
+use super::source::{Expect, Source, open_config};
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskSpec, DiskType, LastOperation,
-    Orchestration, PathKind, PointDefaults, VmRecord,
+    Orchestration, PointDefaults, VmRecord,
 };
 use crate::store::{kind, layout, write_record};
 
@@ -56,26 +56,6 @@ pub struct CollectionDeleted {
 
 fn absolute(path: &std::path::Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(Error::io(format!("resolving {}", path.display())))
-}
-
-/// Opens the configuration file `path` of VM `vm` as `expect` says: a regular file, and a
-/// symbolic link only where it was one when the VM was added.
-pub(crate) fn open_config(path: &Path, expect: Expect, vm: &str) -> Result<Opened> {
-    let refuse = |problem, reason: String| Error::ConfigFile {
-        vm: vm.to_string(),
-        path: path.to_path_buf(),
-        reason,
-        problem,
-    };
-    let wanted = "a configuration file must be a regular file";
-    let opened = open_path(path, expect, vm, wanted).map_err(|r| refuse(r.problem, r.reason))?;
-    if opened.added_as.kind != PathKind::File {
-        return Err(refuse(
-            SourceProblem::Unsupported,
-            format!("is a block device; {wanted}"),
-        ));
-    }
-    Ok(opened)
 }
 
 impl Engine {
