@@ -23,7 +23,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, FcntlArg, OFlag, OpenHow, ResolveFlag, fcntl, openat2};
 use nix::unistd::{Whence, lseek};
 
 use super::error::{Error, Result, SourceProblem};
@@ -124,6 +125,39 @@ fn only_root_writes(dir: &Path) -> bool {
     fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.permissions().mode() & 0o022 == 0)
 }
 
+/// Whether a directory on the absolute `path` is a symbolic link.
+fn has_linked_dir(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .any(|dir| fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()))
+}
+
+/// Flags of every open of a VM's path: nothing that outlives an exec, takes a terminal, or
+/// blocks (a FIFO swapped in between the check and the open).
+const OPEN_FLAGS: libc::c_int = libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// Opens `path` read-only, following its last component only if `follow`.
+fn open_read(path: &Path, follow: bool) -> io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OPEN_FLAGS | nofollow)
+        .open(path)
+}
+
+/// Opens `path` read-only through no symbolic link at all, its directories included (ELOOP
+/// otherwise); on a kernel without openat2 (before 5.6), through no link in its last component.
+fn open_read_without_links(path: &Path) -> io::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::from_bits_truncate(OPEN_FLAGS))
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(AT_FDCWD, path, how) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::ENOSYS) => open_read(path, false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens `path` (of VM `vm`) read-only as `expect` says, refusing anything but a regular file
 /// or a block device: `wanted` says what was wanted, for that refusal ("a source must be …").
 pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<Opened, Refusal> {
@@ -194,18 +228,29 @@ pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<
         lmeta
     };
     checked(&before)?;
-    let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
-    if !follow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) if !follow => now_link(),
-            _ => refusal(SourceProblem::Unreadable, format!("cannot be opened: {e}")),
-        })?;
+    let linked_dirs = match expect {
+        Expect::Adding => has_linked_dir(path),
+        Expect::AsAdded(added) => added.linked_dirs,
+        // As before rpfs recorded it: the directories are followed.
+        Expect::Unrecorded => true,
+    };
+    let file = if follow || linked_dirs {
+        open_read(path, follow)
+    } else {
+        open_read_without_links(path)
+    };
+    let file = file.map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) if !follow && !linked_dirs => refusal(
+            SourceProblem::Changed,
+            format!(
+                "has a symbolic link on its path now (a directory was replaced by one); none was \
+                 there when VM '{vm}' was added, and rpfs does not follow links a path did not \
+                 have then (find out who replaced it)"
+            ),
+        ),
+        Some(libc::ELOOP) if !follow => now_link(),
+        _ => refusal(SourceProblem::Unreadable, format!("cannot be opened: {e}")),
+    })?;
     let meta = file.metadata().map_err(unreadable)?;
     let kind = checked(&meta)?;
     if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
@@ -225,6 +270,7 @@ pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<
         meta,
         added_as: AddedAs {
             symlink: follow,
+            linked_dirs,
             kind,
         },
     })
@@ -509,6 +555,7 @@ mod tests {
             .expect("mkfifo");
         let plain = AddedAs {
             symlink: false,
+            linked_dirs: false,
             kind: PathKind::File,
         };
         let open = |path: &Path, expect| open_path(path, expect, "vm1", "wanted");
@@ -529,6 +576,7 @@ mod tests {
         assert_eq!(err.reason, "is a FIFO; wanted");
         let device = AddedAs {
             symlink: false,
+            linked_dirs: false,
             kind: PathKind::BlockDevice,
         };
         let err = open(&file, Expect::AsAdded(device)).expect_err("another kind");

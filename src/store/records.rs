@@ -76,6 +76,10 @@ pub struct DiskSpec {
 pub struct AddedAs {
     /// The path itself (its last component) was a symbolic link.
     pub symlink: bool,
+    /// A directory on the path was a symbolic link. When none was, capture opens the path
+    /// through no link at all (RESOLVE_NO_SYMLINKS), so that a directory swapped for a link to
+    /// another (holding a file of the same name) is refused too.
+    pub linked_dirs: bool,
     /// What it named.
     pub kind: PathKind,
 }
@@ -388,11 +392,14 @@ mod tests {
         let mut new = vm.clone();
         new.disks[0].added_as = Some(AddedAs {
             symlink: true,
+            linked_dirs: false,
             kind: PathKind::BlockDevice,
         });
         let json = serde_json::to_string(&new).expect("json");
         assert!(
-            json.contains(r#""added_as":{"symlink":true,"kind":"block-device"}"#),
+            json.contains(
+                r#""added_as":{"symlink":true,"linked_dirs":false,"kind":"block-device"}"#
+            ),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<VmRecord>(&json).expect("new"), new);

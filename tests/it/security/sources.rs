@@ -308,6 +308,59 @@ fn a_source_swapped_for_a_symbolic_link_is_refused() {
     );
 }
 
+/// One level up: the directory holding a source, in a directory nobody controls, swapped by
+/// nobody for a symbolic link to a directory of root's holding a file of the same name. The last
+/// component is no link, but the path now goes through one it did not have at `vm add`: refused.
+#[test]
+fn a_directory_on_a_source_path_swapped_for_a_symbolic_link_is_refused() {
+    if !root_or_skip("a_directory_on_a_source_path_swapped_for_a_symbolic_link_is_refused") {
+        return;
+    }
+    umask_022();
+    let mut r = rng(seed());
+    let ts = TestStore::new(64 * KIB as u32);
+    let shared = nobodys_dir(&ts, "shared");
+    let images = shared.join("images");
+    fs::create_dir(&images).expect("images");
+    let os = images.join("os.img");
+    random_image(&os, 256 * KIB as usize, &mut r);
+    let roots = ts.path("roots");
+    fs::create_dir(&roots).expect("root's images");
+    fs::set_permissions(&roots, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let secret_path = roots.join("os.img");
+    let secret = random_image(&secret_path, 256 * KIB as usize, &mut r);
+    roots_secret(&secret_path, &secret);
+    expect_exit(
+        ts.cli()
+            .args(["vm", "add", "vm1", "--disk"])
+            .arg(format!("os={}", os.display())),
+        0,
+    );
+    expect_exit(
+        ts.cli().args(["collection", "create", "c", "--vm", "vm1"]),
+        0,
+    );
+    expect_exit(ts.cli().args(["point", "create", "c", "p1"]), 0);
+
+    let swap = as_nobody(
+        &shared,
+        &format!("mv images images.old && ln -s '{}' images", roots.display()),
+    );
+    assert!(swap.status.success(), "nobody could not swap: {swap:?}");
+    let (_, err) = expect_exit(ts.cli().args(["point", "create", "c", "p2"]), 7);
+    assert_mentions(
+        &err,
+        &[
+            "disk 'os'",
+            &os.display().to_string(),
+            "a symbolic link on its path",
+            "VM 'vm1'",
+        ],
+    );
+    assert_eq!(point_names(&ts), ["c/p1"]);
+    assert!(read_image(&ts.engine, "c", "p1", "os") != secret);
+}
+
 /// The same for `--config-file`: a configuration file in a directory nobody controls, swapped
 /// for a symbolic link to root's own secret, makes the creation fail naming the VM and the file;
 /// no point, and no file of the store, holds the secret.
