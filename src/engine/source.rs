@@ -6,16 +6,24 @@
 //! and the reason, when a VM is added and again when each point is created. Sources are only
 //! ever opened read-only.
 //!
-//! Paths are opened as they were when the VM was added ([`Expect`]): a path that was not a
-//! symbolic link then is opened with O_NOFOLLOW, so another user who controls its directory
-//! cannot swap in a link to a file only root may read; and the file opened must be of the kind
-//! it was then (regular file or block device). Its identity (device and inode) is not compared
-//! with that of `vm add`: replacing an image by a copy is legitimate, and once links are not
-//! followed, the kernel's `fs.protected_hardlinks` (on by default) stops a user from linking a
-//! file they cannot read into their directory. Nothing that could block or act on being opened
-//! (a FIFO, a device) is opened: the type is checked before the open (which does not block) and
-//! again on the descriptor, which must be the file checked. Everything after the open reads
-//! through that descriptor, never the path again.
+//! Paths are opened as they were when the VM was added ([`Expect`], recorded as `AddedAs`), so
+//! that another user who controls a directory on the path cannot swap in a link to a file only
+//! root may read:
+//! - a path with no symbolic link at `vm add` is opened through none at all (openat2 with
+//!   RESOLVE_NO_SYMLINKS: neither its last component nor a directory may have become a link);
+//! - a path whose directories went through a link is opened with O_NOFOLLOW on its last
+//!   component only; a path that was itself a link is followed (root chose it; the directory
+//!   holding such a link must be one only root writes);
+//! - the file opened must be of the kind it was (regular file or block device).
+//!
+//! Its identity (device and inode) is not compared with that of `vm add`: replacing an image by
+//! a copy is legitimate, and once links are not followed, the kernel's `fs.protected_hardlinks`
+//! (on by default) stops a user from hard-linking a file they cannot read into their directory.
+//! Nothing that could block or act on being opened (a FIFO, a device) is opened: the type is
+//! checked before the open (which does not block) and again on the descriptor, which must be the
+//! file checked. Everything after the open reads through that descriptor, never the path again.
+//! VMs added before this was recorded follow their paths as before, except a last component that
+//! is a link in a directory other users can write.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Seek, SeekFrom};
