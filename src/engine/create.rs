@@ -7,11 +7,13 @@
 //!
 //! Capture: where a source sits on a filesystem with reflinks (XFS, btrfs), each disk is cloned
 //! while frozen and the VM is thawed at once, so the freeze lasts as long as the clones take;
-//! otherwise the disks are ingested while frozen. A clone holds a whole disk: it is an unnamed
-//! file of mode 0600 from its first instant, cloned from the descriptor the source was opened
-//! and checked through (see [`reflink_clone`]). Sources and the configuration file are opened
-//! as they were when the VM was added (`source.rs`): no symbolic link they did not have then. The post-script runs exactly once whenever the
+//! otherwise the disks are ingested while frozen. The post-script runs exactly once whenever the
 //! pre-script was attempted, including when capture fails.
+//!
+//! A clone holds a whole disk: it is an unnamed file of mode 0600 from its first instant,
+//! cloned from the descriptor the source was opened and checked through (see
+//! `reflink_clone`). Sources and the configuration file are opened as they were when the VM
+//! was added (`source.rs`): through no symbolic link they did not have then.
 //!
 //! Consistency recorded: `ApplicationConsistent` (or `FileSystemConsistent` when that was asked
 //! for) when both scripts succeeded; otherwise the mode requested. A failing pre-script fails the
