@@ -798,9 +798,11 @@ mod tests {
                     path: "/dev/null".into(),
                     disk_type: DiskType::Managed,
                     lun: (i > 0).then(|| i as u32 - 1),
+                    added_as: None,
                 })
                 .collect(),
             config: Default::default(),
+            config_added_as: None,
             pre_script: None,
             post_script: None,
             script_timeout_secs: 60,

@@ -10,13 +10,25 @@
 //! otherwise the disks are ingested while frozen. The post-script runs exactly once whenever the
 //! pre-script was attempted, including when capture fails.
 //!
+//! A clone holds a whole disk: it is an unnamed file of mode 0600 from its first instant,
+//! cloned from the descriptor the source was opened and checked through (see
+//! `reflink_clone`). Sources and the configuration file are opened as they were when the VM
+//! was added (`source.rs`): through no symbolic link they did not have then.
+//!
 //! Consistency recorded: `ApplicationConsistent` (or `FileSystemConsistent` when that was asked
 //! for) when both scripts succeeded; otherwise the mode requested. A failing pre-script fails the
 //! creation, committing nothing, unless crash consistency was requested.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use uuid::Uuid;
 
 use super::Engine;
@@ -29,7 +41,7 @@ use super::names;
 use super::pending;
 use super::policy;
 use super::progress::Progress;
-use super::source::{self, Source, SourceKind};
+use super::source::{self, Expect, Source, SourceKind};
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk,
     PendingKind, PendingOp, PointRecord, VmRecord,
@@ -164,6 +176,8 @@ impl Engine {
         };
         let earlier = pending::begin(&self.shared, vm.id, &mut op)?;
         let result = self.capture_and_commit(&plan, &mut op, progress, started);
+        // Clones are unnamed, or unlinked at once: a name is only left here when that unlink
+        // failed. `remove_file` unlinks the name itself and never follows a link.
         for c in &op.clones {
             let _ = std::fs::remove_file(c);
         }
@@ -268,7 +282,7 @@ impl Engine {
         }
         let infos = included
             .iter()
-            .map(|d| source::inspect(&d.name, &d.path))
+            .map(|d| source::inspect(&d.name, &d.path, Expect::from_record(d.added_as), &vm.name))
             .collect::<Result<Vec<_>>>()?;
         let previous: Vec<Option<Uuid>> = included
             .iter()
@@ -310,11 +324,20 @@ impl Engine {
     fn capture_config(&self, plan: &Plan) -> Result<Vec<u8>> {
         match &plan.vm.config {
             ConfigSource::None => Ok(Vec::new()),
-            ConfigSource::File(path) => std::fs::read(path).map_err(Error::io(format!(
-                "reading the configuration file {} of VM '{}'",
-                path.display(),
-                plan.vm.name
-            ))),
+            ConfigSource::File(path) => {
+                let expect = Expect::from_record(plan.vm.config_added_as);
+                let mut opened = source::open_config(path, expect, &plan.vm.name)?;
+                let mut config = Vec::new();
+                opened
+                    .file
+                    .read_to_end(&mut config)
+                    .map_err(Error::io(format!(
+                        "reading the configuration file {} of VM '{}'",
+                        path.display(),
+                        plan.vm.name
+                    )))?;
+                Ok(config)
+            }
             ConfigSource::Command(cmd) => {
                 let timeout = Duration::from_secs(plan.vm.script_timeout_secs);
                 match hooks::run(cmd, &plan.env("config"), timeout) {
@@ -488,24 +511,15 @@ impl Engine {
     fn capture_sources(&self, plan: &Plan) -> Result<Vec<(Source, bool)>> {
         let mut out = Vec::new();
         for d in &plan.included {
-            let info = source::inspect(&d.name, &d.path)?;
-            let clone = match (info.kind, clone_path(&d.path, plan.point_id)) {
-                (SourceKind::File, Some(c)) => match reflink_copy::reflink(&d.path, &c) {
-                    Ok(()) => Some(c),
-                    Err(_) => {
-                        let _ = std::fs::remove_file(&c);
-                        None
-                    }
-                },
-                _ => None,
+            let expect = Expect::from_record(d.added_as);
+            let source = Source::open(&d.name, &d.path, expect, &plan.vm.name)?;
+            let clone = match source.info.kind {
+                SourceKind::File => reflink_clone(&source, plan.point_id),
+                SourceKind::BlockDevice => None,
             };
             match clone {
-                Some(c) => {
-                    let mut s = Source::open(&d.name, &c)?;
-                    s.path = c;
-                    out.push((s, true));
-                }
-                None => out.push((Source::open(&d.name, &d.path)?, false)),
+                Some(c) => out.push((source.with_clone(c), true)),
+                None => out.push((source, false)),
             }
         }
         Ok(out)
@@ -570,10 +584,47 @@ impl Engine {
 /// Best effort: a source that cannot be flushed is captured all the same.
 fn flush_sources(plan: &Plan) {
     for d in &plan.included {
-        if let Ok(f) = std::fs::File::open(&d.path) {
-            let _ = f.sync_data();
+        let expect = Expect::from_record(d.added_as);
+        if let Ok(o) = source::open_path(&d.path, expect, &plan.vm.name, "") {
+            let _ = o.file.sync_data();
         }
     }
+}
+
+/// A reflink clone of `source`, made from the descriptor it was opened (and checked) through,
+/// or `None` where its filesystem cannot clone it. The clone is private from its first instant
+/// and never has a name anyone can open: an unnamed O_TMPFILE file of mode 0600 in the source's
+/// directory (a clone must be on the source's filesystem), gone with its descriptor. Where
+/// O_TMPFILE is not supported, a new file of mode 0600 is created exclusively, without following
+/// a link, under the name the operation marker lists, and unlinked before anything is cloned
+/// into it.
+fn reflink_clone(source: &Source, point: Uuid) -> Option<File> {
+    let dir_path = source.path.parent()?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir_path)
+        .ok()?;
+    let private = Mode::from_bits_truncate(0o600);
+    let unnamed = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+    let clone = match openat(&dir, ".", unnamed, private) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+            let name = clone_path(&source.path, point)?;
+            let name = name.file_name()?;
+            let named = OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_RDWR
+                | OFlag::O_CLOEXEC;
+            let fd = openat(&dir, name, named, private).ok()?;
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).ok()?;
+            File::from(fd)
+        }
+        Err(_) => return None,
+    };
+    reflink_copy::reflink_file(source.file(), &clone).ok()?;
+    Some(clone)
 }
 
 fn disk_names(vm: &VmRecord) -> String {

@@ -21,6 +21,9 @@ pub enum SourceProblem {
     Unsupported,
     /// The source cannot be opened or read.
     Unreadable,
+    /// The path is no longer what it was when its VM was added (now a symbolic link, or another
+    /// kind of file): refused, as another user may have swapped it.
+    Changed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,15 @@ pub enum Error {
     #[error("disk '{disk}' ({path}): {reason}")]
     Source {
         disk: String,
+        path: PathBuf,
+        reason: String,
+        problem: SourceProblem,
+    },
+
+    /// A VM's configuration file that cannot be captured (`problem` as for a source disk).
+    #[error("configuration file {path} of VM '{vm}': {reason}")]
+    ConfigFile {
+        vm: String,
         path: PathBuf,
         reason: String,
         problem: SourceProblem,
@@ -160,14 +172,10 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotEmpty(_) => ErrorKind::NotEmpty,
             Error::NoSpace(_) => ErrorKind::NoSpace,
-            Error::Source {
-                problem: SourceProblem::Unsupported,
-                ..
-            } => ErrorKind::Unsupported,
-            Error::Source {
-                problem: SourceProblem::Unreadable,
-                ..
-            } => ErrorKind::Io,
+            Error::Source { problem, .. } | Error::ConfigFile { problem, .. } => match problem {
+                SourceProblem::Unsupported | SourceProblem::Changed => ErrorKind::Unsupported,
+                SourceProblem::Unreadable => ErrorKind::Io,
+            },
             Error::Script(_) => ErrorKind::Script,
             Error::Damaged { .. } | Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Io { .. } => ErrorKind::Io,

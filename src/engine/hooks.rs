@@ -212,6 +212,7 @@ mod tests {
             orchestration: Default::default(),
             disks: Vec::new(),
             config: Default::default(),
+            config_added_as: None,
             pre_script: None,
             post_script: None,
             script_timeout_secs: 5,

@@ -120,6 +120,9 @@ pub(crate) fn finish(shared: &Shared, vm: Uuid) -> Result<(bool, Cleanup)> {
     }
     for clone in &op.clones {
         // Only names rpfs gives its clones; a marker never makes us remove anything else.
+        // Removal unlinks the name itself and never follows a link there. (Clones are unnamed
+        // O_TMPFILE files, or named only for an instant where that is not supported: see
+        // `create::reflink_clone`. The list is for that instant.)
         if clone
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains(".rpfs-clone-"))

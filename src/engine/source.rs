@@ -1,18 +1,42 @@
-//! Source disks: raw image files (sparse or not) and block devices, nothing else.
+//! Source disks (raw image files, sparse or not, and block devices, nothing else), and the
+//! opening of every path a VM names: its disks and its configuration file.
 //!
-//! Invariants: [`inspect`] refuses every other kind of file (image formats by their magic,
+//! Invariants: [`Source::open`] refuses every other kind of file (image formats by their magic,
 //! directories, FIFOs, sockets, character devices, empty files) with a message naming the disk
-//! and the reason, and is called both when a VM is added and again when each point is created.
-//! Sources are only ever opened read-only.
+//! and the reason, when a VM is added and again when each point is created. Sources are only
+//! ever opened read-only.
+//!
+//! Paths are opened as they were when the VM was added ([`Expect`], recorded as `AddedAs`), so
+//! that another user who controls a directory on the path cannot swap in a link to a file only
+//! root may read:
+//! - a path with no symbolic link at `vm add` is opened through none at all (openat2 with
+//!   RESOLVE_NO_SYMLINKS: neither its last component nor a directory may have become a link);
+//! - a path whose directories went through a link is opened with O_NOFOLLOW on its last
+//!   component only; a path that was itself a link is followed (root chose it; the directory
+//!   holding such a link must be one only root writes);
+//! - the file opened must be of the kind it was (regular file or block device).
+//!
+//! Its identity (device and inode) is not compared with that of `vm add`: replacing an image by
+//! a copy is legitimate, and once links are not followed, the kernel's `fs.protected_hardlinks`
+//! (on by default) stops a user from hard-linking a file they cannot read into their directory.
+//! Nothing that could block or act on being opened (a FIFO, a device) is opened: the type is
+//! checked before the open (which does not block) and again on the descriptor, which must be the
+//! file checked. Everything after the open reads through that descriptor, never the path again.
+//! VMs added before this was recorded follow their paths as before, except a last component that
+//! is a link in a directory other users can write.
 
-use std::fs::{self, File};
+use std::fs::{self, File, Metadata};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, FcntlArg, OFlag, OpenHow, ResolveFlag, fcntl, openat2};
 use nix::unistd::{Whence, lseek};
 
 use super::error::{Error, Result, SourceProblem};
+use crate::store::records::{AddedAs, PathKind};
 use crate::store::storage::DIRECT_ALIGN;
 
 /// What kind of source a disk is.
@@ -31,6 +55,255 @@ pub struct SourceInfo {
     pub size: u64,
     /// Bytes the file has allocated (at most `size`); a block device's whole size.
     pub allocated: u64,
+}
+
+/// What opening a VM's path expects it to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// `vm add`: whatever the path names now, through a symbolic link or not.
+    Adding,
+    /// Capture: what the path was when its VM was added.
+    AsAdded(AddedAs),
+    /// Capture for a VM recorded before rpfs kept what its paths were: a symbolic link is only
+    /// followed in a directory that no one but root (or rpfs's own user) can write.
+    Unrecorded,
+}
+
+impl Expect {
+    /// The expectation a VM record holds for one of its paths.
+    pub fn from_record(added_as: Option<AddedAs>) -> Expect {
+        added_as.map_or(Expect::Unrecorded, Expect::AsAdded)
+    }
+}
+
+/// Why a VM's path cannot be opened as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub problem: SourceProblem,
+    /// Follows the path's name in a message ("is now a symbolic link; …").
+    pub reason: String,
+}
+
+/// A VM's path opened as expected: the descriptor, its metadata, and what the path is.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: File,
+    pub meta: Metadata,
+    pub added_as: AddedAs,
+}
+
+fn refusal(problem: SourceProblem, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        problem,
+        reason: reason.into(),
+    }
+}
+
+fn kind_name(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::File => "a regular file",
+        PathKind::BlockDevice => "a block device",
+    }
+}
+
+/// The kind of file `meta` describes, or what it is when it is neither kind a path may name.
+fn path_kind(meta: &Metadata) -> std::result::Result<PathKind, &'static str> {
+    let ft = meta.file_type();
+    if ft.is_file() {
+        Ok(PathKind::File)
+    } else if ft.is_block_device() {
+        Ok(PathKind::BlockDevice)
+    } else if ft.is_dir() {
+        Err("a directory")
+    } else if ft.is_fifo() {
+        Err("a FIFO")
+    } else if ft.is_socket() {
+        Err("a socket")
+    } else if ft.is_char_device() {
+        Err("a character device")
+    } else if ft.is_symlink() {
+        Err("a symbolic link")
+    } else {
+        Err("of an unknown file type")
+    }
+}
+
+/// Whether no one but root (and this process's user) can change `dir`: owned by either, and
+/// writable by no group or other.
+fn only_we_write(dir: &Path) -> bool {
+    let euid = nix::unistd::geteuid().as_raw();
+    fs::metadata(dir)
+        .is_ok_and(|m| (m.uid() == 0 || m.uid() == euid) && m.permissions().mode() & 0o022 == 0)
+}
+
+/// Whether a directory on the absolute `path` is a symbolic link.
+fn has_linked_dir(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .any(|dir| fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()))
+}
+
+/// Flags of every open of a VM's path: nothing that outlives an exec, takes a terminal, or
+/// blocks (a FIFO swapped in between the check and the open).
+const OPEN_FLAGS: libc::c_int = libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// Opens `path` read-only, following its last component only if `follow`.
+fn open_read(path: &Path, follow: bool) -> io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OPEN_FLAGS | nofollow)
+        .open(path)
+}
+
+/// Opens `path` read-only through no symbolic link at all, its directories included (ELOOP
+/// otherwise); on a kernel without openat2 (before 5.6), through no link in its last component.
+fn open_read_without_links(path: &Path) -> io::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::from_bits_truncate(OPEN_FLAGS))
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(AT_FDCWD, path, how) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::ENOSYS) => open_read(path, false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `path` (of VM `vm`) read-only as `expect` says, refusing anything but a regular file
+/// or a block device: `wanted` says what was wanted, for that refusal ("a source must be …").
+pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<Opened, Refusal> {
+    let unreadable = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            refusal(SourceProblem::Unreadable, "does not exist")
+        } else {
+            refusal(SourceProblem::Unreadable, format!("cannot be read: {e}"))
+        }
+    };
+    let now_link = || {
+        refusal(
+            SourceProblem::Changed,
+            format!(
+                "is now a symbolic link; it was not when VM '{vm}' was added, and rpfs does not \
+                 follow a link the path did not have then (find out who replaced it; to capture \
+                 through a link, add the VM with that path)"
+            ),
+        )
+    };
+    let lmeta = fs::symlink_metadata(path).map_err(unreadable)?;
+    let follow = if lmeta.file_type().is_symlink() {
+        match expect {
+            Expect::Adding | Expect::AsAdded(AddedAs { symlink: true, .. }) => true,
+            Expect::AsAdded(_) => return Err(now_link()),
+            Expect::Unrecorded => {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                if !only_we_write(dir) {
+                    return Err(refusal(
+                        SourceProblem::Changed,
+                        format!(
+                            "is a symbolic link in {}, a directory other users can write, \
+                             and VM '{vm}' was added before rpfs recorded whether its paths \
+                             were links: it is not followed (point the VM at the file itself)",
+                            dir.display()
+                        ),
+                    ));
+                }
+                true
+            }
+        }
+    } else {
+        false
+    };
+    let checked = |meta: &Metadata| -> Result<PathKind, Refusal> {
+        let kind = path_kind(meta)
+            .map_err(|what| refusal(SourceProblem::Unsupported, format!("is {what}; {wanted}")))?;
+        if let Expect::AsAdded(added) = expect
+            && added.kind != kind
+        {
+            return Err(refusal(
+                SourceProblem::Changed,
+                format!(
+                    "is now {}; it was {} when VM '{vm}' was added",
+                    kind_name(kind),
+                    kind_name(added.kind)
+                ),
+            ));
+        }
+        Ok(kind)
+    };
+    // What is opened is checked first, so that nothing that blocks or acts when opened (a FIFO,
+    // a character device) ever is.
+    let before = if follow {
+        fs::metadata(path).map_err(unreadable)?
+    } else {
+        lmeta
+    };
+    checked(&before)?;
+    let linked_dirs = match expect {
+        Expect::Adding => has_linked_dir(path),
+        Expect::AsAdded(added) => added.linked_dirs,
+        // As before rpfs recorded it: the directories are followed.
+        Expect::Unrecorded => true,
+    };
+    let file = if follow || linked_dirs {
+        open_read(path, follow)
+    } else {
+        open_read_without_links(path)
+    };
+    let file = file.map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) if !follow && !linked_dirs => refusal(
+            SourceProblem::Changed,
+            format!(
+                "has a symbolic link on its path now (a directory was replaced by one); none was \
+                 there when VM '{vm}' was added, and rpfs does not follow links a path did not \
+                 have then (find out who replaced it)"
+            ),
+        ),
+        Some(libc::ELOOP) if !follow => now_link(),
+        _ => refusal(SourceProblem::Unreadable, format!("cannot be opened: {e}")),
+    })?;
+    let meta = file.metadata().map_err(unreadable)?;
+    let kind = checked(&meta)?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(refusal(
+            SourceProblem::Changed,
+            "was replaced while being opened; retry",
+        ));
+    }
+    // O_NONBLOCK only kept the open itself from blocking.
+    let cleared = fcntl(&file, FcntlArg::F_GETFL).and_then(|fl| {
+        let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+        fcntl(&file, FcntlArg::F_SETFL(fl))
+    });
+    cleared.map_err(|e| refusal(SourceProblem::Unreadable, format!("cannot be opened: {e}")))?;
+    Ok(Opened {
+        file,
+        meta,
+        added_as: AddedAs {
+            symlink: follow,
+            linked_dirs,
+            kind,
+        },
+    })
+}
+
+/// Opens the configuration file `path` of VM `vm` as `expect` says: a regular file, and a
+/// symbolic link only where it was one when the VM was added.
+pub fn open_config(path: &Path, expect: Expect, vm: &str) -> Result<Opened> {
+    let refuse = |problem, reason: String| Error::ConfigFile {
+        vm: vm.to_string(),
+        path: path.to_path_buf(),
+        reason,
+        problem,
+    };
+    let wanted = "a configuration file must be a regular file";
+    let opened = open_path(path, expect, vm, wanted).map_err(|r| refuse(r.problem, r.reason))?;
+    if opened.added_as.kind != PathKind::File {
+        return Err(refuse(
+            SourceProblem::Unsupported,
+            format!("is a block device; {wanted}"),
+        ));
+    }
+    Ok(opened)
 }
 
 /// Image formats recognised (and refused) by their magic: (name, offset, magic).
@@ -59,8 +332,15 @@ fn source_error(
     }
 }
 
-/// Checks that `path` is a raw image or block device and returns its kind and size.
-pub fn inspect(disk: &str, path: &Path) -> Result<SourceInfo> {
+/// Checks that the source of `disk` at `path` (of VM `vm`) is a raw image or block device, as
+/// `expect` says, and returns its kind and size.
+pub fn inspect(disk: &str, path: &Path, expect: Expect, vm: &str) -> Result<SourceInfo> {
+    Ok(Source::open(disk, path, expect, vm)?.info)
+}
+
+/// Checks the opened source of `disk`: a raw image or block device, not empty; returns its
+/// kind and size.
+fn inspect_opened(disk: &str, path: &Path, opened: &Opened) -> Result<SourceInfo> {
     let unsupported = |reason: String| source_error(disk, path, SourceProblem::Unsupported, reason);
     let unreadable = |e: io::Error| {
         source_error(
@@ -70,36 +350,12 @@ pub fn inspect(disk: &str, path: &Path) -> Result<SourceInfo> {
             format!("cannot be read: {e}"),
         )
     };
-    let meta = fs::metadata(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            source_error(disk, path, SourceProblem::Unreadable, "does not exist")
-        } else {
-            unreadable(e)
+    let (kind, size) = match opened.added_as.kind {
+        PathKind::BlockDevice => {
+            let size = (&opened.file).seek(SeekFrom::End(0)).map_err(unreadable)?;
+            (SourceKind::BlockDevice, size)
         }
-    })?;
-    let ft = meta.file_type();
-    let what = if ft.is_dir() {
-        Some("a directory")
-    } else if ft.is_fifo() {
-        Some("a FIFO")
-    } else if ft.is_socket() {
-        Some("a socket")
-    } else if ft.is_char_device() {
-        Some("a character device")
-    } else {
-        None
-    };
-    if let Some(what) = what {
-        return Err(unsupported(format!(
-            "is {what}; a source must be a raw disk image file or a block device"
-        )));
-    }
-    let mut file = File::open(path).map_err(unreadable)?;
-    let (kind, size) = if ft.is_block_device() {
-        let size = file.seek(SeekFrom::End(0)).map_err(unreadable)?;
-        (SourceKind::BlockDevice, size)
-    } else {
-        (SourceKind::File, meta.len())
+        PathKind::File => (SourceKind::File, opened.meta.len()),
     };
     if size == 0 {
         return Err(unsupported(
@@ -107,7 +363,7 @@ pub fn inspect(disk: &str, path: &Path) -> Result<SourceInfo> {
         ));
     }
     let mut head = [0u8; 0x48];
-    let n = read_up_to(&file, &mut head, 0).map_err(unreadable)?;
+    let n = read_up_to(&opened.file, &mut head, 0).map_err(unreadable)?;
     for (format, at, magic) in FOREIGN_FORMATS {
         let at = *at as usize;
         if n >= at + magic.len() && head[at..at + magic.len()] == **magic {
@@ -118,7 +374,7 @@ pub fn inspect(disk: &str, path: &Path) -> Result<SourceInfo> {
         }
     }
     let allocated = match kind {
-        SourceKind::File => (meta.blocks() * 512).min(size),
+        SourceKind::File => (opened.meta.blocks() * 512).min(size),
         SourceKind::BlockDevice => size,
     };
     Ok(SourceInfo {
@@ -141,6 +397,18 @@ fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// A second descriptor of the file open as `file`, for O_DIRECT reads; reopened through
+/// `/proc/self/fd`, which names the open file itself and not a path someone could change. `None`
+/// where that fails: not every filesystem takes O_DIRECT (tmpfs does not); reads are then
+/// buffered.
+fn reopen_direct(file: &File) -> Option<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+}
+
 /// A source opened for capture.
 ///
 /// Data is read with O_DIRECT where the source allows it: reads then bypass the host's page
@@ -152,35 +420,46 @@ pub struct Source {
     pub disk: String,
     pub path: PathBuf,
     pub info: SourceInfo,
+    /// What the path is (recorded by `vm add`).
+    pub added_as: AddedAs,
     file: File,
     direct: Option<File>,
 }
 
 impl Source {
-    /// Inspects and opens `path` (read-only).
-    pub fn open(disk: &str, path: &Path) -> Result<Source> {
-        let info = inspect(disk, path)?;
-        let file = File::open(path).map_err(|e| {
-            source_error(
-                disk,
-                path,
-                SourceProblem::Unreadable,
-                format!("cannot be opened: {e}"),
-            )
-        })?;
-        // Not every filesystem takes O_DIRECT (tmpfs does not): then reads are buffered.
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
+    /// Opens the source of `disk` at `path` (of VM `vm`) read-only, as `expect` says, and
+    /// inspects it.
+    pub fn open(disk: &str, path: &Path, expect: Expect, vm: &str) -> Result<Source> {
+        let opened = open_path(
+            path,
+            expect,
+            vm,
+            "a source must be a raw disk image file or a block device",
+        )
+        .map_err(|r| source_error(disk, path, r.problem, r.reason))?;
+        let info = inspect_opened(disk, path, &opened)?;
         Ok(Source {
             disk: disk.to_string(),
             path: path.to_path_buf(),
             info,
-            file,
-            direct,
+            added_as: opened.added_as,
+            direct: reopen_direct(&opened.file),
+            file: opened.file,
         })
+    }
+
+    /// The same disk read from `clone`, a reflink clone of this source (same size), instead.
+    pub fn with_clone(self, clone: File) -> Source {
+        Source {
+            direct: reopen_direct(&clone),
+            file: clone,
+            ..self
+        }
+    }
+
+    /// The descriptor the source is read through.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     fn read_error(&self, e: io::Error) -> Error {
@@ -262,7 +541,7 @@ mod tests {
         f.set_len(64 << 20).expect("size");
         f.write_all_at(&[1u8; 4096], 10 << 20).expect("write");
         drop(f);
-        let s = Source::open("d", &path).expect("raw file");
+        let s = Source::open("d", &path, Expect::Adding, "vm").expect("raw file");
         let mask = s.data_blocks(0, 1024, 64 << 10);
         let data: Vec<usize> = mask
             .iter()
@@ -272,6 +551,60 @@ mod tests {
             .collect();
         assert!(data.contains(&160), "{data:?}");
         assert!(data.len() <= 2, "{data:?}");
+    }
+
+    #[test]
+    fn paths_are_opened_as_they_were_when_the_vm_was_added() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("d.img");
+        std::fs::write(&file, [1u8; 4096]).expect("write");
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let plain = AddedAs {
+            symlink: false,
+            linked_dirs: false,
+            kind: PathKind::File,
+        };
+        let open = |path: &Path, expect| open_path(path, expect, "vm1", "wanted");
+
+        let added = open(&link, Expect::Adding).expect("a link at vm add");
+        assert!(added.added_as.symlink);
+        assert!(!open(&file, Expect::Adding).expect("file").added_as.symlink);
+        assert!(open(&link, Expect::AsAdded(added.added_as)).is_ok());
+
+        let err = open(&link, Expect::AsAdded(plain)).expect_err("a new link");
+        assert_eq!(err.problem, SourceProblem::Changed);
+        assert!(
+            err.reason
+                .starts_with("is now a symbolic link; it was not when VM 'vm1'")
+        );
+        // A FIFO swapped in is refused, not opened (which would block).
+        let err = open(&fifo, Expect::AsAdded(plain)).expect_err("a FIFO");
+        assert_eq!(err.reason, "is a FIFO; wanted");
+        let device = AddedAs {
+            symlink: false,
+            linked_dirs: false,
+            kind: PathKind::BlockDevice,
+        };
+        let err = open(&file, Expect::AsAdded(device)).expect_err("another kind");
+        assert_eq!(err.problem, SourceProblem::Changed);
+        assert_eq!(
+            err.reason,
+            "is now a regular file; it was a block device when VM 'vm1' was added"
+        );
+
+        // Records without `added_as`: a link is followed only where only root writes.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let err = open(&link, Expect::Unrecorded).expect_err("a link others could swap");
+        assert!(err.reason.contains("a directory other users can write"));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        assert!(open(&link, Expect::Unrecorded).is_ok());
+        assert!(open(&file, Expect::Unrecorded).is_ok());
     }
 
     #[test]
@@ -289,12 +622,13 @@ mod tests {
             (empty, "is empty"),
             (qcow, "is a qcow2 image"),
         ] {
-            let err = inspect("os", &path).expect_err(want);
+            let err = inspect("os", &path, Expect::Adding, "vm").expect_err(want);
             assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
             assert!(err.to_string().contains(want), "{err}");
             assert!(err.to_string().starts_with("disk 'os'"), "{err}");
         }
-        let err = inspect("os", &dir.path().join("missing")).expect_err("missing");
+        let err =
+            inspect("os", &dir.path().join("missing"), Expect::Adding, "vm").expect_err("missing");
         assert_eq!(err.kind(), ErrorKind::Io);
         assert!(err.to_string().contains("does not exist"));
     }

@@ -3,7 +3,8 @@
 //! Invariants: VM and collection names are unique across the store, checked and written under
 //! the store lock; a VM's disks are fixed when it is added (the first is the OS disk, the others
 //! data disks with LUNs 0, 1, … in order); sources are inspected at add time so a wrong file is
-//! refused before anything is stored; paths are stored absolute.
+//! refused before anything is stored; paths are stored absolute, with what each was (a symbolic
+//! link or not, a regular file or a block device), which capture holds them to (`source.rs`).
 
 use std::path::PathBuf;
 
@@ -11,10 +12,11 @@ use super::Engine;
 use super::catalog;
 use super::clock::now_rfc3339;
 use super::delete::delete_locked;
+use super::error::SourceProblem;
 use super::error::{Error, Result};
 use super::names;
 use super::policy::refuse_uniform_scale_set;
-use super::source;
+use super::source::{Expect, Source, open_config};
 use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskSpec, DiskType, LastOperation,
     Orchestration, PointDefaults, VmRecord,
@@ -76,13 +78,14 @@ impl Engine {
                 )));
             }
             let path = absolute(path)?;
-            source::inspect(name, &path)?;
+            let added_as = Source::open(name, &path, Expect::Adding, &spec.name)?.added_as;
             disks.push(DiskSpec {
                 id: uuid::Uuid::new_v4(),
                 name: name.clone(),
                 path,
                 disk_type: DiskType::Managed,
                 lun: if i == 0 { None } else { Some(i as u32 - 1) },
+                added_as: Some(added_as),
             });
         }
         for (name, ty) in &spec.disk_types {
@@ -102,36 +105,24 @@ impl Engine {
                 "--script-timeout must be at least 1 second".into(),
             ));
         }
-        let config = match &spec.config {
+        let (config, config_added_as) = match &spec.config {
             ConfigSource::File(p) => {
                 let p = absolute(p)?;
-                match std::fs::metadata(&p) {
-                    Ok(m) if m.is_file() => {}
-                    Ok(_) => {
-                        return Err(Error::InvalidArgument(format!(
-                            "configuration file {} of VM '{}' is not a regular file",
-                            p.display(),
-                            spec.name
-                        )));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(Error::NotFound {
-                            what: "configuration file",
-                            name: p.display().to_string(),
-                            hint: format!(" (--config-file of VM '{}')", spec.name),
-                        });
-                    }
-                    Err(e) => {
-                        return Err(Error::io(format!(
-                            "configuration file {} of VM '{}'",
-                            p.display(),
-                            spec.name
-                        ))(e));
-                    }
-                }
-                ConfigSource::File(p)
+                let opened = open_config(&p, Expect::Adding, &spec.name).map_err(|e| match e {
+                    Error::ConfigFile {
+                        problem: SourceProblem::Unreadable,
+                        reason,
+                        ..
+                    } if reason == "does not exist" => Error::NotFound {
+                        what: "configuration file",
+                        name: p.display().to_string(),
+                        hint: format!(" (--config-file of VM '{}')", spec.name),
+                    },
+                    e => e,
+                })?;
+                (ConfigSource::File(p), Some(opened.added_as))
             }
-            other => other.clone(),
+            other => (other.clone(), None),
         };
         let vm = VmRecord {
             id: uuid::Uuid::new_v4(),
@@ -140,6 +131,7 @@ impl Engine {
             orchestration: spec.orchestration,
             disks,
             config,
+            config_added_as,
             pre_script: spec.pre_script.clone(),
             post_script: spec.post_script.clone(),
             script_timeout_secs: timeout,

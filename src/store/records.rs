@@ -64,6 +64,32 @@ pub struct DiskSpec {
     pub disk_type: DiskType,
     /// `None` for the OS disk, else the data disk's LUN.
     pub lun: Option<u32>,
+    /// What `path` was when the VM was added; `None` in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_as: Option<AddedAs>,
+}
+
+/// What a source path (a disk or a configuration file) was when its VM was added. Capture opens
+/// the path as it was then: through a symbolic link only if the path was one, and only the same
+/// kind of file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddedAs {
+    /// The path itself (its last component) was a symbolic link.
+    pub symlink: bool,
+    /// A directory on the path was a symbolic link. When none was, capture opens the path
+    /// through no link at all (RESOLVE_NO_SYMLINKS), so that a directory swapped for a link to
+    /// another (holding a file of the same name) is refused too.
+    pub linked_dirs: bool,
+    /// What it named.
+    pub kind: PathKind,
+}
+
+/// The kinds of file a source path may name.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    File,
+    BlockDevice,
 }
 
 /// Where the VM configuration captured at each point comes from.
@@ -86,6 +112,10 @@ pub struct VmRecord {
     /// OS disk first, then data disks in LUN order.
     pub disks: Vec<DiskSpec>,
     pub config: ConfigSource,
+    /// What the configuration file's path was when the VM was added (see [`AddedAs`]); `None`
+    /// without a configuration file and in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_added_as: Option<AddedAs>,
     pub pre_script: Option<String>,
     pub post_script: Option<String>,
     pub script_timeout_secs: u64,
@@ -258,7 +288,8 @@ pub struct PointRecord {
 pub struct PendingOp {
     pub op: PendingKind,
     pub point_id: Uuid,
-    /// Reflink clones of source disks this operation may have made, removed by recovery.
+    /// Names a reflink clone of a source disk may have had for an instant (where O_TMPFILE is
+    /// not supported), removed by recovery.
     pub clones: Vec<PathBuf>,
     pub started: String,
     /// Set while the VM may be frozen (its pre-script was started and its post-script has not
@@ -339,5 +370,38 @@ impl Record for PointRecord {
             .chain(self.disks.iter().map(|d| d.name.as_str()))
             .chain(self.excluded.iter().map(|d| d.name.as_str()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM record written before `added_as` was kept still reads, with nothing recorded.
+    #[test]
+    fn vm_records_without_added_as_still_read() {
+        let old = r#"{"id":"6f1c1a52-9c2e-4a3e-8d0e-0b9d5f6c7a11","name":"vm1",
+            "created":"2026-01-01T00:00:00Z","orchestration":"standalone",
+            "disks":[{"id":"0d7f2c54-3b0e-4c8e-9a51-7e0c3f1b2d44","name":"os",
+                      "path":"/var/lib/images/os.img","disk_type":"managed","lun":null}],
+            "config":{"file":"/etc/vm1.xml"},"pre_script":null,"post_script":null,
+            "script_timeout_secs":60}"#;
+        let vm: VmRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(vm.disks[0].added_as, None);
+        assert_eq!(vm.config_added_as, None);
+        let mut new = vm.clone();
+        new.disks[0].added_as = Some(AddedAs {
+            symlink: true,
+            linked_dirs: false,
+            kind: PathKind::BlockDevice,
+        });
+        let json = serde_json::to_string(&new).expect("json");
+        assert!(
+            json.contains(
+                r#""added_as":{"symlink":true,"linked_dirs":false,"kind":"block-device"}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<VmRecord>(&json).expect("new"), new);
     }
 }
