@@ -102,15 +102,6 @@ impl Engine {
     /// made private (0700) if it was not.
     pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
         let block_size = validate_block_size(u64::from(block_size))?;
-        let private = storage
-            .make_private()
-            .map_err(Error::io("making the store directory private"))?;
-        if let Some(why) = private.unfinished {
-            return Err(Error::Io {
-                context: "making the store directory private (0700)".into(),
-                source: std::io::Error::other(why),
-            });
-        }
         let existing = storage
             .list("")
             .map_err(Error::io("listing the store directory"))?;
@@ -125,6 +116,17 @@ impl Engine {
                 "the store directory is not empty (holds {}); choose an empty or new directory",
                 existing.join(", ")
             )));
+        }
+        // Only now that it is known to be empty: narrowing is never applied to files that are
+        // not the store's.
+        let private = storage
+            .make_private()
+            .map_err(Error::io("making the store directory private"))?;
+        if let Some(why) = private.unfinished {
+            return Err(Error::Io {
+                context: "making the store directory private (0700)".into(),
+                source: std::io::Error::other(why),
+            });
         }
         let header = StoreHeader {
             format: format::FORMAT.into(),
@@ -142,7 +144,6 @@ impl Engine {
     /// can read private ([`Engine::tightened`] says what changed), finishes any operation a
     /// crash interrupted, and makes the reserve if it is missing.
     pub fn open(storage: Arc<dyn Storage>, options: OpenOptions) -> Result<Engine> {
-        let tightened = storage.make_private().map_err(Error::io("opening the store"))?;
         let header: StoreHeader = match read_record(&*storage, layout::STORE_HEADER, kind::STORE) {
             Ok(h) => h,
             Err(e) if e.is_not_found() => {
@@ -163,6 +164,10 @@ impl Engine {
             )));
         }
         validate_block_size(u64::from(header.block_size))?;
+        // After the header: only a directory that is a store is ever narrowed.
+        let tightened = storage
+            .make_private()
+            .map_err(Error::io("opening the store"))?;
         let engine = Engine {
             shared: Arc::new(Shared {
                 storage,

@@ -35,10 +35,7 @@ pub(crate) fn low_space(shared: &Shared) -> Option<String> {
     }
     let mib = |b: u64| b >> 20;
     let reserve = if present(shared) {
-        format!(
-            "its {} MiB reserve lets deletions run",
-            mib(RESERVE_BYTES)
-        )
+        format!("its {} MiB reserve lets deletions run", mib(RESERVE_BYTES))
     } else {
         "its reserve for deletions is spent (remade once there is room)".to_string()
     };
@@ -73,10 +70,7 @@ pub(crate) fn ensure(shared: &Shared) {
         tracing::debug!("not making the store's reserve: only {free} bytes free");
         return;
     }
-    if let Err(e) = shared
-        .storage
-        .put_reserved(layout::RESERVE, RESERVE_BYTES)
-    {
+    if let Err(e) = shared.storage.put_reserved(layout::RESERVE, RESERVE_BYTES) {
         tracing::debug!("making the store's reserve failed (tried again later): {e}");
     }
 }

@@ -176,8 +176,11 @@ mod tests {
         }
         fs::set_permissions(root.join("vms/a/x.pack"), fs::Permissions::from_mode(0o644))
             .expect("chmod");
-        fs::set_permissions(dir.path().join("outside"), fs::Permissions::from_mode(0o644))
-            .expect("chmod");
+        fs::set_permissions(
+            dir.path().join("outside"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
 
         let done = make_private(&root).expect("make private");
         assert_eq!((done.dirs, done.files, done.unfinished), (3, 1, None));

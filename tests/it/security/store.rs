@@ -102,7 +102,9 @@ fn assert_nobody_reads_nothing(store: &Path) {
     assert!(!show.status.success(), "nobody ran point show: {show:?}");
     let files = files_under(store);
     assert!(
-        files.iter().any(|f| f.extension().is_some_and(|e| e == "pack"))
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "pack"))
             && files
                 .iter()
                 .any(|f| f.extension().is_some_and(|e| e == "config")),
@@ -141,7 +143,9 @@ fn nobody_reads_nothing_of_a_store_root_made() {
     assert_nobody_reads_nothing(&f.store);
     // What nobody was refused is there for root: the secrets are in the store.
     let (out, _) = expect_exit(
-        rpfs_at(&f.store).args(["restore", "c/p1", "--to"]).arg(f.dir.path().join("r")),
+        rpfs_at(&f.store)
+            .args(["restore", "c/p1", "--to"])
+            .arg(f.dir.path().join("r")),
         0,
     );
     assert!(out.contains("restored c/p1"), "{out}");
@@ -295,7 +299,10 @@ fn nobody_cannot_take_the_store_or_a_vm_lock() {
             &format!("flock -x -n '{}' true", lock.display()),
         );
         assert!(!out.status.success(), "nobody locked {}", lock.display());
-        assert_mentions(&String::from_utf8_lossy(&out.stderr), &["Permission denied"]);
+        assert_mentions(
+            &String::from_utf8_lossy(&out.stderr),
+            &["Permission denied"],
+        );
     }
 
     // While nobody tries to hold both, root's creations go on as usual.
@@ -339,9 +346,13 @@ fn a_held_store_lock_is_waited_for_a_bounded_time_then_busy() {
     let start = Instant::now();
     let (_, err) = expect_exit(
         within(
-            rpfs_at(&f.store)
-                .env("RPFS_LOCK_WAIT", "2")
-                .args(["collection", "create", "c2", "--vm", "vm"]),
+            rpfs_at(&f.store).env("RPFS_LOCK_WAIT", "2").args([
+                "collection",
+                "create",
+                "c2",
+                "--vm",
+                "vm",
+            ]),
             30,
         ),
         6,
@@ -406,9 +417,8 @@ impl FullFs {
             );
             assert!(out.status.success(), "filling: {out:?}");
             let probe = self.mnt.join("probe");
-            let written = fs::write(&probe, [1u8; 4096]).and_then(|()| {
-                fs::File::open(&probe)?.sync_all()
-            });
+            let written =
+                fs::write(&probe, [1u8; 4096]).and_then(|()| fs::File::open(&probe)?.sync_all());
             let _ = fs::remove_file(&probe);
             sh(&format!("sync -f '{}'", self.mnt.display()));
             if written.is_err() {
