@@ -106,3 +106,56 @@ pub(crate) fn with_reserve<T>(shared: &Shared, mut delete: impl FnMut() -> Resul
     ensure(shared);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::store::LocalStorage;
+
+    #[test]
+    fn a_deletion_out_of_space_spends_the_reserve_once_and_it_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::init(Arc::new(LocalStorage::new(dir.path())), 4096).expect("init");
+        let shared = &engine.shared;
+        assert!(present(shared), "init made no reserve");
+        let full = || Error::io("writing x")(std::io::Error::from_raw_os_error(libc::ENOSPC));
+
+        let mut calls = 0;
+        let out = with_reserve(shared, || {
+            calls += 1;
+            // Where the first run found no room, the second finds the reserve's.
+            if present(shared) {
+                Err(full())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(out.expect("second run"), 2);
+        assert!(present(shared), "the reserve was not made again");
+
+        // Never more than one retry, and other failures are not retried.
+        let mut calls = 0;
+        assert!(
+            with_reserve(shared, || -> Result<()> {
+                calls += 1;
+                Err(full())
+            })
+            .is_err()
+        );
+        assert_eq!(calls, 2);
+        let mut calls = 0;
+        assert!(
+            with_reserve(shared, || -> Result<()> {
+                calls += 1;
+                Err(Error::io("reading x")(std::io::Error::from_raw_os_error(
+                    libc::EIO,
+                )))
+            })
+            .is_err()
+        );
+        assert_eq!(calls, 1);
+    }
+}

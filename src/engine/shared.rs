@@ -71,3 +71,43 @@ impl Shared {
             .map_err(Error::io("taking the VM lock"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::engine::{Engine, Error, OpenOptions};
+    use crate::store::LocalStorage;
+    use crate::store::layout;
+    use crate::store::storage::Storage;
+
+    #[test]
+    fn a_held_store_lock_is_waited_for_no_longer_than_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Engine::init(Arc::new(LocalStorage::new(dir.path())), 4096).expect("init");
+        let wait = Duration::from_millis(200);
+        let engine = Engine::open(
+            Arc::new(LocalStorage::new(dir.path())),
+            OpenOptions {
+                lock_wait: wait,
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open");
+        let other = LocalStorage::new(dir.path());
+        let held = other
+            .try_lock(layout::STORE_LOCK)
+            .expect("lock")
+            .expect("free");
+        let start = Instant::now();
+        let refused = engine.store_lock();
+        assert!(
+            matches!(refused, Err(Error::StoreBusy { .. })),
+            "{refused:?}"
+        );
+        assert!(start.elapsed() >= wait && start.elapsed() < wait * 10);
+        drop(held);
+        assert!(engine.store_lock().is_ok());
+    }
+}
