@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     // No block cache: every pass decodes every block, measuring resolution and decoding.
     let engine = Engine::open(
         Arc::new(LocalStorage::new(store)),
-        OpenOptions { cache_bytes: 0 },
+        OpenOptions {
+            cache_bytes: 0,
+            ..OpenOptions::default()
+        },
     )?;
     let cat = engine.catalog()?;
     let mut images = Vec::new();

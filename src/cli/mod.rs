@@ -44,12 +44,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     format!("a store already exists at {}", dir.display()),
                 ));
             }
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                failure(
-                    exit::FAILURE,
-                    format!("creating store directory {}: {e}", dir.display()),
-                )
-            })?;
+            store::create_store_dir(&dir)?;
             let engine = Engine::init(Arc::new(LocalStorage::new(&dir)), bs)?;
             say!(
                 "initialised store {} at {} (block size {})",
@@ -202,6 +197,9 @@ fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<()
     } else {
         engine.check(read_data, &Bar::new())?
     };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     let unreachable = report.unreachable.len();
     let mut remaining = 0;
     for p in &report.problems {

@@ -264,6 +264,7 @@ fn serve(
         store,
         OpenOptions {
             cache_bytes: usize::try_from(args.cache_size).unwrap_or(usize::MAX),
+            ..OpenOptions::default()
         },
     )?;
     let scheduler_engine = engine.clone();

@@ -5,7 +5,8 @@
 //! the CLI enforces when it writes one (see `RecordRules`); every committed disk restore point has a valid
 //! map whose packs exist with valid tables holding every block the map references; nothing is
 //! left that no committed point references. With `read_data`, every stored block is read,
-//! decompressed and its hash compared.
+//! decompressed and its hash compared. A medium low on space is a warning, not damage
+//! (`super::reserve::low_space`).
 //!
 //! Invariants: check never stops at the first problem; it reports each one with the point, disk
 //! and block affected. It takes each VM's lock (waiting for it) so it never sees an operation
@@ -56,6 +57,8 @@ pub struct CheckReport {
     pub damaged_points: BTreeSet<String>,
     /// Files a repair removed.
     pub removed: Vec<String>,
+    /// What a user should know that is not damage (the store's medium is low on space).
+    pub warnings: Vec<String>,
 }
 
 /// Formats sorted block numbers as ranges: "3, 17-19".
@@ -102,6 +105,9 @@ impl Engine {
     ) -> Result<CheckReport> {
         let storage = &*self.shared.storage;
         let mut report = CheckReport::default();
+        report
+            .warnings
+            .extend(super::reserve::low_space(&self.shared));
         let mut collection_names: HashMap<String, usize> = HashMap::new();
         let mut vm_names: HashMap<String, usize> = HashMap::new();
         let mut rules = RecordRules::default();

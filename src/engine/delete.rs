@@ -7,7 +7,8 @@
 //!
 //! Invariants: a deletion runs under the VM's lock, on a point record re-read under it; once the
 //! record is removed the deletion has happened, and a failure after that only delays freeing
-//! space (the marker keeps the debt for the next operation or open).
+//! space (the marker keeps the debt for the next operation or open). A deletion that fails for
+//! lack of space releases the store's reserve and runs again (`super::reserve`).
 
 use super::Engine;
 use super::catalog;
@@ -29,8 +30,12 @@ pub struct DeleteOutcome {
 }
 
 impl Engine {
-    /// Deletes `collection/name`.
+    /// Deletes `collection/name`, also on a full store (`super::reserve`).
     pub fn delete_point(&self, collection: &str, name: &str) -> Result<DeleteOutcome> {
+        super::reserve::with_reserve(&self.shared, || self.delete_point_once(collection, name))
+    }
+
+    fn delete_point_once(&self, collection: &str, name: &str) -> Result<DeleteOutcome> {
         let cat = self.catalog()?;
         let (c, p) = cat.point(collection, name)?;
         let vm = cat.vm_by_id(c.vm_id).ok_or_else(|| Error::NotFound {

@@ -67,6 +67,14 @@ pub enum Error {
     Busy { vm: String },
 
     #[error(
+        "the store lock (locks/store.lock) is held by another process: gave up after waiting \
+         {:.0} s; another rpfs command is changing the store's catalog or is stuck, retry when \
+         it has finished",
+        waited.as_secs_f64()
+    )]
+    StoreBusy { waited: std::time::Duration },
+
+    #[error(
         "VM '{vm}' takes at most one restore point every {min_interval}: its newest is {age} \
          old; retry in {wait}"
     )]
@@ -167,7 +175,7 @@ impl Error {
             Error::InvalidName { .. } => ErrorKind::InvalidName,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::LimitReached { .. } => ErrorKind::Limit,
-            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Busy { .. } | Error::StoreBusy { .. } => ErrorKind::Busy,
             Error::Throttled { .. } => ErrorKind::Throttled,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotEmpty(_) => ErrorKind::NotEmpty,

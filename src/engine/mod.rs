@@ -4,15 +4,21 @@
 //!
 //! Locks (advisory, released by the kernel when a holder dies, never guessed stale):
 //! - `store` serialises short catalog changes: adding, renaming and removing VMs, creating and
-//!   removing collections. Waited for.
+//!   removing collections. Waited for, at most [`OpenOptions::lock_wait`] (then busy).
 //! - `vm-<id>` is held for the whole of a point creation or deletion (and collection deletion)
 //!   on that VM. Never waited for: a second attempt is refused at once as busy.
 //!
 //! Lock order is `store` then `vm-<id>`.
 //!
+//! Locks are files no other user can open: the store is private to its owner (checked and, for
+//! a store made before that, tightened at open; `crate::store::private`).
+//!
 //! Crash safety: an operation on a VM first publishes `pending.json`; a point becomes visible
 //! only when its record is published, after everything it references is durable; whoever next
 //! opens the store and can take the VM's lock finishes the cleanup (`recovery`).
+//!
+//! Space: the store keeps a reserve file that deletions release when the medium is full
+//! (`reserve`), so a full store can always be cleaned.
 
 pub mod cache;
 pub mod catalog;
@@ -31,6 +37,7 @@ pub mod policy;
 pub mod progress;
 pub mod read;
 mod recovery;
+pub mod reserve;
 pub mod restore;
 pub mod schedule;
 mod shared;
@@ -38,6 +45,7 @@ pub mod source;
 pub mod vms;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use cache::BlockCache;
 pub use catalog::Catalog;
@@ -47,23 +55,30 @@ pub use policy::MAX_POINTS_PER_VM;
 pub use read::DiskImage;
 
 use crate::store::format;
+use crate::store::private::Tightened;
 use crate::store::records::{PointRecord, StoreHeader};
 use crate::store::storage::{LockGuard, Storage};
 use crate::store::{kind, layout, read_record, write_record};
 use packs::PackRegistry;
 use shared::Shared;
 
+/// How long catalog changes wait for the store lock by default.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// Options for opening a store.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Capacity of the block cache in bytes.
     pub cache_bytes: usize,
+    /// How long to wait for the store lock before refusing as busy.
+    pub lock_wait: Duration,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             cache_bytes: cache::DEFAULT_CAPACITY,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
     }
 }
@@ -73,6 +88,8 @@ impl Default for OpenOptions {
 pub struct Engine {
     shared: Arc<Shared>,
     clock: Clock,
+    /// What opening made private (a store made before stores were private).
+    tightened: Arc<Tightened>,
 }
 
 /// Checks a block size: a power of two within the range the store format allows.
@@ -81,7 +98,8 @@ pub fn validate_block_size(bytes: u64) -> Result<u32> {
 }
 
 impl Engine {
-    /// Creates a new, empty store in `storage`, which must be empty.
+    /// Creates a new, empty store in `storage`, which must be empty, and the caller's: it is
+    /// made private (0700) if it was not.
     pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
         let block_size = validate_block_size(u64::from(block_size))?;
         let existing = storage
@@ -99,6 +117,17 @@ impl Engine {
                 existing.join(", ")
             )));
         }
+        // Only now that it is known to be empty: narrowing is never applied to files that are
+        // not the store's.
+        let private = storage
+            .make_private()
+            .map_err(Error::io("making the store directory private"))?;
+        if let Some(why) = private.unfinished {
+            return Err(Error::Io {
+                context: "making the store directory private (0700)".into(),
+                source: std::io::Error::other(why),
+            });
+        }
         let header = StoreHeader {
             format: format::FORMAT.into(),
             version: format::VERSION,
@@ -111,7 +140,9 @@ impl Engine {
         Self::open(storage, OpenOptions::default())
     }
 
-    /// Opens an existing store and finishes any operation a crash interrupted.
+    /// Opens an existing store, the caller's: refuses one another user owns, makes one others
+    /// can read private ([`Engine::tightened`] says what changed), finishes any operation a
+    /// crash interrupted, and makes the reserve if it is missing.
     pub fn open(storage: Arc<dyn Storage>, options: OpenOptions) -> Result<Engine> {
         let header: StoreHeader = match read_record(&*storage, layout::STORE_HEADER, kind::STORE) {
             Ok(h) => h,
@@ -133,17 +164,29 @@ impl Engine {
             )));
         }
         validate_block_size(u64::from(header.block_size))?;
+        // After the header: only a directory that is a store is ever narrowed.
+        let tightened = storage
+            .make_private()
+            .map_err(Error::io("opening the store"))?;
         let engine = Engine {
             shared: Arc::new(Shared {
                 storage,
                 header,
                 cache: BlockCache::new(options.cache_bytes),
                 packs: PackRegistry::default(),
+                lock_wait: options.lock_wait,
             }),
             clock: Clock::default(),
+            tightened: Arc::new(tightened),
         };
         recovery::recover(&engine.shared)?;
+        reserve::ensure(&engine.shared);
         Ok(engine)
+    }
+
+    /// What opening the store made private: nothing for a store that was private already.
+    pub fn tightened(&self) -> &Tightened {
+        &self.tightened
     }
 
     /// This engine, reading the time from `clock` (points' creation times, schedules and the
@@ -241,10 +284,7 @@ impl Engine {
     }
 
     pub(crate) fn store_lock(&self) -> Result<LockGuard> {
-        self.shared
-            .storage
-            .lock(layout::STORE_LOCK)
-            .map_err(Error::io("taking the store lock"))
+        self.shared.store_lock()
     }
 
     /// Takes the VM's lock or refuses at once as busy.

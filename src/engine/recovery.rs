@@ -54,9 +54,7 @@ fn recover_vm(shared: &Shared, vm: Uuid) -> Result<Vec<String>> {
             .iter()
             .any(|n| matches!(layout::classify(n), Name::Temp { .. }));
     if !has_record || has_temp {
-        let _store = storage
-            .lock(layout::STORE_LOCK)
-            .map_err(Error::io("taking the store lock"))?;
+        let _store = shared.store_lock()?;
         let Some(_vm_lock) = shared.try_vm_lock(vm)? else {
             return Ok(Vec::new());
         };

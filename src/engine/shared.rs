@@ -3,9 +3,11 @@
 //! of open packs.
 //!
 //! Invariants: the header is read once at open and never changes; the cache and the registry
-//! only ever hold what committed points reference (a repack or removal tells the registry).
+//! only ever hold what committed points reference (a repack or removal tells the registry); the
+//! store lock is never waited for longer than `lock_wait`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -23,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) header: StoreHeader,
     pub(crate) cache: BlockCache,
     pub(crate) packs: PackRegistry,
+    /// How long to wait for the store lock before giving up as busy.
+    pub(crate) lock_wait: Duration,
 }
 
 impl Shared {
@@ -37,10 +41,73 @@ impl Shared {
             .open(&*self.storage, self.header.block_size, vm, disk, pack)
     }
 
+    /// Takes the store lock, waiting at most `lock_wait` for it (polling: a blocking wait could
+    /// not be bounded), then refusing as busy. Whoever holds it, a stuck or stopped process
+    /// included, delays others by that much and no more.
+    pub(crate) fn store_lock(&self) -> Result<LockGuard> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(g) = self
+                .storage
+                .try_lock(layout::STORE_LOCK)
+                .map_err(Error::io("taking the store lock"))?
+            {
+                return Ok(g);
+            }
+            let waited = start.elapsed();
+            if waited >= self.lock_wait {
+                return Err(Error::StoreBusy { waited });
+            }
+            std::thread::sleep(pause.min(self.lock_wait - waited));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
     /// Takes the lock of VM `vm` if it is free.
     pub(crate) fn try_vm_lock(&self, vm: Uuid) -> Result<Option<LockGuard>> {
         self.storage
             .try_lock(&layout::vm_lock(vm))
             .map_err(Error::io("taking the VM lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::engine::{Engine, Error, OpenOptions};
+    use crate::store::LocalStorage;
+    use crate::store::layout;
+    use crate::store::storage::Storage;
+
+    #[test]
+    fn a_held_store_lock_is_waited_for_no_longer_than_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Engine::init(Arc::new(LocalStorage::new(dir.path())), 4096).expect("init");
+        let wait = Duration::from_millis(200);
+        let engine = Engine::open(
+            Arc::new(LocalStorage::new(dir.path())),
+            OpenOptions {
+                lock_wait: wait,
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open");
+        let other = LocalStorage::new(dir.path());
+        let held = other
+            .try_lock(layout::STORE_LOCK)
+            .expect("lock")
+            .expect("free");
+        let start = Instant::now();
+        let refused = engine.store_lock();
+        assert!(
+            matches!(refused, Err(Error::StoreBusy { .. })),
+            "{refused:?}"
+        );
+        assert!(start.elapsed() >= wait && start.elapsed() < wait * 10);
+        drop(held);
+        assert!(engine.store_lock().is_ok());
     }
 }

@@ -318,8 +318,12 @@ impl Engine {
     }
 
     /// Deletes a collection: refused while it holds points, unless `force`, which deletes them
-    /// (newest first) before the collection.
+    /// (newest first) before the collection. Works on a full store (`super::reserve`).
     pub fn delete_collection(&self, name: &str, force: bool) -> Result<CollectionDeleted> {
+        super::reserve::with_reserve(&self.shared, || self.delete_collection_once(name, force))
+    }
+
+    fn delete_collection_once(&self, name: &str, force: bool) -> Result<CollectionDeleted> {
         let cat = self.catalog()?;
         let c = cat.collection(name)?.clone();
         let vm = cat.vm_by_id(c.vm_id).ok_or_else(|| Error::NotFound {

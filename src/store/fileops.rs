@@ -13,15 +13,16 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::layout;
+use super::private::{DIR_MODE, FILE_MODE};
 
 /// The calls that change a local store.
 pub trait FileOps: Send + Sync + fmt::Debug {
     /// Creates a new temporary file for an object to be published at `dest` (never an existing
-    /// file), open for writing; returns it with its path.
+    /// file), open for writing, private (0600) from its creation; returns it with its path.
     fn create_temp(&self, dest: &Path) -> io::Result<(File, PathBuf)>;
     /// Writes all of `data` at `offset` of `file`, which lives at `path`.
     fn write_at(&self, file: &File, path: &Path, data: &[u8], offset: u64) -> io::Result<()>;
@@ -31,7 +32,7 @@ pub trait FileOps: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of directory `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Creates one directory.
+    /// Creates one directory, private (0700) from its creation.
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Removes one file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -55,6 +56,8 @@ impl FileOps for Syscalls {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)?;
         Ok((file, temp))
     }
@@ -76,7 +79,7 @@ impl FileOps for Syscalls {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        fs::DirBuilder::new().mode(DIR_MODE).create(path)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

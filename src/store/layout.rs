@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! rpfs.store                                store header
+//! reserve                                   space held back for deletions on a full store
 //! locks/store.lock, locks/vm-<vm>.lock      advisory locks (never removed while in use)
 //! vms/<vm>/vm.json                          source VM
 //! vms/<vm>/pending.json                     operation in flight (recovery input)
@@ -21,6 +22,8 @@
 use uuid::Uuid;
 
 pub const STORE_HEADER: &str = "rpfs.store";
+/// The file that holds space back for deletions on a full store.
+pub const RESERVE: &str = "reserve";
 pub const VMS: &str = "vms";
 pub const STORE_LOCK: &str = "store";
 /// A VM's record, in its directory.

@@ -11,6 +11,9 @@
 //!   be a directory or (last) a regular file, never a symbolic link, and opens use O_NOFOLLOW.
 //! - Large objects are written directly (O_DIRECT) from a background thread where the filesystem
 //!   takes it, in aligned staging buffers; the tail and everything elsewhere goes buffered.
+//! - Private from the first instant: directories are created 0700, files (temporaries, lock
+//!   files) 0600, by the call that creates them (`super::private`). Lock files are opened with
+//!   O_NOFOLLOW like everything else.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -19,7 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::fileops::{FileOps, Syscalls};
-use super::storage::{AlignedBuf, LockGuard, Object, ObjectWriter, Space, Storage, check_key};
+use super::private::{self, FILE_MODE, Tightened};
+use super::storage::{
+    AlignedBuf, LockGuard, Object, ObjectWriter, Space, Storage, check_key, filler,
+};
 
 /// The store as a local directory.
 #[derive(Debug, Clone)]
@@ -127,6 +133,8 @@ impl LocalStorage {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(FILE_MODE)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
         });
         match writable {
@@ -139,7 +147,11 @@ impl LocalStorage {
                     Some(libc::EROFS | libc::EACCES | libc::EPERM)
                 ) =>
             {
-                File::open(&path).map_err(|_| e)
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|_| e)
             }
             Err(e) => Err(e),
         }
@@ -479,6 +491,41 @@ impl Storage for LocalStorage {
             total_bytes: st.blocks().saturating_mul(frag),
             free_bytes: st.blocks_available().saturating_mul(frag),
         })
+    }
+
+    fn make_private(&self) -> io::Result<Tightened> {
+        private::make_private(&self.root)
+    }
+
+    /// Allocates the space with `fallocate` (no data written), or writes filler where the
+    /// filesystem cannot preallocate; then the usual fsync, rename, fsync-directory.
+    fn put_reserved(&self, key: &str, len: u64) -> io::Result<()> {
+        let dest = self.path(key)?;
+        self.ensure_parent(&dest)?;
+        let (file, temp) = self.ops.create_temp(&dest)?;
+        let published = (|| {
+            let bytes = i64::try_from(len).map_err(|_| io::Error::other("reserve too large"))?;
+            match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, bytes) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EOPNOTSUPP) => {
+                    let chunk = filler(1 << 20);
+                    let mut offset = 0;
+                    while offset < len {
+                        let n = (len - offset).min(chunk.len() as u64) as usize;
+                        self.ops.write_at(&file, &temp, &chunk[..n], offset)?;
+                        offset += n as u64;
+                    }
+                }
+                Err(e) => return Err(io::Error::from(e)),
+            }
+            self.ops.sync_file(&file, &temp)?;
+            self.ops.rename(&temp, &dest)?;
+            self.sync_parent(&dest)
+        })();
+        if published.is_err() {
+            let _ = self.ops.remove_file(&temp);
+        }
+        published
     }
 }
 

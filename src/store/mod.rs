@@ -3,7 +3,8 @@
 //!
 //! Invariants: every file holding data carries a magic, a version and a checksum; files are
 //! published by write-temp, fsync, rename, fsync-directory and never modified in place; every
-//! length read from a file is checked before it is trusted.
+//! length read from a file is checked before it is trusted; a local store is private to its
+//! owner (`private`).
 
 pub mod block;
 pub mod blockmap;
@@ -15,6 +16,7 @@ pub mod layout;
 mod le;
 pub mod local;
 pub mod pack;
+pub mod private;
 pub mod records;
 pub mod storage;
 

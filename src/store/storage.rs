@@ -13,11 +13,15 @@
 //! - [`Storage::remove`] is durable on return.
 //! - Published objects are never modified in place; they are only replaced whole or removed.
 //! - Locks are advisory, exclusive, and released by the OS when the holder dies.
+//! - A store is private to its owner: [`Storage::make_private`] refuses a store someone else
+//!   owns and narrows one others could read (`super::private`).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
+
+use super::private::Tightened;
 
 /// Alignment of buffers, offsets and lengths for direct (O_DIRECT) I/O.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -138,6 +142,39 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn lock(&self, name: &str) -> io::Result<LockGuard>;
     /// Capacity of the medium.
     fn space(&self) -> io::Result<Space>;
+    /// Refuses a store another user owns, and makes one that others can read private to its
+    /// owner; says what it changed. A store with nothing to tighten (not a local directory, or
+    /// private already) is left as it is.
+    fn make_private(&self) -> io::Result<Tightened> {
+        Ok(Tightened::default())
+    }
+    /// Publishes under `key`, atomically and durably, an object of `len` bytes whose only
+    /// purpose is to hold space on the medium (its content is unspecified): space that removing
+    /// it gives back at once, without writing anything.
+    fn put_reserved(&self, key: &str, len: u64) -> io::Result<()> {
+        let mut w = self.create(key)?;
+        let chunk = filler(1 << 20);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.commit().map(|_| ())
+    }
+}
+
+/// `len` bytes that no filesystem compresses or deduplicates away within one chunk (xxh3 of
+/// each word's index), for objects that must really occupy space.
+pub fn filler(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()).to_le_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
 }
 
 /// Rejects keys that could escape the store root or alias another key.

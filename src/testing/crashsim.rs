@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -119,6 +120,7 @@ impl Traced {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(crate::store::private::FILE_MODE)
             .open(dest)?;
         self.trace.record(Event::Create(self.key(dest)));
         Ok((file, dest.to_path_buf()))

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::store::private::Tightened;
 use crate::store::storage::{LockGuard, Object, ObjectWriter, Space, Storage};
 
 /// The error an injected failure returns.
@@ -233,6 +234,14 @@ impl Storage for FaultyStorage {
 
     fn space(&self) -> io::Result<Space> {
         self.state.run(|| self.inner.space())
+    }
+
+    fn make_private(&self) -> io::Result<Tightened> {
+        self.state.run(|| self.inner.make_private())
+    }
+
+    fn put_reserved(&self, key: &str, len: u64) -> io::Result<()> {
+        self.state.run(|| self.inner.put_reserved(key, len))
     }
 }
 

@@ -84,7 +84,8 @@ impl TestStore {
         c
     }
 
-    /// Every file of the store with its content, locks excluded (they are not data).
+    /// Every file of the store with its content, locks and the reserve excluded (they are not
+    /// data).
     pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
         snapshot(&self.store_path())
     }
@@ -114,7 +115,8 @@ pub fn create(engine: &Engine, coll: &str, name: &str) -> PointRecord {
         .point
 }
 
-/// Every file under `root` with its content, locks excluded (they are not data).
+/// Every file under `root` with its content, locks and the reserve excluded (they are not
+/// data).
 pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -127,7 +129,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 .expect("prefix")
                 .to_string_lossy()
                 .into_owned();
-            if rel.starts_with("locks") {
+            if rel.starts_with("locks") || rel == rpfs::store::layout::RESERVE {
                 continue;
             }
             if e.file_type().expect("type").is_dir() {
