@@ -205,8 +205,30 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf, Failure> {
     }
 }
 
+/// glibc gives each thread that allocates an arena of its own, which keeps what it frees: with
+/// the daemon's many threads that multiplies its memory well past the ceilings its caches keep
+/// (README, security model). glibc reads `MALLOC_ARENA_MAX` only at start, and this crate has no
+/// `unsafe` for `mallopt`, so a mount without it set runs itself again with two arenas (which
+/// cost no measurable speed here). If that exec fails, the mount goes on as it is.
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MALLOC_ARENA_MAX";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let e = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, "2")
+        .exec();
+    tracing::debug!("running the mount with {VAR}=2 failed, going on without: {e}");
+}
+
 /// `rpfs mount`.
 pub fn mount(store: &Path, args: MountArgs) -> Result<(), Failure> {
+    limit_malloc_arenas();
     let store = std::path::absolute(store)
         .map_err(|e| failure(exit::FAILURE, format!("store {}: {e}", store.display())))?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;

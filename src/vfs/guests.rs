@@ -3,7 +3,8 @@
 //! Invariants: a guest file's node is (point, disk, partition, the guest's own inode number),
 //! the root of each filesystem being number 0, so every file has one node and one inode number;
 //! names are bytes, taken as the guest stores them; attributes are the guest's own (owned by
-//! the mounting user where the filesystem has no owners); what a guest filesystem cannot give
+//! the mounting user where the filesystem has no owners), owners and modes mapped under
+//! `--allow-other` as `access.rs` says; what a guest filesystem cannot give
 //! is EIO naming the filesystem, in that filesystem alone, and an entry whose own inode is
 //! damaged is listed (as the kernel's readdir lists names without reading inodes) and EIO when
 //! looked up, stat'ed or opened, in that file alone. The filesystem behind a node may have been

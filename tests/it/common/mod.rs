@@ -2,10 +2,6 @@
 //! from the module that holds it (`use crate::common::store::TestStore`), so where it lives is
 //! in the `use` line.
 
-#[allow(
-    dead_code,
-    reason = "the security tests use these as they land (issue 15)"
-)]
 pub mod attacker;
 pub mod cli;
 pub mod guards;
