@@ -12,8 +12,8 @@
 //! - a path with no symbolic link at `vm add` is opened through none at all (openat2 with
 //!   RESOLVE_NO_SYMLINKS: neither its last component nor a directory may have become a link);
 //! - a path whose directories went through a link is opened with O_NOFOLLOW on its last
-//!   component only; a path that was itself a link is followed (root chose it; the directory
-//!   holding such a link must be one only root writes);
+//!   component only; a path that was itself a link is followed (root chose it), and `vm add`
+//!   refuses such a link in a directory other users can write (they could retarget it);
 //! - the file opened must be of the kind it was (regular file or block device).
 //!
 //! Its identity (device and inode) is not compared with that of `vm add`: replacing an image by
@@ -191,24 +191,35 @@ pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<
     };
     let lmeta = fs::symlink_metadata(path).map_err(unreadable)?;
     let follow = if lmeta.file_type().is_symlink() {
+        let dir = path.parent().unwrap_or(Path::new("/"));
         match expect {
-            Expect::Adding | Expect::AsAdded(AddedAs { symlink: true, .. }) => true,
+            Expect::AsAdded(AddedAs { symlink: true, .. }) => true,
             Expect::AsAdded(_) => return Err(now_link()),
-            Expect::Unrecorded => {
-                let dir = path.parent().unwrap_or(Path::new("/"));
-                if !only_we_write(dir) {
-                    return Err(refusal(
-                        SourceProblem::Changed,
-                        format!(
-                            "is a symbolic link in {}, a directory other users can write, \
-                             and VM '{vm}' was added before rpfs recorded whether its paths \
-                             were links: it is not followed (point the VM at the file itself)",
-                            dir.display()
-                        ),
-                    ));
-                }
-                true
+            // A link is followed at every capture: one that other users could retarget would
+            // let them choose what root reads.
+            Expect::Adding if !only_we_write(dir) => {
+                return Err(refusal(
+                    SourceProblem::Unsupported,
+                    format!(
+                        "is a symbolic link in {}, a directory other users can write: they \
+                         could point it at any file before a point is taken (give the file's \
+                         own path, or keep the link in a directory only root writes)",
+                        dir.display()
+                    ),
+                ));
             }
+            Expect::Unrecorded if !only_we_write(dir) => {
+                return Err(refusal(
+                    SourceProblem::Changed,
+                    format!(
+                        "is a symbolic link in {}, a directory other users can write, \
+                         and VM '{vm}' was added before rpfs recorded whether its paths \
+                         were links: it is not followed (point the VM at the file itself)",
+                        dir.display()
+                    ),
+                ));
+            }
+            Expect::Adding | Expect::Unrecorded => true,
         }
     } else {
         false
@@ -601,6 +612,14 @@ mod tests {
             .expect("chmod");
         let err = open(&link, Expect::Unrecorded).expect_err("a link others could swap");
         assert!(err.reason.contains("a directory other users can write"));
+        // ... and `vm add` refuses to record such a link, which every capture would follow.
+        let err = open(&link, Expect::Adding).expect_err("a link others could retarget");
+        assert_eq!(err.problem, SourceProblem::Unsupported);
+        assert!(
+            err.reason
+                .contains("a directory other users can write: they could point")
+        );
+        assert!(open(&file, Expect::Adding).is_ok());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         assert!(open(&link, Expect::Unrecorded).is_ok());

@@ -17,7 +17,7 @@ use crate::common::cli::{assert_mentions, expect_exit};
 use crate::common::guards::Mounted;
 use crate::common::images::{KIB, MIB, random_image};
 use crate::common::store::{TestStore, assert_unchanged, read_image};
-use crate::common::sys::{require_tool, rng, root_or_skip, seed, sh};
+use crate::common::sys::{rng, root_or_skip, seed};
 
 /// `rpfs vm add NAME --disk os=DISK EXTRA…` then `collection create COLL --vm NAME`.
 fn add_vm(ts: &TestStore, name: &str, disk: &Path, coll: &str, extra: &[&str]) {
@@ -390,21 +390,10 @@ fn reflink_clones_keep_the_freeze_short() {
     if !root_or_skip("reflink_clones_keep_the_freeze_short") {
         return;
     }
-    require_tool("mkfs.xfs");
     let mut rng = rng(seed());
     let ts = TestStore::new(64 * KIB as u32);
-    let fs_image = ts.path("xfs.img");
     let mnt = ts.path("mnt");
-    fs::create_dir(&mnt).expect("mountpoint");
-    sh(&format!("truncate -s 1G '{}'", fs_image.display()));
-    sh(&format!(
-        "mkfs.xfs -q -m reflink=1 '{}'",
-        fs_image.display()
-    ));
-    let _mount = Mounted::run(
-        &mnt,
-        &format!("mount -o loop '{}' '{}'", fs_image.display(), mnt.display()),
-    );
+    let _mount = Mounted::xfs_with_reflinks(&ts.path("xfs.img"), &mnt, "1G");
 
     let src_dir = mnt.join("vms");
     fs::create_dir(&src_dir).expect("source dir");

@@ -38,6 +38,22 @@ impl Mounted {
         sh(cmd);
         guard
     }
+
+    /// Makes an XFS filesystem with reflinks of `size` (as `truncate` reads it) in the file
+    /// `image`, and loop-mounts it on `target`, which it creates; the loop device goes with
+    /// the mount.
+    pub fn xfs_with_reflinks(image: &Path, target: &Path, size: &str) -> Mounted {
+        require_tool("mkfs.xfs");
+        fs::create_dir(target).expect("mountpoint");
+        sh(&format!(
+            "truncate -s {size} '{0}' && mkfs.xfs -q -m reflink=1 '{0}'",
+            image.display()
+        ));
+        Mounted::run(
+            target,
+            &format!("mount -o loop '{}' '{}'", image.display(), target.display()),
+        )
+    }
 }
 
 impl Drop for Mounted {

@@ -21,7 +21,7 @@ use crate::common::cli::{assert_mentions, expect_exit, point_names};
 use crate::common::guards::{KillOnDrop, LoopDevice, Mounted};
 use crate::common::images::{KIB, MIB, random_image, write_sparse};
 use crate::common::store::{TestStore, read_image, snapshot};
-use crate::common::sys::{require_tool, rng, root_or_skip, seed, sh};
+use crate::common::sys::{require_tool, rng, root_or_skip, seed};
 
 /// The attacker of the clone window: watches a directory with inotify and opens every file
 /// created in it (or seen by a listing loop racing beside it) for reading; for each file it
@@ -84,23 +84,12 @@ fn reflink_clone_is_never_open_to_other_users() {
     if !root_or_skip("reflink_clone_is_never_open_to_other_users") {
         return;
     }
-    require_tool("mkfs.xfs");
     require_tool("python3");
     umask_022();
     let mut r = rng(seed());
     let ts = TestStore::new(64 * KIB as u32);
-    let fs_image = ts.path("xfs.img");
     let mnt = ts.path("mnt");
-    fs::create_dir(&mnt).expect("mountpoint");
-    sh(&format!("truncate -s 512M '{}'", fs_image.display()));
-    sh(&format!(
-        "mkfs.xfs -q -m reflink=1 '{}'",
-        fs_image.display()
-    ));
-    let _mount = Mounted::run(
-        &mnt,
-        &format!("mount -o loop '{}' '{}'", fs_image.display(), mnt.display()),
-    );
+    let _mount = Mounted::xfs_with_reflinks(&ts.path("xfs.img"), &mnt, "512M");
     // The source directory is root's and 0755, as /var/lib/libvirt/images is: anyone may list
     // and watch it; the disk in it is 0600.
     let src_dir = mnt.join("vms");
@@ -238,6 +227,27 @@ fn store_holds(ts: &TestStore, needle: &[u8]) -> bool {
         .any(|v| v.windows(needle.len()).any(|w| w == needle))
 }
 
+/// Adds VM `vm1` with `args` (its disks and configuration), then collection `c` and its first
+/// point `p1`.
+fn add_vm_with_a_point(ts: &TestStore, args: &[String]) {
+    expect_exit(ts.cli().args(["vm", "add", "vm1"]).args(args), 0);
+    expect_exit(
+        ts.cli().args(["collection", "create", "c", "--vm", "vm1"]),
+        0,
+    );
+    expect_exit(ts.cli().args(["point", "create", "c", "p1"]), 0);
+}
+
+/// Runs `swap` as nobody in `dir`; the next creation (`p2`) must then be refused (exit 7) with a
+/// message naming each of `names`, and leave `c/p1` the only point.
+fn swap_then_refused(ts: &TestStore, dir: &Path, swap: &str, names: &[&str]) {
+    let out = as_nobody(dir, swap);
+    assert!(out.status.success(), "nobody could not swap: {out:?}");
+    let (_, err) = expect_exit(ts.cli().args(["point", "create", "c", "p2"]), 7);
+    assert_mentions(&err, names);
+    assert_eq!(point_names(ts), ["c/p1"]);
+}
+
 /// A source disk in a directory nobody controls, swapped by nobody for a symbolic link to a
 /// file only root may read between `vm add` and `point create`: the creation is refused, naming
 /// the VM, the disk and the reason, and no point holds the file.
@@ -257,31 +267,22 @@ fn a_source_swapped_for_a_symbolic_link_is_refused() {
     let secret_path = ts.path("secret.img");
     let secret = random_image(&secret_path, 256 * KIB as usize, &mut r);
     roots_secret(&secret_path, &secret);
-    expect_exit(
-        ts.cli()
-            .args(["vm", "add", "vm1", "--disk"])
-            .arg(format!("os={}", os.display()))
-            .arg("--disk")
-            .arg(format!("data1={}", data1.display())),
-        0,
+    add_vm_with_a_point(
+        &ts,
+        &[
+            "--disk".into(),
+            format!("os={}", os.display()),
+            "--disk".into(),
+            format!("data1={}", data1.display()),
+        ],
     );
-    expect_exit(
-        ts.cli().args(["collection", "create", "c", "--vm", "vm1"]),
-        0,
-    );
-    expect_exit(ts.cli().args(["point", "create", "c", "p1"]), 0);
-
-    let swap = as_nobody(
+    swap_then_refused(
+        &ts,
         &shared,
         &format!(
             "rm -f data1.img && ln -s '{}' data1.img",
             secret_path.display()
         ),
-    );
-    assert!(swap.status.success(), "nobody could not swap: {swap:?}");
-    let (_, err) = expect_exit(ts.cli().args(["point", "create", "c", "p2"]), 7);
-    assert_mentions(
-        &err,
         &[
             "disk 'data1'",
             &data1.display().to_string(),
@@ -289,7 +290,6 @@ fn a_source_swapped_for_a_symbolic_link_is_refused() {
             "it was not when VM 'vm1' was added",
         ],
     );
-    assert_eq!(point_names(&ts), ["c/p1"]);
     assert!(read_image(&ts.engine, "c", "p1", "data1") != secret);
 
     // Swapped back for a regular file (a copy, with another inode): captured again.
@@ -330,26 +330,11 @@ fn a_directory_on_a_source_path_swapped_for_a_symbolic_link_is_refused() {
     let secret_path = roots.join("os.img");
     let secret = random_image(&secret_path, 256 * KIB as usize, &mut r);
     roots_secret(&secret_path, &secret);
-    expect_exit(
-        ts.cli()
-            .args(["vm", "add", "vm1", "--disk"])
-            .arg(format!("os={}", os.display())),
-        0,
-    );
-    expect_exit(
-        ts.cli().args(["collection", "create", "c", "--vm", "vm1"]),
-        0,
-    );
-    expect_exit(ts.cli().args(["point", "create", "c", "p1"]), 0);
-
-    let swap = as_nobody(
+    add_vm_with_a_point(&ts, &["--disk".into(), format!("os={}", os.display())]);
+    swap_then_refused(
+        &ts,
         &shared,
         &format!("mv images images.old && ln -s '{}' images", roots.display()),
-    );
-    assert!(swap.status.success(), "nobody could not swap: {swap:?}");
-    let (_, err) = expect_exit(ts.cli().args(["point", "create", "c", "p2"]), 7);
-    assert_mentions(
-        &err,
         &[
             "disk 'os'",
             &os.display().to_string(),
@@ -357,7 +342,6 @@ fn a_directory_on_a_source_path_swapped_for_a_symbolic_link_is_refused() {
             "VM 'vm1'",
         ],
     );
-    assert_eq!(point_names(&ts), ["c/p1"]);
     assert!(read_image(&ts.engine, "c", "p1", "os") != secret);
 }
 
@@ -380,28 +364,19 @@ fn a_config_file_swapped_for_a_symbolic_link_is_refused() {
     let secret_path = ts.path("shadow");
     let secret = b"root:$6$the-root-password-hash:19000:0:99999:7:::";
     roots_secret(&secret_path, secret);
-    expect_exit(
-        ts.cli()
-            .args(["vm", "add", "vm1", "--disk"])
-            .arg(format!("os={}", os.display()))
-            .arg("--config-file")
-            .arg(&cfg),
-        0,
+    add_vm_with_a_point(
+        &ts,
+        &[
+            "--disk".into(),
+            format!("os={}", os.display()),
+            "--config-file".into(),
+            cfg.display().to_string(),
+        ],
     );
-    expect_exit(
-        ts.cli().args(["collection", "create", "c", "--vm", "vm1"]),
-        0,
-    );
-    expect_exit(ts.cli().args(["point", "create", "c", "p1"]), 0);
-
-    let swap = as_nobody(
+    swap_then_refused(
+        &ts,
         &shared,
         &format!("rm -f vm1.xml && ln -s '{}' vm1.xml", secret_path.display()),
-    );
-    assert!(swap.status.success(), "nobody could not swap: {swap:?}");
-    let (_, err) = expect_exit(ts.cli().args(["point", "create", "c", "p2"]), 7);
-    assert_mentions(
-        &err,
         &[
             "configuration file",
             &cfg.display().to_string(),
@@ -409,7 +384,6 @@ fn a_config_file_swapped_for_a_symbolic_link_is_refused() {
             "is now a symbolic link",
         ],
     );
-    assert_eq!(point_names(&ts), ["c/p1"]);
     assert!(!store_holds(&ts, secret), "the store holds root's secret");
 }
 
