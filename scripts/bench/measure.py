@@ -28,7 +28,7 @@ from .common import (CACHE_SIZE, GIB, MIB, ROOT, bin_dir, is_mounted, log, out, 
                      rpfs_bin, run, wait_for)
 from .peers import INGESTING, Raw, RawFuse, Rpfs
 from .workload import (change_blocks, make_chain_disk, make_data_disk, make_files_tree,
-                       make_os_disk, mkfs_ext4, scribble)
+                       make_os_disk, mkfs_ext4, PAGE, scribble)
 
 
 # ----- generic measures -----
@@ -217,14 +217,19 @@ def peers_section(args, work):
         floor["read_write"].append(device_floor(disks.values(), floor["stored"], floor_file))
         log(f"device floor: read {floor['read'][-1]:.2f} s, read + write {floor['read_write'][-1]:.2f} s")
 
+    # Per incremental generation: the distinct 4 KiB pages the writes changed, and what each
+    # peer's store grew by for it.
+    changed = []
+    sizes = {p.name: [] for p in peers}
     for g in range(args.generations):
         if g > 0:
-            scribble(disks["os"], os_size, 0.02, rng)
-            scribble(disks["data"], data_size, 0.05, rng)
+            changed.append(scribble(disks["os"], os_size, 0.02, rng)
+                           + scribble(disks["data"], data_size, 0.05, rng))
         for p in peers:
             drop_caches()
             secs, rss = timed(*p.ingest_command())
             ingest[p.name].append((secs, rss))
+            sizes[p.name].append(p.store_size())
             if g == 0:
                 full[p.name].append(secs)
             log(f"gen {g}: {p.name} {secs:.2f} s, peak {rss / MIB:.0f} MiB")
@@ -253,6 +258,11 @@ def peers_section(args, work):
             r["incr"] = statistics.median(s for s, _ in samples[1:]) if len(samples) > 1 else None
             r["ingest_rss"] = max(m for _, m in samples)
             r["store"] = p.store_size()
+            grown = sizes[p.name]
+            if changed:
+                # Store growth per incremental point over the bytes that truly changed.
+                r["growth"] = statistics.median((grown[g + 1] - grown[g]) / (pages * PAGE)
+                                                for g, pages in enumerate(changed))
         cold, warm, later, iops, p99 = [], [], [], [], []
         ok = True
         # Why rpfs's warm read stays below the raw image's: how the page cache holds each.
@@ -278,6 +288,9 @@ def peers_section(args, work):
                 i, l = rand_read(p.file("os"), args.fio_seconds)
                 iops.append(i)
                 p99.append(l)
+                # The daemon's peak over the whole read suite: sequential, then random reads.
+                if rep == 0 and p.proc:
+                    r["daemon_rss"] = max(r["daemon_rss"] or 0, vm_hwm(p.proc.pid))
             finally:
                 p.unmount()
         r.update(cold=statistics.median(cold), warm=statistics.median(warm),

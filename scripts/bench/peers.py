@@ -14,10 +14,12 @@ from .common import CACHE_SIZE, du, is_mounted, rpfs_bin, run, wait_for
 class Peer:
     """One tool: ingest each generation, then mount the last point and read its disks."""
     name = "?"
+    # The peer's directory in the work directory (default: the first word of its name).
+    slug = None
     mounts = True
 
     def __init__(self, work, disks):
-        self.work = os.path.join(work, self.name.split()[0])
+        self.work = os.path.join(work, self.name.split()[0] if self.slug is None else self.slug)
         os.makedirs(self.work, exist_ok=True)
         self.disks = disks  # {name: source path}
         self.mnt = os.path.join(self.work, "mnt")
@@ -52,7 +54,9 @@ class Rpfs(Peer):
         self.store = os.path.join(self.work, "store")
         self.env = dict(os.environ, RPFS_STORE=self.store)
         rpfs = rpfs_bin()
-        run(rpfs, "init", env=self.env)
+        # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K).
+        block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
+        run(rpfs, "init", *(["--block-size", block] if block else []), env=self.env)
         args = [rpfs, "vm", "add", "vm"] + [f"--disk={d}={p}" for d, p in disks.items()]
         run(*args, env=self.env)
         run(rpfs, "collection", "create", "c", "--vm", "vm", env=self.env)
@@ -180,6 +184,32 @@ class Qcow2(QemuExport):
         return {d: ("qcow2", self.image(d, self.gen - 1)) for d in self.disks}
 
 
+class Qcow2Zstd(Qcow2):
+    """A qcow2 chain whose clusters are zstd-compressed. The first image is a compressed copy;
+    each later one is made as the plain chain's overlay is (an overlay over the new raw image,
+    rebased onto the previous image), then converted with the previous image as its backing
+    file, which copies only the overlay's own clusters, compressed."""
+    name = "qcow2 zstd chain"
+    slug = "qcow2-zstd"
+
+    def ingest_command(self):
+        cmds = []
+        for d, src in self.disks.items():
+            out_img = self.image(d, self.gen)
+            convert = ["qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd"]
+            if self.gen == 0:
+                cmds.append(convert + [src, out_img])
+            else:
+                prev, tmp = self.image(d, self.gen - 1), out_img + ".tmp"
+                cmds.append(["qemu-img", "create", "-q", "-f", "qcow2", "-b", src, "-F", "raw", tmp])
+                cmds.append(["qemu-img", "rebase", "-q", "-b", prev, "-F", "qcow2", tmp])
+                cmds.append(convert + ["-B", prev, "-F", "qcow2", tmp, out_img])
+                cmds.append(["rm", tmp])
+        cmds.append(["sync"] + [self.image(d, self.gen) for d in self.disks])
+        self.gen += 1
+        return ["sh", "-c", " && ".join(" ".join(f"'{a}'" for a in c) for c in cmds)], None
+
+
 class RawFuse(QemuExport):
     name = "raw via FUSE (ceiling)"
     store = None
@@ -200,5 +230,5 @@ class Raw(Peer):
 
 
 # The peers that ingest, in the order they take their turns; --only-peer names them by the
-# first word of their name (rpfs, qcow2, restic, borg).
-INGESTING = [Rpfs, Qcow2, Restic, Borg]
+# first word of their name (rpfs, qcow2 (both chains), restic, borg).
+INGESTING = [Rpfs, Qcow2, Qcow2Zstd, Restic, Borg]

@@ -56,15 +56,24 @@ def make_data_disk(path, size, rng):
                 f.write(rng.randbytes(min(MIB, size - off)))
 
 
+PAGE = 4096
+
+
 def scribble(path, size, fraction, rng):
-    """Random 64 KiB writes at 4 KiB-aligned offsets over `fraction` of the disk."""
+    """Random 64 KiB writes at 4 KiB-aligned offsets over `fraction` of the disk; returns how
+    many distinct 4 KiB pages they changed (what truly changed: the writes are random bytes, so
+    every page written differs from what it held)."""
     writes = int(size * fraction / (64 * 1024))
+    pages = set()
     with open(path, "r+b") as f:
         for _ in range(writes):
-            f.seek(rng.randrange(0, (size - 64 * 1024) // 4096) * 4096)
+            first = rng.randrange(0, (size - 64 * 1024) // PAGE)
+            f.seek(first * PAGE)
             f.write(rng.randbytes(64 * 1024))
+            pages.update(range(first, first + 64 * 1024 // PAGE))
         f.flush()
         os.fsync(f.fileno())
+    return len(pages)
 
 
 def make_chain_disk(path, size, block, rng):
