@@ -19,6 +19,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum SourceProblem {
     /// The source exists but is not a raw image or block device.
     Unsupported,
+    /// The path does not exist.
+    Missing,
     /// The source cannot be opened or read.
     Unreadable,
     /// The path is no longer what it was when its VM was added (now a symbolic link, or another
@@ -182,7 +184,7 @@ impl Error {
             Error::NoSpace(_) => ErrorKind::NoSpace,
             Error::Source { problem, .. } | Error::ConfigFile { problem, .. } => match problem {
                 SourceProblem::Unsupported | SourceProblem::Changed => ErrorKind::Unsupported,
-                SourceProblem::Unreadable => ErrorKind::Io,
+                SourceProblem::Missing | SourceProblem::Unreadable => ErrorKind::Io,
             },
             Error::Script(_) => ErrorKind::Script,
             Error::Damaged { .. } | Error::Corrupt(_) => ErrorKind::Corrupt,

@@ -174,7 +174,7 @@ fn open_read_without_links(path: &Path) -> io::Result<File> {
 pub fn open_path(path: &Path, expect: Expect, vm: &str, wanted: &str) -> Result<Opened, Refusal> {
     let unreadable = |e: io::Error| {
         if e.kind() == io::ErrorKind::NotFound {
-            refusal(SourceProblem::Unreadable, "does not exist")
+            refusal(SourceProblem::Missing, "does not exist")
         } else {
             refusal(SourceProblem::Unreadable, format!("cannot be read: {e}"))
         }
@@ -346,7 +346,18 @@ fn source_error(
 /// Checks that the source of `disk` at `path` (of VM `vm`) is a raw image or block device, as
 /// `expect` says, and returns its kind and size.
 pub fn inspect(disk: &str, path: &Path, expect: Expect, vm: &str) -> Result<SourceInfo> {
-    Ok(Source::open(disk, path, expect, vm)?.info)
+    inspect_opened(disk, path, &open_source(disk, path, expect, vm)?)
+}
+
+/// Opens the source of `disk` at `path` (of VM `vm`) as `expect` says.
+fn open_source(disk: &str, path: &Path, expect: Expect, vm: &str) -> Result<Opened> {
+    open_path(
+        path,
+        expect,
+        vm,
+        "a source must be a raw disk image file or a block device",
+    )
+    .map_err(|r| source_error(disk, path, r.problem, r.reason))
 }
 
 /// Checks the opened source of `disk`: a raw image or block device, not empty; returns its
@@ -441,13 +452,7 @@ impl Source {
     /// Opens the source of `disk` at `path` (of VM `vm`) read-only, as `expect` says, and
     /// inspects it.
     pub fn open(disk: &str, path: &Path, expect: Expect, vm: &str) -> Result<Source> {
-        let opened = open_path(
-            path,
-            expect,
-            vm,
-            "a source must be a raw disk image file or a block device",
-        )
-        .map_err(|r| source_error(disk, path, r.problem, r.reason))?;
+        let opened = open_source(disk, path, expect, vm)?;
         let info = inspect_opened(disk, path, &opened)?;
         Ok(Source {
             disk: disk.to_string(),

@@ -110,10 +110,9 @@ impl Engine {
                 let p = absolute(p)?;
                 let opened = open_config(&p, Expect::Adding, &spec.name).map_err(|e| match e {
                     Error::ConfigFile {
-                        problem: SourceProblem::Unreadable,
-                        reason,
+                        problem: SourceProblem::Missing,
                         ..
-                    } if reason == "does not exist" => Error::NotFound {
+                    } => Error::NotFound {
                         what: "configuration file",
                         name: p.display().to_string(),
                         hint: format!(" (--config-file of VM '{}')", spec.name),

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::fileops::{FileOps, Syscalls};
 use super::private::{self, FILE_MODE, Tightened};
 use super::storage::{
-    AlignedBuf, LockGuard, Object, ObjectWriter, Space, Storage, check_key, filler,
+    AlignedBuf, LockGuard, Object, ObjectWriter, Space, Storage, check_key, put_filler,
 };
 
 /// The store as a local directory.
@@ -497,27 +497,15 @@ impl Storage for LocalStorage {
         private::make_private(&self.root)
     }
 
-    /// Allocates the space with `fallocate` (no data written), or writes filler where the
-    /// filesystem cannot preallocate; then the usual fsync, rename, fsync-directory.
+    /// Allocates the space with `fallocate` (no data written), then the usual fsync, rename,
+    /// fsync-directory; where the filesystem cannot preallocate, writes filler instead.
     fn put_reserved(&self, key: &str, len: u64) -> io::Result<()> {
+        let bytes = i64::try_from(len).map_err(|_| io::Error::other("reserve too large"))?;
         let dest = self.path(key)?;
         self.ensure_parent(&dest)?;
         let (file, temp) = self.ops.create_temp(&dest)?;
         let published = (|| {
-            let bytes = i64::try_from(len).map_err(|_| io::Error::other("reserve too large"))?;
-            match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, bytes) {
-                Ok(()) => {}
-                Err(nix::errno::Errno::EOPNOTSUPP) => {
-                    let chunk = filler(1 << 20);
-                    let mut offset = 0;
-                    while offset < len {
-                        let n = (len - offset).min(chunk.len() as u64) as usize;
-                        self.ops.write_at(&file, &temp, &chunk[..n], offset)?;
-                        offset += n as u64;
-                    }
-                }
-                Err(e) => return Err(io::Error::from(e)),
-            }
+            nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, bytes)?;
             self.ops.sync_file(&file, &temp)?;
             self.ops.rename(&temp, &dest)?;
             self.sync_parent(&dest)
@@ -525,7 +513,10 @@ impl Storage for LocalStorage {
         if published.is_err() {
             let _ = self.ops.remove_file(&temp);
         }
-        published
+        match published {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => put_filler(self, key, len),
+            other => other,
+        }
     }
 }
 

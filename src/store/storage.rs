@@ -152,16 +152,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// purpose is to hold space on the medium (its content is unspecified): space that removing
     /// it gives back at once, without writing anything.
     fn put_reserved(&self, key: &str, len: u64) -> io::Result<()> {
-        let mut w = self.create(key)?;
-        let chunk = filler(1 << 20);
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            w.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        w.commit().map(|_| ())
+        put_filler(self, key, len)
     }
+}
+
+/// Publishes under `key` an object of `len` bytes of [`filler`], written in 1 MiB pieces: the
+/// portable way to hold space (`Storage::put_reserved`).
+pub fn put_filler<S: Storage + ?Sized>(storage: &S, key: &str, len: u64) -> io::Result<()> {
+    let mut w = storage.create(key)?;
+    let chunk = filler(1 << 20);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    w.commit().map(|_| ())
 }
 
 /// `len` bytes that no filesystem compresses or deduplicates away within one chunk (xxh3 of
