@@ -16,6 +16,7 @@ pub mod layout;
 mod le;
 pub mod local;
 pub mod pack;
+pub mod page;
 pub mod private;
 pub mod records;
 pub mod storage;
