@@ -1,10 +1,12 @@
-//! The block cache: decoded blocks, LRU, bounded in bytes.
+//! Caches bounded in bytes: decoded blocks (format 1) or frames (format 2), and, for format 2,
+//! the metadata read on the way to them (map pages, frame tables, page fingerprints).
 //!
-//! Invariants: keys are the immutable identity of a stored block — (pack id, block number) — so
-//! every point that shares a stored block shares its entry, and an entry can never go stale (a
-//! pack is only ever replaced by a repack that keeps identical bytes for the blocks it keeps).
-//! Each shard's byte total never exceeds its share of the capacity after an insert returns. Holes
-//! are never cached.
+//! Invariants: keys are the immutable identity of what they name — (pack id, block or frame
+//! number), (map id, page), (pack id, table chunk) — so every point that shares a stored block
+//! shares its entry, and an entry can never go stale (a pack is only ever replaced by a repack
+//! that keeps identical bytes for the blocks it keeps, and a map never changes). Each shard's
+//! byte total never exceeds its share of the capacity after an insert returns. Holes are never
+//! cached.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-/// Identity of a stored block.
+/// Identity of a stored block (format 1) or frame (format 2: `block` is the frame number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub pack: Uuid,
@@ -22,33 +24,62 @@ pub struct BlockKey {
 
 /// Default cache capacity (256 MiB).
 pub const DEFAULT_CAPACITY: usize = 256 << 20;
+/// Default capacity of the metadata cache (32 MiB).
+pub const DEFAULT_META_CAPACITY: usize = 32 << 20;
 const SHARDS: usize = 16;
 
-struct Shard {
-    lru: LruCache<BlockKey, Arc<[u8]>>,
+/// What a cached value costs, in bytes.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Arc<[u8]> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A key the cache can shard on.
+pub trait CacheKey: std::hash::Hash + Eq + Clone {
+    /// A well-mixed 64-bit digest of the key.
+    fn mix(&self) -> u64;
+}
+
+impl CacheKey for BlockKey {
+    fn mix(&self) -> u64 {
+        let (hi, lo) = self.pack.as_u64_pair();
+        hi ^ lo ^ self.block
+    }
+}
+
+struct Shard<K: CacheKey, V> {
+    lru: LruCache<K, V>,
     bytes: usize,
 }
 
-/// A sharded LRU of decoded blocks.
-pub struct BlockCache {
-    shards: Vec<Mutex<Shard>>,
+/// A sharded LRU bounded in bytes.
+pub struct Cache<K: CacheKey, V> {
+    shards: Vec<Mutex<Shard<K, V>>>,
     shard_capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-impl std::fmt::Debug for BlockCache {
+/// Decoded blocks or frames.
+pub type BlockCache = Cache<BlockKey, Arc<[u8]>>;
+
+impl<K: CacheKey, V> std::fmt::Debug for Cache<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockCache")
+        f.debug_struct("Cache")
             .field("capacity", &(self.shard_capacity * SHARDS))
             .finish()
     }
 }
 
-impl BlockCache {
-    /// A cache holding at most `capacity` bytes of block data (0 disables caching).
+impl<K: CacheKey, V: Weigh + Clone> Cache<K, V> {
+    /// A cache holding at most `capacity` bytes (0 disables caching).
     pub fn new(capacity: usize) -> Self {
-        BlockCache {
+        Cache {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -63,13 +94,12 @@ impl BlockCache {
         }
     }
 
-    fn shard(&self, key: &BlockKey) -> &Mutex<Shard> {
-        let (hi, lo) = key.pack.as_u64_pair();
-        let mix = (hi ^ lo ^ key.block).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    fn shard(&self, key: &K) -> &Mutex<Shard<K, V>> {
+        let mix = key.mix().wrapping_mul(0x9e37_79b9_7f4a_7c15);
         &self.shards[(mix >> 60) as usize % SHARDS]
     }
 
-    pub fn get(&self, key: &BlockKey) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: &K) -> Option<V> {
         let hit = self.shard(key).lock().lru.get(key).cloned();
         let counter = if hit.is_some() {
             &self.hits
@@ -80,18 +110,19 @@ impl BlockCache {
         hit
     }
 
-    pub fn insert(&self, key: BlockKey, data: Arc<[u8]>) {
-        if data.len() > self.shard_capacity {
+    pub fn insert(&self, key: K, value: V) {
+        let weight = value.weight();
+        if weight > self.shard_capacity {
             return;
         }
         let mut shard = self.shard(&key).lock();
-        shard.bytes += data.len();
-        if let Some(old) = shard.lru.put(key, data) {
-            shard.bytes -= old.len();
+        shard.bytes += weight;
+        if let Some(old) = shard.lru.put(key, value) {
+            shard.bytes -= old.weight();
         }
         while shard.bytes > self.shard_capacity {
             match shard.lru.pop_lru() {
-                Some((_, evicted)) => shard.bytes -= evicted.len(),
+                Some((_, evicted)) => shard.bytes -= evicted.weight(),
                 None => break,
             }
         }

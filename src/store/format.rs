@@ -2,28 +2,60 @@
 //! store may use. Each file format keeps its own version beside its layout (`pack.rs`,
 //! `blockmap.rs`, `envelope.rs`).
 //!
-//! Invariants: a store's block size never changes after `init`; a build opens only the store
-//! format version it writes, and refuses any other by its version rather than misread it.
+//! Versions: 1 keeps whole blocks per disk chain (`pack.rs` v1/v2, `blockmap.rs`); 2 maps 4 KiB
+//! pages onto frames in store-wide packs shared by every VM (`page.rs`, `frames.rs`,
+//! `pagemap.rs`, `index.rs`), with `block_size` as the frame size.
+//!
+//! Invariants: a store's format version and block size never change after `init`; a build opens
+//! only the versions in [`READABLE`], and refuses any other by its version rather than misread
+//! it.
 
 /// The format name in every store header.
 pub const FORMAT: &str = "rpfs";
-/// Store format version written (and the only one read) by this build.
+/// Store format version a new store gets unless asked otherwise.
 pub const VERSION: u32 = 1;
+/// The page-mapped, store-wide deduplicating format.
+pub const PAGED: u32 = 2;
+/// Every store format version this build opens.
+pub const READABLE: [u32; 2] = [1, PAGED];
 /// Block size of a new store unless asked otherwise.
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
 /// Smallest and largest block sizes a store may use.
 pub const BLOCK_SIZE_RANGE: (u32, u32) = (4 << 10, 4 << 20);
+/// Smallest and largest frame sizes of a format-2 store (a frame's pages fit a `u16` mask).
+pub const FRAME_SIZE_RANGE: (u32, u32) = (4 << 10, 64 << 10);
 
 /// `bytes` as a block size: a power of two within [`BLOCK_SIZE_RANGE`], or why not.
 pub fn check_block_size(bytes: u64) -> Result<u32, String> {
-    let (lo, hi) = BLOCK_SIZE_RANGE;
+    check_size_in(bytes, BLOCK_SIZE_RANGE)
+}
+
+/// `bytes` as the block size of a store of format `version`, or why not.
+pub fn check_block_size_for(bytes: u64, version: u32) -> Result<u32, String> {
+    if version == PAGED {
+        check_size_in(bytes, FRAME_SIZE_RANGE)
+    } else {
+        check_block_size(bytes)
+    }
+}
+
+fn check_size_in(bytes: u64, (lo, hi): (u32, u32)) -> Result<u32, String> {
     match u32::try_from(bytes) {
         Ok(b) if b.is_power_of_two() && (lo..=hi).contains(&b) => Ok(b),
         _ => Err(format!(
-            "block size {bytes} is not a power of two between {} KiB and {} MiB",
-            lo >> 10,
-            hi >> 20
+            "block size {bytes} is not a power of two between {} and {}",
+            binary(lo),
+            binary(hi)
         )),
+    }
+}
+
+/// "4 KiB", "4 MiB": sizes in the messages above.
+fn binary(bytes: u32) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
     }
 }
 
@@ -39,5 +71,11 @@ mod tests {
         for bad in [0, 2048, 4097, 8 << 20, 3 << 12, u64::from(u32::MAX) + 1] {
             assert!(check_block_size(bad).is_err(), "{bad}");
         }
+        assert_eq!(check_block_size_for(64 << 10, PAGED), Ok(64 << 10));
+        assert_eq!(
+            check_block_size_for(128 << 10, PAGED),
+            Err("block size 131072 is not a power of two between 4 KiB and 64 KiB".into())
+        );
+        assert_eq!(check_block_size_for(128 << 10, 1), Ok(128 << 10));
     }
 }

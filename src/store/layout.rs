@@ -11,7 +11,12 @@
 //! vms/<vm>/points/<point>.json              VM restore points (the commit record)
 //! vms/<vm>/points/<point>.config            configuration captured at the point
 //! vms/<vm>/disks/<disk>/<drp>.map           block map of one disk restore point
-//! vms/<vm>/disks/<disk>/<drp>.pack          blocks that disk restore point stored
+//! vms/<vm>/disks/<disk>/<drp>.pack          blocks that disk restore point stored (format 1)
+//! data/<xx>/<pack>.pack                     frames of any VM's points (format 2; xx = the id's
+//!                                           first two hex digits, so listings stay small)
+//! index/<segment>.idx                       where each stored page is, by id (format 2)
+//! gc-owed                                   a sweep is due (format 2; its presence is the debt)
+//! locks/gc.lock                             shared by creations, exclusive for a sweep
 //! <any key>.<random>.tmp                    an object being written (garbage after a crash)
 //! ```
 //!
@@ -30,12 +35,21 @@ pub const STORE_LOCK: &str = "store";
 pub const VM_RECORD: &str = "vm.json";
 /// A VM's operation marker, in its directory.
 pub const PENDING: &str = "pending.json";
+/// Store-wide data of format-2 stores: packs shared by every VM.
+pub const DATA: &str = "data";
+/// Format 2's dedup index segments.
+pub const INDEX: &str = "index";
+/// Marks that a format-2 sweep is owed.
+pub const GC_OWED: &str = "gc-owed";
+/// Held shared by every format-2 creation, exclusive by a sweep.
+pub const GC_LOCK: &str = "gc";
 /// Suffix of in-flight temporary objects; anything ending in it is garbage after a crash.
 pub const TEMP_SUFFIX: &str = ".tmp";
 const RECORD: &str = ".json";
 const CONFIG: &str = ".config";
 const MAP: &str = ".map";
 const PACK: &str = ".pack";
+const SEGMENT: &str = ".idx";
 
 pub fn vm_dir(vm: Uuid) -> String {
     format!("{VMS}/{vm}")
@@ -73,6 +87,18 @@ pub fn map(vm: Uuid, disk: Uuid, drp: Uuid) -> String {
 pub fn pack(vm: Uuid, disk: Uuid, pack: Uuid) -> String {
     format!("{VMS}/{vm}/disks/{disk}/{pack}{PACK}")
 }
+/// The directory of format-2 packs whose id starts like `pack`'s.
+pub fn data_dir_of(pack: Uuid) -> String {
+    format!("{DATA}/{:02x}", pack.as_bytes()[0])
+}
+/// A format-2 pack.
+pub fn shared_pack(pack: Uuid) -> String {
+    format!("{}/{pack}{PACK}", data_dir_of(pack))
+}
+/// A dedup index segment.
+pub fn segment(id: Uuid) -> String {
+    format!("{INDEX}/{id}{SEGMENT}")
+}
 pub fn vm_lock(vm: Uuid) -> String {
     format!("vm-{vm}")
 }
@@ -98,6 +124,8 @@ pub enum Name {
     Map(Uuid),
     /// `<uuid>.pack`: a pack.
     Pack(Uuid),
+    /// `<uuid>.idx`: a dedup index segment.
+    Segment(Uuid),
     /// Anything ending in [`TEMP_SUFFIX`]: a temporary (garbage after a crash); `of` names the
     /// object it was for, from `<of>.<random>.tmp` (empty when the name has no such form).
     Temp { of: String },
@@ -141,6 +169,7 @@ pub fn classify(name: &str) -> Name {
         CONFIG => Name::Config(id),
         MAP => Name::Map(id),
         PACK => Name::Pack(id),
+        SEGMENT => Name::Segment(id),
         _ => Name::Unknown,
     }
 }
@@ -162,6 +191,9 @@ mod tests {
         assert_eq!(classify(&last(point_config(vm, id))), Name::Config(id));
         assert_eq!(classify(&last(map(vm, disk, id))), Name::Map(id));
         assert_eq!(classify(&last(pack(vm, disk, id))), Name::Pack(id));
+        assert_eq!(classify(&last(shared_pack(id))), Name::Pack(id));
+        assert_eq!(classify(&last(segment(id))), Name::Segment(id));
+        assert!(shared_pack(id).starts_with(&format!("data/{}/", &id.simple().to_string()[..2])));
         let temp = classify(&temp_name(PENDING));
         assert!(temp.is_temp_of(PENDING), "{temp:?}");
         assert!(!temp.is_temp_of(VM_RECORD));

@@ -484,6 +484,15 @@ impl Storage for LocalStorage {
         Ok(LockGuard::new(file))
     }
 
+    fn try_lock_shared(&self, name: &str) -> io::Result<Option<LockGuard>> {
+        let file = self.lock_file(name)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Some(LockGuard::new(file))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     fn space(&self) -> io::Result<Space> {
         let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
         let frag = st.fragment_size();

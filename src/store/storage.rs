@@ -12,7 +12,7 @@
 //!   removes it).
 //! - [`Storage::remove`] is durable on return.
 //! - Published objects are never modified in place; they are only replaced whole or removed.
-//! - Locks are advisory, exclusive, and released by the OS when the holder dies.
+//! - Locks are advisory, exclusive or shared, and released by the OS when the holder dies.
 //! - A store is private to its owner: [`Storage::make_private`] refuses a store someone else
 //!   owns and narrows one others could read (`super::private`).
 
@@ -140,6 +140,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn try_lock(&self, name: &str) -> io::Result<Option<LockGuard>>;
     /// Takes the named exclusive lock, waiting for it.
     fn lock(&self, name: &str) -> io::Result<LockGuard>;
+    /// Takes the named lock shared (any number of shared holders, no exclusive one) if no
+    /// exclusive holder has it, else returns `None` at once.
+    fn try_lock_shared(&self, name: &str) -> io::Result<Option<LockGuard>>;
     /// Capacity of the medium.
     fn space(&self) -> io::Result<Space>;
     /// Refuses a store another user owns, and makes one that others can read private to its

@@ -232,6 +232,10 @@ impl Storage for FaultyStorage {
         self.state.run(|| self.inner.lock(name))
     }
 
+    fn try_lock_shared(&self, name: &str) -> io::Result<Option<LockGuard>> {
+        self.state.run(|| self.inner.try_lock_shared(name))
+    }
+
     fn space(&self) -> io::Result<Space> {
         self.state.run(|| self.inner.space())
     }
