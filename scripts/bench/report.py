@@ -170,7 +170,7 @@ def report(doc):
                   "for them is compared with that.", "",
                   f"| peer | first point of clone 1 | first point of clones 2–{n} (median / max) "
                   "| incremental point of clone 1 | clone's first point / incremental (max) "
-                  f"| one VM (store after clone 1) | store after all {n} first points | store in VMs "
+                  f"| one VM (store after clone 1) | store after all {n} first points | that store / one VM "
                   f"| store beyond one VM / what the other {n - 1} changed | peak ingest memory |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         measured = {}
@@ -187,7 +187,7 @@ def report(doc):
                 f"| {r['name']} | {r['first'][0]:.2f} s "
                 f"| {cell(first or None, lambda v: f'{statistics.median(v):.2f} / {max(v):.2f} s')} "
                 f"| {cell(incr, lambda v: f'{v:.2f} s')} | {cell(slowest, lambda v: f'{v:.2f}x')} "
-                f"| {one / GIB:.2f} GiB | {whole / GIB:.2f} GiB | {whole / one:.1f} "
+                f"| {one / GIB:.2f} GiB | {whole / GIB:.2f} GiB | {whole / one:.1f}x "
                 f"| {cell(ratio, lambda v: f'{v:.2f}x')} | {r['rss'] / MIB:.0f} MiB |")
         lines.append("")
         ratio, slowest = measured.get("rpfs", (None, None))
