@@ -3,15 +3,17 @@
 # directly and through a FUSE export) in one run, and writes BENCHMARKS.md and BENCHMARKS.svg,
 # with the run's raw results in BENCHMARKS.json. The bench itself is the Python package
 # scripts/bench/ (see its __init__.py for what each module holds).
-# Usage: scripts/bench.sh [--quick | --full] [--only peers|chain|idle|files]... [--only-peer NAME]...
+# Usage: scripts/bench.sh [--quick | --full] [--only peers|chain|idle|files|clones]... [--only-peer NAME]...
 #                         [--reps N] [--full-reps N] [--work DIR] [--bin-dir DIR]
 #                         [--out FILE.md] [--svg FILE.svg] [--json FILE.json]
 #        scripts/bench.sh --render FILE.json [--out FILE.md] [--svg FILE.svg]
 #   --quick           the small workload (the default): 1 GiB OS disk, 64 MiB chain disk, ...
 #   --full            the full-size workload of issue 4 (4 GiB OS disk, 256 MiB chain disk, ...)
-#   --only SECTION    run only these sections (repeatable): peers, chain, idle, files
+#   --only SECTION    run only these sections (repeatable): peers, chain, idle, files, clones
 #   --only-peer NAME  ingest with these peers only (repeatable): rpfs, qcow2, restic, borg
-#   --reps N          repetitions of each read measure (median; default 3)
+#                     (the clones section: rpfs, restic, borg)
+#   --reps N          repetitions of each read measure and of the clones section's
+#                     incremental point (median; default 3)
 #   --full-reps N     full points taken by each peer (median; default 3)
 #   --work DIR        scratch directory, kept afterwards (default: a temporary one, removed)
 #   --bin-dir DIR     measure DIR/rpfs and DIR/examples/read_passes instead of building

@@ -12,6 +12,10 @@ Sections:
   idle   a point of an unchanged VM (everything hashed, nothing stored).
   files  file-level restore: a large file read out of files/<disk>/ against the whole disk image
          read through the same mount, and `ls -l` of a 10,000-entry guest directory.
+  clones ten VMs made from one template (the peers' OS and data disks), each then changed 2%
+         differently (random 64 KiB writes, a seed each): the first point of each clone into one
+         store (rpfs, restic, borg), then incremental points of the first clone; the store beyond
+         one VM against the distinct 4 KiB pages the other nine changed.
 
 Every figure is a median over repeated runs where the measure repeats; ratios compare figures
 of the same run. Writes the run's results to BENCHMARKS.json, and from them BENCHMARKS.md and
@@ -47,7 +51,7 @@ def parse_args():
     size.add_argument("--full", action="store_true", help="the full-size workload of issue 4")
     p.add_argument("--only", action="append", choices=[name for name, _ in SECTIONS], help="run these sections")
     p.add_argument("--only-peer", action="append", help="ingest with these peers only (rpfs, qcow2, restic, borg)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions of each read measure (median)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each read measure and of the clones' incremental point (median)")
     p.add_argument("--full-reps", type=int, default=3, help="full points taken by each peer (median)")
     p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the Markdown report")
     p.add_argument("--svg", default=os.path.join(ROOT, "BENCHMARKS.svg"), help="the chart of the peers")

@@ -11,6 +11,8 @@ report reads):
   idle   a point of an unchanged VM (everything hashed, nothing stored).
   files  a large file read out of files/<disk>/ against the whole disk image read through the
          same mount, and `ls -l` of a 10,000-entry guest directory.
+  clones ten VMs made from one template (the peers' disks), each changed 2% differently: the
+         first point of each into one store, then incremental points of the first clone.
 
 Every figure is a median over repeated runs where the measure repeats."""
 
@@ -26,7 +28,7 @@ import time
 
 from .common import (CACHE_SIZE, GIB, MIB, ROOT, bin_dir, is_mounted, log, out, read_passes_bin,
                      rpfs_bin, run, wait_for)
-from .peers import INGESTING, Raw, RawFuse, Rpfs
+from .peers import INGESTING, Borg, Raw, RawFuse, Restic, Rpfs, RpfsVms
 from .workload import (change_blocks, make_chain_disk, make_data_disk, make_files_tree,
                        make_os_disk, mkfs_ext4, PAGE, scribble)
 
@@ -193,13 +195,20 @@ def binaries(given):
 
 # ----- sections -----
 
+def peer_disks(args, work, rng):
+    """The peers' VM in `work`: an ext4 OS disk ~35% full of real files and a data disk half
+    random data (from `rng`) and half holes; returns {disk: image path}."""
+    disks = {"os": os.path.join(work, "os.img"), "data": os.path.join(work, "data.img")}
+    log(f"workload: {args.os_gib} GiB OS disk ~35% full of real files, {args.data_gib} GiB data disk")
+    make_os_disk(disks["os"], args.os_gib * GIB, os.path.join(work, "tree"), "-E", "root_owner=0:0")
+    make_data_disk(disks["data"], args.data_gib * GIB, rng)
+    return disks
+
+
 def peers_section(args, work):
     rng = random.Random(4)
     os_size, data_size = args.os_gib * GIB, args.data_gib * GIB
-    disks = {"os": os.path.join(work, "os.img"), "data": os.path.join(work, "data.img")}
-    log(f"workload: {args.os_gib} GiB OS disk ~35% full of real files, {args.data_gib} GiB data disk")
-    make_os_disk(disks["os"], os_size, os.path.join(work, "tree"), "-E", "root_owner=0:0")
-    make_data_disk(disks["data"], data_size, rng)
+    disks = peer_disks(args, work, rng)
 
     kinds = [k for k in INGESTING if args.only_peer is None or k.name.split()[0] in args.only_peer]
     peers = [k(work, disks) for k in kinds]
@@ -416,5 +425,63 @@ def files_section(args, work):
             "ls": statistics.median(listing)}
 
 
+def clones_section(args, work, count=10, fraction=0.02):
+    """Ten VMs made from one template, each changed 2% differently (issue 16): the first point
+    of each clone into one store (rpfs: one VM and collection per clone; restic and borg: one
+    repository), the tools taking turns clone by clone; then incremental points of the first
+    clone, each after another 2% of changes. Returns, per tool, the time of every first and
+    incremental point and the store's size after each first point, with the distinct 4 KiB
+    pages each clone's changes made (what the store should add for it beyond the template)."""
+    sizes = {"os": args.os_gib * GIB, "data": args.data_gib * GIB}
+    # The peers section's template, built the same way from the same seed.
+    template = peer_disks(args, os.path.join(work, "template"), random.Random(4))
+    clones, changed = [], []
+    for i in range(count):
+        d = os.path.join(work, f"clone{i + 1}")
+        os.makedirs(d)
+        rng = random.Random(1600 + i)
+        disks, pages = {}, 0
+        for name, src in template.items():
+            disks[name] = os.path.join(d, os.path.basename(src))
+            run("cp", "--reflink=auto", src, disks[name])
+            pages += scribble(disks[name], sizes[name], fraction, rng)
+        clones.append(disks)
+        changed.append(pages)
+    log(f"{count} clones, changed {', '.join(f'{p * PAGE / MIB:.0f}' for p in changed)} MiB")
+    shutil.rmtree(os.path.join(work, "template"))
+
+    tools = [RpfsVms(work, clones)] if args.only_peer is None or "rpfs" in args.only_peer else []
+    tools += [k(work, clones[0]) for k in (Restic, Borg)
+              if args.only_peer is None or k.name.split()[0] in args.only_peer]
+    rows = {p.name: {"name": p.name, "first": [], "sizes": [], "incr": [], "rss": 0} for p in tools}
+
+    def point(p, i):
+        """The next point of clone i by tool p: its seconds, and its peak memory in the row."""
+        if isinstance(p, RpfsVms):
+            p.vm = i
+        else:
+            p.disks = clones[i]
+        drop_caches()
+        secs, rss = timed(*p.ingest_command())
+        rows[p.name]["rss"] = max(rows[p.name]["rss"], rss)
+        return secs
+
+    for i in range(count):
+        for p in tools:
+            rows[p.name]["first"].append(point(p, i))
+            rows[p.name]["sizes"].append(p.store_size())
+            log(f"clone {i + 1}: {p.name} first point {rows[p.name]['first'][-1]:.2f} s, "
+                f"store {rows[p.name]['sizes'][-1] / MIB:.0f} MiB")
+    incr_changed = []
+    for rep in range(args.reps):
+        rng = random.Random(1700 + rep)
+        incr_changed.append(sum(scribble(path, sizes[name], fraction, rng) for name, path in clones[0].items()))
+        for p in tools:
+            rows[p.name]["incr"].append(point(p, 0))
+            log(f"clone 1 again: {p.name} incremental point {rows[p.name]['incr'][-1]:.2f} s")
+    return {"count": count, "fraction": fraction, "os_size": sizes["os"], "data_size": sizes["data"],
+            "changed": changed, "incr_changed": incr_changed, "rows": list(rows.values())}
+
+
 SECTIONS = [("peers", peers_section), ("chain", chain_section), ("idle", idle_section),
-            ("files", files_section)]
+            ("files", files_section), ("clones", clones_section)]

@@ -2,7 +2,8 @@
 takes a point of the disks (the measures time it), and how to mount the last point and where
 each disk's image is in that mount. Rpfs, Restic, Borg and Qcow2 ingest; RawFuse (the raw image
 through qemu-storage-daemon's FUSE export: the FUSE ceiling) and Raw (the image read directly)
-only read."""
+only read. RpfsVms is rpfs holding several VMs in one store (the clones section), where Restic
+and Borg take the clones one after the other into one repository by changing their `disks`."""
 
 import os
 import signal
@@ -46,20 +47,27 @@ class Peer:
         self.proc = None
 
 
+def rpfs_store(store, vms):
+    """A new rpfs store in `store` holding the VMs {vm: {disk: source path}}, each with a
+    collection of its own name; returns the environment that names the store."""
+    env = dict(os.environ, RPFS_STORE=store)
+    rpfs = rpfs_bin()
+    # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K).
+    block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
+    run(rpfs, "init", *(["--block-size", block] if block else []), env=env)
+    for vm, disks in vms.items():
+        run(rpfs, "vm", "add", vm, *[f"--disk={d}={p}" for d, p in disks.items()], env=env)
+        run(rpfs, "collection", "create", vm, "--vm", vm, env=env)
+    return env
+
+
 class Rpfs(Peer):
     name = "rpfs"
 
     def __init__(self, work, disks):
         super().__init__(work, disks)
         self.store = os.path.join(self.work, "store")
-        self.env = dict(os.environ, RPFS_STORE=self.store)
-        rpfs = rpfs_bin()
-        # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K).
-        block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
-        run(rpfs, "init", *(["--block-size", block] if block else []), env=self.env)
-        args = [rpfs, "vm", "add", "vm"] + [f"--disk={d}={p}" for d, p in disks.items()]
-        run(*args, env=self.env)
-        run(rpfs, "collection", "create", "c", "--vm", "vm", env=self.env)
+        self.env = rpfs_store(self.store, {"c": disks})
         self.gen = 0
 
     def ingest_command(self):
@@ -76,6 +84,26 @@ class Rpfs(Peer):
 
     def file(self, disk):
         return os.path.join(self.mnt, "c", f"g{self.gen - 1}", "disks", f"{disk}.img")
+
+
+class RpfsVms(Peer):
+    """rpfs with several VMs in one store (the clones section): VM and collection `c<i>` hold
+    the disks vms[i - 1]; the next point is of the VM `vm` (an index into vms), so a caller
+    switches VMs as it switches the other peers' `disks`."""
+    name = "rpfs"
+    mounts = False
+
+    def __init__(self, work, vms):
+        super().__init__(work, vms[0])
+        self.store = os.path.join(self.work, "store")
+        self.env = rpfs_store(self.store, {f"c{i + 1}": disks for i, disks in enumerate(vms)})
+        self.vm = 0
+        self.gens = [0] * len(vms)
+
+    def ingest_command(self):
+        gen = self.gens[self.vm]
+        self.gens[self.vm] += 1
+        return [rpfs_bin(), "point", "create", f"c{self.vm + 1}", f"g{gen}"], self.env
 
 
 class Restic(Peer):

@@ -2,7 +2,10 @@
 into the Markdown report, with its targets table, and into the SVG chart of the peers. Reads
 nothing but that document, so `--render` can redo both from a saved BENCHMARKS.json."""
 
+import statistics
+
 from .common import GIB, MIB
+from .workload import PAGE
 
 
 def fmt_rate(b):
@@ -148,6 +151,52 @@ def report(doc):
         check("guest file read vs disk image read, cold", f"{files['file'] / files['disk']:.2f}x",
               "≥ 0.8x", files["file"] >= 0.8 * files["disk"])
         check("ls -l of a 10,000-entry guest directory, cold", f"{files['ls']:.2f} s", "< 1 s", files["ls"] < 1)
+    clones = results.get("clones")
+    if clones:
+        n = clones["count"]
+        # What the store should add for the clones after the first: their distinct changed pages.
+        others = sum(clones["changed"][1:]) * PAGE
+        lines += [f"## Clones ({n} VMs made from one template: the peers' {clones['os_size'] // GIB} GiB OS disk "
+                  f"+ {clones['data_size'] // GIB} GiB data disk, each then changed {clones['fraction']:.0%} "
+                  "differently)", "",
+                  f"Each clone's disks are a copy of the template's, then random 64 KiB writes at 4 KiB alignment "
+                  f"over {clones['fraction']:.0%} of each disk, with a seed of its own. Each tool takes the first point "
+                  f"of clone 1, then of clone 2, ... of clone {n} into one store (rpfs: a VM and a collection per "
+                  "clone; restic and borg: one repository), the tools taking turns, the page cache dropped "
+                  "before each point; then incremental points of clone 1, each after another "
+                  f"{clones['fraction']:.0%} of writes (median of {len(clones['incr_changed'])}). One VM is the "
+                  "store after clone 1's first point. The other "
+                  f"{n - 1} clones changed {others / MIB:.0f} MiB (distinct 4 KiB pages); what the store grew by "
+                  "for them is compared with that.", "",
+                  f"| peer | first point of clone 1 | first point of clones 2–{n} (median / max) "
+                  "| incremental point of clone 1 | clone's first point / incremental (max) "
+                  f"| one VM (store after clone 1) | store after all {n} first points | that store / one VM "
+                  f"| store beyond one VM / what the other {n - 1} changed | peak ingest memory |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        measured = {}
+        for r in clones["rows"]:
+            first, incr = r["first"][1:], statistics.median(r["incr"]) if r["incr"] else None
+            one, whole = r["sizes"][0], r["sizes"][-1]
+            # The store beyond one VM over what the other clones changed, and the slowest of their
+            # first points over an incremental point of the same disks.
+            ratio = (whole - one) / others if others else None
+            slowest = max(first) / incr if first and incr else None
+            measured[r["name"]] = ratio, slowest
+            cell = lambda v, f: f(v) if v is not None else "–"
+            lines.append(
+                f"| {r['name']} | {r['first'][0]:.2f} s "
+                f"| {cell(first or None, lambda v: f'{statistics.median(v):.2f} / {max(v):.2f} s')} "
+                f"| {cell(incr, lambda v: f'{v:.2f} s')} | {cell(slowest, lambda v: f'{v:.2f}x')} "
+                f"| {one / GIB:.2f} GiB | {whole / GIB:.2f} GiB | {whole / one:.1f}x "
+                f"| {cell(ratio, lambda v: f'{v:.2f}x')} | {r['rss'] / MIB:.0f} MiB |")
+        lines.append("")
+        ratio, slowest = measured.get("rpfs", (None, None))
+        if ratio is not None:
+            check(f"{n} clones: store beyond one VM vs the pages the other {n - 1} changed",
+                  f"{ratio:.2f}x", "≤ 1.3x", ratio <= 1.3)
+        if slowest is not None:
+            check(f"{n} clones: a clone's first point vs an incremental point (slowest clone)",
+                  f"{slowest:.2f}x", "≤ 1.5x", slowest <= 1.5)
     if checks:
         lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
         lines += [f"| {w} | {v} | {t} | {'yes' if ok else '**no**'} |" for w, v, t, ok in checks]
