@@ -19,7 +19,7 @@ use crate::inspect::guest::{FsType, Guest, GuestKind, Source};
 use crate::store::LocalStorage;
 use crate::store::records::{CollectionRecord, PendingOp, PointRecord, StoreHeader, VmRecord};
 use crate::store::storage::{Object, Storage};
-use crate::store::{blockmap, envelope, pack};
+use crate::store::{blockmap, envelope, frames, pack};
 use crate::vfs::{Vfs, VfsOptions};
 
 /// Block size the parsers are told to expect.
@@ -132,6 +132,60 @@ fn pack_bytes(data: &[u8]) {
             let _ = index.read_block(&obj, e, &mut out);
         }
     }
+}
+
+/// Frame packs (pack format 3): header, trailer and directory, then table and fingerprint
+/// chunks and the frames they index, as given and with every checksum made right (so
+/// mutations reach the entry checks).
+pub fn frame_pack(data: &[u8]) {
+    frame_pack_bytes(data);
+    let mut resealed = data.to_vec();
+    frames::reseal(&mut resealed);
+    frame_pack_bytes(&resealed);
+}
+
+fn frame_pack_bytes(data: &[u8]) {
+    const KEY: &str = "f.pack";
+    let obj = Bytes(data.to_vec());
+    let (id, frame_size) = match data.get(12..32) {
+        Some(h) => (
+            uuid::Uuid::from_slice(&h[4..]).unwrap_or_default(),
+            u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+        ),
+        None => (uuid::Uuid::nil(), BLOCK),
+    };
+    let Ok(pack) = frames::FramePack::open(KEY, &obj, id, frame_size) else {
+        return;
+    };
+    let mut out = Vec::new();
+    for chunk in 0..pack.table_chunks().min(4) {
+        let Ok(entries) = pack.table_chunk(KEY, &obj, chunk) else {
+            continue;
+        };
+        assert!(entries.len() <= frames::FRAMES_PER_CHUNK as usize);
+        for e in entries.iter().take(256) {
+            assert!(u64::from(e.first_page) + u64::from(e.pages()) <= u64::from(pack.page_count()));
+            assert!(e.decoded_len() <= pack.frame_size as usize);
+            for slot in 0..16 {
+                if let Some(i) = e.page_fingerprint_index(slot) {
+                    assert!(i < pack.page_count());
+                }
+            }
+            out.resize(e.decoded_len(), 0);
+            let _ = pack.read_frame(&obj, e, &mut out);
+            let _ = pack.read_stored(&obj, e);
+        }
+    }
+    for chunk in 0..pack.fingerprint_chunks().min(4) {
+        if let Ok(fps) = pack.fingerprint_chunk(KEY, &obj, chunk) {
+            assert!(fps.len() <= frames::FINGERPRINTS_PER_CHUNK as usize);
+        }
+    }
+    assert!(pack.table_chunk(KEY, &obj, pack.table_chunks()).is_err());
+    assert!(
+        pack.fingerprint_chunk(KEY, &obj, pack.fingerprint_chunks())
+            .is_err()
+    );
 }
 
 /// Names as users type them.
