@@ -18,8 +18,10 @@ mod le;
 pub mod local;
 pub mod pack;
 pub mod page;
+pub mod pagemap;
 pub mod private;
 pub mod records;
+pub mod refs;
 pub mod storage;
 
 pub use corrupt::{Corrupt, CorruptKind};
