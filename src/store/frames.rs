@@ -59,8 +59,8 @@
 //! with a [`BlockReadError::Decode`] for that frame alone.
 //!
 //! The writer streams frames to the object as they come and keeps the table (40 bytes per frame)
-//! and the fingerprints (16 bytes per page) in memory until [`FrameWriter::finish`]: at most
-//! ~0.45% of the stored bytes for 64 KiB frames (a 1 GiB pack of incompressible full frames keeps
+//! and the fingerprints (16 bytes per page) in memory until [`FrameWriter::finish`]: ~0.45% of
+//! the pages' decoded bytes with 64 KiB frames (a 1 GiB pack of incompressible full frames keeps
 //! ~4.6 MiB).
 
 #![warn(clippy::arithmetic_side_effects)]
