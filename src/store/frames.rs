@@ -51,9 +51,16 @@
 //! - Within a table chunk frames do not overlap and are in offset order; every frame lies inside
 //!   the frames region `64..fp_offset`.
 //!
+//! Damage and its [`CorruptKind`]: a short object `Length`; header `HeaderChecksum`, `Magic`,
+//! `Version`, `BlockSize` (frame size), `WrongId`; trailer `TrailerChecksum`, `Magic`; offsets
+//! and counts that do not fit the object, or a directory whose first pages do not follow,
+//! `Bounds`; directory and table chunks `TableChecksum`; fingerprint chunks `BodyChecksum`; a
+//! table entry breaking an invariant `Entry`. A damaged frame fails [`FramePack::read_frame`]
+//! with a [`BlockReadError::Decode`] for that frame alone.
+//!
 //! The writer streams frames to the object as they come and keeps the table (40 bytes per frame)
-//! and the fingerprints (16 bytes per page) in memory until [`FrameWriter::finish`]: about
-//! 0.1% of the stored bytes for 64 KiB frames (a 1 GiB pack of incompressible full frames keeps
+//! and the fingerprints (16 bytes per page) in memory until [`FrameWriter::finish`]: ~0.45% of
+//! the pages' decoded bytes with 64 KiB frames (a 1 GiB pack of incompressible full frames keeps
 //! ~4.6 MiB).
 
 #![warn(clippy::arithmetic_side_effects)]
@@ -190,6 +197,23 @@ fn slots_of(frame_size: u32) -> Option<u8> {
         .flatten()
 }
 
+/// Where frame `frame`'s entry is: its table chunk and its index in that chunk.
+pub fn table_position(frame: u32) -> (u32, usize) {
+    (
+        frame / FRAMES_PER_CHUNK,
+        (frame % FRAMES_PER_CHUNK) as usize,
+    )
+}
+
+/// Where the fingerprint of page `page` (a [`FrameEntry::page_fingerprint_index`]) is: its
+/// fingerprint chunk and its index in that chunk.
+pub fn fingerprint_position(page: u32) -> (u32, usize) {
+    (
+        page / FINGERPRINTS_PER_CHUNK,
+        (page % FINGERPRINTS_PER_CHUNK) as usize,
+    )
+}
+
 /// Chunks needed for `n` items, `per` to a chunk.
 fn chunks(n: u32, per: u32) -> u32 {
     n.div_ceil(per)
@@ -198,7 +222,8 @@ fn chunks(n: u32, per: u32) -> u32 {
 /// Streams frames into a new frame pack object.
 ///
 /// Holds the table (40 bytes per frame) and the fingerprints (16 bytes per page) in memory until
-/// [`FrameWriter::finish`]; frames themselves go to the object as they are appended.
+/// [`FrameWriter::finish`]; frames themselves go to the object as they are appended. After an
+/// error the writer must be dropped, which publishes nothing.
 pub struct FrameWriter {
     out: Box<dyn ObjectWriter>,
     slots: u8,
@@ -531,7 +556,9 @@ impl FramePack {
             ));
         }
         // Bounded by `len` (checked just above).
-        let mut dir = vec![0u8; usize::try_from(dir_len).unwrap_or(usize::MAX)];
+        let dir_len = usize::try_from(dir_len)
+            .map_err(|_| corrupt(TooLarge, format!("directory of {dir_len} bytes")))?;
+        let mut dir = vec![0u8; dir_len];
         obj.read_exact_at(&mut dir, dir_offset)
             .map_err(PackError::Io)?;
         if crc32c::crc32c(&dir) != le::u32_at(&t, 40) {
@@ -993,8 +1020,10 @@ mod tests {
                 let want = present.next().expect("a model page per present slot");
                 let at = e.page_offset(slot).expect("present");
                 assert_eq!(&out[at..at + PAGE_SIZE], &want[..]);
-                let i = e.page_fingerprint_index(slot).expect("present") as usize;
-                assert_eq!(fps[i], page::fingerprint(want));
+                let i = e.page_fingerprint_index(slot).expect("present");
+                assert_eq!(fps[i as usize], page::fingerprint(want));
+                let (chunk, at) = fingerprint_position(i);
+                assert_eq!(i as usize, chunk as usize * 4096 + at);
             }
         }
     }
@@ -1106,6 +1135,11 @@ mod tests {
         assert_eq!(p.table_chunks(), 5);
         assert_eq!(p.fingerprint_chunks(), 2);
         check(&s, id, 4096, &frames);
+        let (chunk, at) = table_position(3000);
+        let e = p.table_chunk(KEY, &*obj, chunk).expect("chunk")[at];
+        let mut out = vec![0u8; e.decoded_len()];
+        p.read_frame(&*obj, &e, &mut out).expect("reads");
+        assert_eq!(out, frames[3000].pages.concat());
         assert!(matches!(
             p.table_chunk(KEY, &*obj, 5),
             Err(PackError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput
