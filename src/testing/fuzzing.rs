@@ -19,7 +19,7 @@ use crate::inspect::guest::{FsType, Guest, GuestKind, Source};
 use crate::store::LocalStorage;
 use crate::store::records::{CollectionRecord, PendingOp, PointRecord, StoreHeader, VmRecord};
 use crate::store::storage::{Object, Storage};
-use crate::store::{blockmap, envelope, frames, pack};
+use crate::store::{blockmap, envelope, frames, pack, pagemap};
 use crate::vfs::{Vfs, VfsOptions};
 
 /// Block size the parsers are told to expect.
@@ -186,6 +186,37 @@ fn frame_pack_bytes(data: &[u8]) {
         pack.fingerprint_chunk(KEY, &obj, pack.fingerprint_chunks())
             .is_err()
     );
+}
+
+/// Page maps (format 2), as given and with every checksum made right (so mutations reach the
+/// checks behind them): open, then every map page (up to 64) and the summary.
+pub fn page_map(data: &[u8]) {
+    let mut resealed = data.to_vec();
+    pagemap::reseal(&mut resealed);
+    for bytes in [data.to_vec(), resealed] {
+        let obj = Bytes(bytes);
+        let Ok(map) = pagemap::PageMap::open("f.map", &obj) else {
+            continue;
+        };
+        assert_eq!(map.pages, pagemap::page_count(map.disk_size));
+        assert_eq!(
+            u64::from(map.map_pages()),
+            pagemap::map_page_count(map.pages)
+        );
+        for i in 0..map.map_pages().min(64) {
+            if let Ok(entries) = map.read_page("f.map", &obj, i) {
+                assert_eq!(entries.len(), map.page_entries(i));
+                for r in entries.iter().filter_map(|&e| pagemap::decode_entry(e)) {
+                    assert!(r.pack as usize <= map.packs.len());
+                    assert!(u32::from(r.slot) < map.frame_size / 4096);
+                }
+            }
+        }
+        if let Ok(summary) = map.summary("f.map", &obj) {
+            assert!(summary.page_count() <= map.data_pages);
+            assert!(summary.packs().all(|p| map.packs.contains(&p)));
+        }
+    }
 }
 
 /// Names as users type them.

@@ -47,6 +47,7 @@ fn kept_inputs_replay_without_panics() {
     replay("block_map", fuzzing::block_map);
     replay("pack_index", fuzzing::pack_index);
     replay("frame_pack", fuzzing::frame_pack);
+    replay("page_map", fuzzing::page_map);
     replay("name", fuzzing::name);
     let dir = tempfile::tempdir().expect("tempdir");
     let vfs = fuzzing::vfs_fixture(dir.path());
@@ -104,6 +105,11 @@ proptest! {
     #[test]
     fn frame_packs_never_panic(data in mutated("frame_pack")) {
         fuzzing::frame_pack(&data);
+    }
+
+    #[test]
+    fn page_maps_never_panic(data in mutated("page_map")) {
+        fuzzing::page_map(&data);
     }
 
     #[test]
