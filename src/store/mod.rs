@@ -12,6 +12,7 @@ pub mod corrupt;
 pub mod envelope;
 pub mod fileops;
 pub mod format;
+pub mod index;
 pub mod layout;
 mod le;
 pub mod local;
