@@ -944,3 +944,719 @@ pub fn reseal(bytes: &mut [u8]) {
     let crc = crc32c::crc32c(&bytes[t..t + 60]);
     bytes[t + 60..].copy_from_slice(&crc.to_le_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::arithmetic_side_effects,
+        reason = "tests compute offsets into the small files they build"
+    )]
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An object held in memory.
+    #[derive(Debug)]
+    struct Bytes(Vec<u8>);
+
+    impl Object for Bytes {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+            let end = start
+                .checked_add(buf.len())
+                .filter(|&e| e <= self.0.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(&self.0[start..end]);
+            Ok(())
+        }
+    }
+
+    /// A writer that publishes into memory on commit.
+    struct Sink(Arc<Mutex<Option<Vec<u8>>>>, Vec<u8>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl ObjectWriter for Sink {
+        fn commit(self: Box<Self>) -> io::Result<u64> {
+            let len = self.1.len() as u64;
+            *self.0.lock().expect("lock") = Some(self.1);
+            Ok(len)
+        }
+    }
+
+    /// The bytes of a segment of `entries`, or the writer's error (then nothing was published).
+    fn encode(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
+        let published = Arc::new(Mutex::new(None));
+        let sink = Box::new(Sink(published.clone(), Vec::new()));
+        let info = write_segment(sink, entries.iter().copied());
+        let bytes = published.lock().expect("lock").take();
+        let info = info?;
+        let bytes = bytes.expect("published");
+        assert_eq!(info.len, bytes.len() as u64);
+        assert_eq!(info.entries, entries.len() as u64);
+        Ok(bytes)
+    }
+
+    const KEY: &str = "index/s.idx";
+
+    fn open(bytes: &[u8]) -> Result<(Segment, Bytes), SegmentError> {
+        let obj = Bytes(bytes.to_vec());
+        Segment::open(KEY, &obj).map(|s| (s, obj))
+    }
+
+    fn kind<T: std::fmt::Debug>(r: Result<T, SegmentError>) -> CorruptKind {
+        match r {
+            Err(e) => e
+                .corrupt_kind()
+                .unwrap_or_else(|| panic!("an I/O error: {e}")),
+            Ok(v) => panic!("expected damage, got {v:?}"),
+        }
+    }
+
+    fn id_of(n: u64) -> PageId {
+        *blake3::hash(&n.to_le_bytes()).as_bytes()
+    }
+
+    fn pack(n: u8) -> Uuid {
+        Uuid::from_u128(0x5eed_0000 + u128::from(n))
+    }
+
+    /// `n` entries with uniform ids, spread over `packs` packs, sorted.
+    fn sample(n: u64, packs: u8) -> Vec<IndexEntry> {
+        let mut v: Vec<IndexEntry> = (0..n)
+            .map(|i| IndexEntry {
+                id: id_of(i),
+                pack: pack((i % u64::from(packs)) as u8),
+                frame: (i * 7) as u32,
+                slot: (i % 16) as u8,
+            })
+            .collect();
+        sort_run(&mut v);
+        v
+    }
+
+    /// Packs in order of first use, as the writer lists them.
+    fn packs_in_use(entries: &[IndexEntry]) -> Vec<Uuid> {
+        let mut out: Vec<Uuid> = Vec::new();
+        for e in entries {
+            if !out.contains(&e.pack) {
+                out.push(e.pack);
+            }
+        }
+        out
+    }
+
+    /// Ids, uniform or (to make neighbouring blocks share fences) with one of three prefixes.
+    fn any_id() -> impl Strategy<Value = PageId> {
+        prop_oneof![
+            any::<[u8; 32]>(),
+            (0..3u8, any::<[u8; 24]>()).prop_map(|(p, rest)| {
+                let mut id = [p; 32];
+                id[8..].copy_from_slice(&rest);
+                id
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Every entry written is found by lookup and by iter, in order; ids not written are not.
+        #[test]
+        fn entries_round_trip(
+            model in prop::collection::btree_map(any_id(), (0..4u8, any::<u32>(), 0..16u8), 0..350),
+            absent in prop::collection::vec(any_id(), 0..40),
+        ) {
+            let entries: Vec<IndexEntry> = model
+                .iter()
+                .map(|(id, &(p, frame, slot))| IndexEntry { id: *id, pack: pack(p), frame, slot })
+                .collect();
+            let bytes = encode(&entries).expect("encode");
+            let (seg, obj) = open(&bytes).expect("open");
+            prop_assert_eq!(seg.entries(), entries.len() as u64);
+            prop_assert_eq!(seg.packs(), &packs_in_use(&entries)[..]);
+            let all: Vec<IndexEntry> = seg.iter(KEY, &obj).map(|e| e.expect("entry")).collect();
+            prop_assert_eq!(&all, &entries);
+            for e in &entries {
+                prop_assert!(seg.may_contain(&e.id));
+                prop_assert_eq!(seg.lookup(KEY, &obj, &e.id).expect("lookup"), Some(*e));
+            }
+            for id in absent.iter().filter(|id| !model.contains_key(*id)) {
+                prop_assert_eq!(seg.lookup(KEY, &obj, id).expect("lookup"), None);
+            }
+            prop_assert_eq!(seg.verify(KEY, &obj).expect("verify"), entries.len() as u64);
+        }
+
+        /// The merge equals a model that inserts each input's kept entries in input order,
+        /// keeping the first entry of each id.
+        #[test]
+        fn merge_matches_a_model(
+            inputs in prop::collection::vec(
+                prop::collection::btree_map(any::<u8>(), any::<u32>(), 0..60),
+                0..5,
+            ),
+            drop_modulus in 2..5u32,
+        ) {
+            let runs: Vec<Vec<IndexEntry>> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    m.iter()
+                        .map(|(&k, &frame)| IndexEntry { id: [k; 32], pack: pack(i as u8), frame, slot: 0 })
+                        .collect()
+                })
+                .collect();
+            let keep = |e: &IndexEntry| e.frame % drop_modulus != 0;
+            let mut model: BTreeMap<PageId, IndexEntry> = BTreeMap::new();
+            for e in runs.iter().flatten().filter(|e| keep(e)) {
+                model.entry(e.id).or_insert(*e);
+            }
+            let streams = runs.iter().map(|r| r.iter().copied().map(Ok::<_, ()>)).collect();
+            let merged: Vec<IndexEntry> = merge(streams, keep).map(|e| e.expect("ok")).collect();
+            prop_assert_eq!(merged, model.into_values().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn an_error_ends_the_merge() {
+        let a: Vec<Result<IndexEntry, &str>> = sample(3, 1).into_iter().map(Ok).collect();
+        let mut b: Vec<Result<IndexEntry, &str>> = sample(2, 2).into_iter().map(Ok).collect();
+        b.push(Err("damaged"));
+        let out: Vec<_> = merge(vec![a.into_iter(), b.into_iter()], |_| true).collect();
+        assert_eq!(out.last(), Some(&Err("damaged")));
+        assert!(out[..out.len() - 1].iter().all(|e| e.is_ok()));
+    }
+
+    #[test]
+    fn sort_run_keeps_the_first_of_equal_ids() {
+        let e = |id: u8, frame: u32| IndexEntry {
+            id: [id; 32],
+            pack: pack(0),
+            frame,
+            slot: 1,
+        };
+        let mut run = vec![e(2, 1), e(1, 2), e(2, 3), e(1, 4), e(0, 5)];
+        sort_run(&mut run);
+        assert_eq!(run, vec![e(0, 5), e(1, 2), e(2, 1)]);
+    }
+
+    #[test]
+    fn merged_segments_write_a_segment_that_reads_back() {
+        let make = |range: std::ops::Range<u64>, packs: u8, first_pack: u8| {
+            let mut v: Vec<IndexEntry> = range
+                .map(|i| IndexEntry {
+                    id: id_of(i),
+                    pack: pack(first_pack + (i % u64::from(packs)) as u8),
+                    frame: i as u32,
+                    slot: 0,
+                })
+                .collect();
+            sort_run(&mut v);
+            v
+        };
+        // Ids 200..300 are in both; segment a's entries in pack 1 are dropped.
+        let (ea, eb) = (make(0..300, 3, 0), make(200..500, 2, 3));
+        let (a, b) = (encode(&ea).expect("a"), encode(&eb).expect("b"));
+        let (sa, oa) = open(&a).expect("open a");
+        let (sb, ob) = open(&b).expect("open b");
+        let gone = pack(1);
+        let merged: Result<Vec<IndexEntry>, SegmentError> =
+            merge(vec![sa.iter(KEY, &oa), sb.iter(KEY, &ob)], |e| {
+                e.pack != gone
+            })
+            .collect();
+        let merged = merged.expect("merge");
+        let c = encode(&merged).expect("c");
+        let (sc, oc) = open(&c).expect("open c");
+        assert_eq!(sc.verify(KEY, &oc).expect("verify"), merged.len() as u64);
+        assert!(!sc.packs().contains(&gone));
+        for i in 0..500 {
+            let in_a = (i < 300 && i % 3 != 1).then(|| ea.iter().find(|e| e.id == id_of(i)));
+            let in_b = (i >= 200).then(|| eb.iter().find(|e| e.id == id_of(i)));
+            let want = in_a.or(in_b).flatten().copied();
+            assert_eq!(
+                sc.lookup(KEY, &oc, &id_of(i)).expect("lookup"),
+                want,
+                "id {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_writer_refuses_disorder_repeats_and_bad_slots() {
+        let v = sample(5, 1);
+        for bad in [
+            vec![v[1], v[0]],
+            vec![v[0], v[1], v[1]],
+            vec![IndexEntry { slot: 16, ..v[0] }],
+        ] {
+            let err = encode(&bad).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_segment_round_trips() {
+        let bytes = encode(&[]).expect("encode");
+        assert_eq!(bytes.len(), BLOCK + TRAILER_LEN);
+        let (seg, obj) = open(&bytes).expect("open");
+        assert_eq!(seg.entries(), 0);
+        assert!(seg.packs().is_empty());
+        assert!(!seg.may_contain(&id_of(1)));
+        assert_eq!(seg.lookup(KEY, &obj, &id_of(1)).expect("lookup"), None);
+        assert_eq!(seg.iter(KEY, &obj).count(), 0);
+        assert_eq!(seg.verify(KEY, &obj).expect("verify"), 0);
+    }
+
+    /// A full block of uniform ids has 0.44% false positives; measured over 100,000 ids.
+    #[test]
+    fn false_positives_stay_below_one_percent() {
+        let entries = sample(20_400, 4);
+        let bytes = encode(&entries).expect("encode");
+        let (seg, obj) = open(&bytes).expect("open");
+        let absent: Vec<PageId> = (1_000_000..1_100_000).map(id_of).collect();
+        let positives: Vec<&PageId> = absent.iter().filter(|id| seg.may_contain(id)).collect();
+        let rate = positives.len() as f64 / absent.len() as f64;
+        eprintln!("false positive rate {:.3}%", rate * 100.0);
+        assert!(rate < 0.01, "{rate}");
+        for id in positives.iter().take(50) {
+            assert_eq!(seg.lookup(KEY, &obj, id).expect("lookup"), None);
+        }
+    }
+
+    /// 250 entries over 3 packs: blocks of 102, 102 and 46 entries.
+    fn damage_fixture() -> (Vec<IndexEntry>, Vec<u8>) {
+        let entries = sample(250, 3);
+        let bytes = encode(&entries).expect("encode");
+        (entries, bytes)
+    }
+
+    struct Layout {
+        packs_at: usize,
+        fences_at: usize,
+        filter_at: usize,
+        t: usize,
+    }
+
+    fn layout(bytes: &[u8]) -> Layout {
+        let t = bytes.len() - TRAILER_LEN;
+        let at = |f: usize| le::u64_at(bytes, t + f) as usize;
+        Layout {
+            packs_at: at(24),
+            fences_at: at(32),
+            filter_at: at(40),
+            t,
+        }
+    }
+
+    fn resealed(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        edit(&mut b);
+        reseal(&mut b);
+        b
+    }
+
+    /// One damage per documented byte range, each refused at open with its kind and diagnosis.
+    #[test]
+    fn each_region_of_damage_has_its_kind() {
+        let (_, good) = damage_fixture();
+        let len = good.len();
+        let Layout {
+            packs_at,
+            fences_at,
+            filter_at,
+            t,
+        } = layout(&good);
+        assert_eq!(
+            (packs_at, fences_at, filter_at, t),
+            (
+                4 * BLOCK,
+                4 * BLOCK + 48,
+                4 * BLOCK + 72,
+                4 * BLOCK + 72 + 3 * FILTER_LEN
+            )
+        );
+        let flip = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 0x40;
+            b
+        };
+        let put = |at: usize, v: &[u8]| resealed(&good, |b| b[at..at + v.len()].copy_from_slice(v));
+        let mut longer = good.clone();
+        longer.push(0);
+        let first_pack = good[packs_at..packs_at + 16].to_vec();
+        use CorruptKind::*;
+        let cases: Vec<(Vec<u8>, CorruptKind, &str)> = vec![
+            (
+                good[..BLOCK + TRAILER_LEN - 1].to_vec(),
+                Length,
+                "shorter than header and trailer",
+            ),
+            (
+                good[..len - 1].to_vec(),
+                TrailerChecksum,
+                "trailer checksum mismatch",
+            ),
+            (longer, TrailerChecksum, "trailer checksum mismatch"),
+            (flip(3), HeaderChecksum, "header checksum mismatch"),
+            (flip(40), HeaderChecksum, "header checksum mismatch"),
+            (put(0, b"RPFSXXXX"), Magic, "bad index segment magic"),
+            (
+                put(8, &9u16.to_le_bytes()),
+                Version,
+                "unsupported index segment version 9",
+            ),
+            (
+                put(10, &0u16.to_le_bytes()),
+                Bounds,
+                "filter of 0 bytes per block",
+            ),
+            (
+                put(10, &9000u16.to_le_bytes()),
+                Bounds,
+                "filter of 9000 bytes per block",
+            ),
+            (put(10, &72u16.to_le_bytes()), Bounds, "need a"),
+            (
+                flip(packs_at + 1),
+                TableChecksum,
+                "pack list checksum mismatch",
+            ),
+            (
+                flip(fences_at + 1),
+                TableChecksum,
+                "fences checksum mismatch",
+            ),
+            (
+                flip(filter_at + 1),
+                TableChecksum,
+                "filter checksum mismatch",
+            ),
+            (flip(t + 9), TrailerChecksum, "trailer checksum mismatch"),
+            (flip(len - 1), TrailerChecksum, "trailer checksum mismatch"),
+            (
+                put(t, b"RPFSXXXX"),
+                Magic,
+                "bad index segment trailer magic",
+            ),
+            (put(t + 8, &400u64.to_le_bytes()), Bounds, "do not agree"),
+            (put(t + 16, &4u32.to_le_bytes()), Bounds, "do not agree"),
+            (put(t + 20, &251u32.to_le_bytes()), Bounds, "do not agree"),
+            (put(t + 20, &u32::MAX.to_le_bytes()), Bounds, "do not agree"),
+            (put(t + 20, &4u32.to_le_bytes()), Bounds, "need a"),
+            // Counts beyond the file: a million entries in a 17 KiB file.
+            (
+                resealed(&good, |b| {
+                    b[t + 8..t + 16].copy_from_slice(&1_000_000u64.to_le_bytes());
+                    b[t + 16..t + 20].copy_from_slice(&9804u32.to_le_bytes());
+                }),
+                Bounds,
+                "need a",
+            ),
+            (
+                resealed(&good, |b| {
+                    b[t + 8..t + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+                    b[t + 16..t + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+                }),
+                Bounds,
+                "do not agree",
+            ),
+            (
+                put(t + 24, &(packs_at as u64 + 1).to_le_bytes()),
+                Bounds,
+                "sections at",
+            ),
+            (
+                put(t + 40, &(t as u64).to_le_bytes()),
+                Bounds,
+                "sections at",
+            ),
+            (put(packs_at + 32, &first_pack), Entry, "is listed twice"),
+            (
+                put(fences_at + 8, &[0xff; 8]),
+                Entry,
+                "fence of block 2 is below the one before",
+            ),
+        ];
+        for (i, (bytes, want_kind, want)) in cases.into_iter().enumerate() {
+            let r = open(&bytes).map(|_| ());
+            let err = format!("{:?}", r.as_ref().err());
+            assert!(err.contains(want), "case {i}: {err}");
+            assert!(err.contains(KEY), "case {i}: {err}");
+            assert_eq!(kind(r), want_kind, "case {i}: {err}");
+        }
+    }
+
+    /// Damage inside an entry block: the segment opens, lookups in that block fail, the others
+    /// succeed; iteration stops at the block; verify reports it.
+    #[test]
+    fn a_damaged_block_fails_only_its_lookups() {
+        let (entries, good) = damage_fixture();
+        let mut bad = good.clone();
+        bad[2 * BLOCK + 100] ^= 0x01;
+        let (seg, obj) = open(&bad).expect("the segment opens");
+        for (i, e) in entries.iter().enumerate() {
+            let r = seg.lookup(KEY, &obj, &e.id);
+            if i / BLOCK_ENTRIES == 1 {
+                assert_eq!(kind(r), CorruptKind::BodyChecksum, "entry {i}");
+            } else {
+                assert_eq!(r.expect("lookup"), Some(*e), "entry {i}");
+            }
+        }
+        let read: Vec<_> = seg.iter(KEY, &obj).collect();
+        assert_eq!(read.len(), BLOCK_ENTRIES + 1);
+        assert!(read[..BLOCK_ENTRIES].iter().all(|e| e.is_ok()));
+        let err = read
+            .into_iter()
+            .last()
+            .expect("an error")
+            .expect_err("damage");
+        assert!(
+            err.to_string().contains("index block 1 checksum mismatch"),
+            "{err}"
+        );
+        assert_eq!(kind(seg.verify(KEY, &obj)), CorruptKind::BodyChecksum);
+    }
+
+    /// Blocks with valid checksums but content the format forbids are refused when read.
+    #[test]
+    fn hostile_blocks_are_refused() {
+        let (entries, good) = damage_fixture();
+        let Layout { fences_at, t, .. } = layout(&good);
+        let row = |block: usize, i: usize| BLOCK * (1 + block) + i * ENTRY_LEN;
+        let swap_rows = resealed(&good, |b| {
+            let (a, c) = (row(0, 3), row(0, 4));
+            let first = b[a..a + ENTRY_LEN].to_vec();
+            b.copy_within(c..c + ENTRY_LEN, a);
+            b[c..c + ENTRY_LEN].copy_from_slice(&first);
+        });
+        let slot_beyond = resealed(&good, |b| {
+            let at = row(2, 5) + 32;
+            b[at..at + 4].copy_from_slice(&(7u32 << 4).to_le_bytes());
+        });
+        let short_count = resealed(&good, |b| {
+            let at = BLOCK + COUNT_AT;
+            b[at..at + 2].copy_from_slice(&101u16.to_le_bytes());
+        });
+        let entries_beyond = resealed(&good, |b| {
+            b[t + 8..t + 16].copy_from_slice(&251u64.to_le_bytes());
+        });
+        let fence_off = resealed(&good, |b| {
+            let at = fences_at + 8;
+            let f = u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes")) - 1;
+            b[at..at + 8].copy_from_slice(&f.to_be_bytes());
+        });
+        use CorruptKind::*;
+        let cases: [(Vec<u8>, usize, CorruptKind, &str); 5] = [
+            (
+                swap_rows,
+                0,
+                Entry,
+                "index block 0: entry 4 is not above the one before",
+            ),
+            (
+                slot_beyond,
+                2,
+                Entry,
+                "index block 2: entry 5 names pack slot 7, beyond the 3",
+            ),
+            (
+                short_count,
+                0,
+                Bounds,
+                "index block 0 holds 101 entries, not 102",
+            ),
+            (
+                entries_beyond,
+                2,
+                Bounds,
+                "index block 2 holds 46 entries, not 47",
+            ),
+            (
+                fence_off,
+                1,
+                Entry,
+                "index block 1 holds ids outside its fences",
+            ),
+        ];
+        for (i, (bytes, block, want_kind, want)) in cases.into_iter().enumerate() {
+            let (seg, obj) = open(&bytes).expect("opens");
+            let victim = entries[block * BLOCK_ENTRIES];
+            let r = seg.lookup(KEY, &obj, &victim.id);
+            let err = format!("{:?}", r.as_ref().err());
+            assert!(err.contains(want), "case {i}: {err}");
+            assert_eq!(kind(r), want_kind, "case {i}: {err}");
+            assert_eq!(kind(seg.verify(KEY, &obj)), want_kind, "case {i}");
+            let other = entries[((block + 1) % 3) * BLOCK_ENTRIES];
+            if i != 3 {
+                assert_eq!(
+                    seg.lookup(KEY, &obj, &other.id).expect("other"),
+                    Some(other)
+                );
+            }
+        }
+    }
+
+    /// Ids all sharing their first 8 bytes (so every fence is equal): lookups search every
+    /// block; two blocks swapped (each valid, fences unchanged) are caught by iteration.
+    #[test]
+    fn equal_fences_are_searched_and_blocks_out_of_order_are_caught() {
+        let entries: Vec<IndexEntry> = (0..306u64)
+            .map(|i| {
+                let mut id = [7u8; 32];
+                id[8..16].copy_from_slice(&(i * 3).to_be_bytes());
+                id[16..].copy_from_slice(&id_of(i)[16..]);
+                IndexEntry {
+                    id,
+                    pack: pack(0),
+                    frame: i as u32,
+                    slot: 3,
+                }
+            })
+            .collect();
+        let good = encode(&entries).expect("encode");
+        let (seg, obj) = open(&good).expect("open");
+        for e in &entries {
+            assert_eq!(seg.lookup(KEY, &obj, &e.id).expect("lookup"), Some(*e));
+        }
+        let mut absent = entries[200].id;
+        absent[15] += 1;
+        assert_eq!(seg.lookup(KEY, &obj, &absent).expect("lookup"), None);
+        let Layout { filter_at, .. } = layout(&good);
+        let swapped = resealed(&good, |b| {
+            let block0 = b[BLOCK..2 * BLOCK].to_vec();
+            b.copy_within(2 * BLOCK..3 * BLOCK, BLOCK);
+            b[2 * BLOCK..3 * BLOCK].copy_from_slice(&block0);
+            let f = filter_at;
+            let filter0 = b[f..f + FILTER_LEN].to_vec();
+            b.copy_within(f + FILTER_LEN..f + 2 * FILTER_LEN, f);
+            b[f + FILTER_LEN..f + 2 * FILTER_LEN].copy_from_slice(&filter0);
+        });
+        let (seg, obj) = open(&swapped).expect("opens");
+        for e in &entries {
+            assert_eq!(seg.lookup(KEY, &obj, &e.id).expect("lookup"), Some(*e));
+        }
+        let r = seg.verify(KEY, &obj);
+        let err = format!("{:?}", r.as_ref().err());
+        assert!(
+            err.contains("index block 1 starts at or below the end of block"),
+            "{err}"
+        );
+        assert_eq!(kind(r), CorruptKind::Entry);
+    }
+
+    /// What open cannot see, verify finds: a filter missing ids, a listed pack no entry names.
+    #[test]
+    fn verify_checks_the_filter_and_the_pack_list() {
+        let (entries, good) = damage_fixture();
+        let Layout {
+            fences_at,
+            filter_at,
+            t,
+            ..
+        } = layout(&good);
+        let blank_filter = resealed(&good, |b| b[filter_at..filter_at + FILTER_LEN].fill(0));
+        let (seg, obj) = open(&blank_filter).expect("opens");
+        // A wrong filter only loses dedup: the lookup misses, it never returns a wrong entry.
+        assert_eq!(seg.lookup(KEY, &obj, &entries[0].id).expect("lookup"), None);
+        let r = seg.verify(KEY, &obj);
+        assert!(format!("{r:?}").contains("the filter of block 0 does not hold id"));
+        assert_eq!(kind(r), CorruptKind::Entry);
+
+        let mut extra = good[..fences_at].to_vec();
+        extra.extend_from_slice(pack(9).as_bytes());
+        extra.extend_from_slice(&good[fences_at..]);
+        let t = t + 16;
+        extra[t + 20..t + 24].copy_from_slice(&4u32.to_le_bytes());
+        extra[t + 32..t + 40].copy_from_slice(&(fences_at as u64 + 16).to_le_bytes());
+        extra[t + 40..t + 48].copy_from_slice(&(filter_at as u64 + 16).to_le_bytes());
+        reseal(&mut extra);
+        let (seg, obj) = open(&extra).expect("opens");
+        let r = seg.verify(KEY, &obj);
+        assert!(format!("{r:?}").contains("is listed and no entry names it"));
+        assert_eq!(kind(r), CorruptKind::Entry);
+    }
+
+    /// Through the local storage, as the engine will use it.
+    #[test]
+    fn segments_publish_through_storage() {
+        use crate::store::LocalStorage;
+        use crate::store::storage::Storage;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::new(dir.path());
+        let entries = sample(1000, 5);
+        let info = write_segment(s.create(KEY).expect("create"), entries.clone()).expect("write");
+        assert_eq!(info.entries, 1000);
+        assert_eq!(info.packs, 5);
+        assert_eq!(info.len, s.size(KEY).expect("size"));
+        let obj = s.open(KEY).expect("open");
+        let seg = Segment::open(KEY, &*obj).expect("segment");
+        assert_eq!(
+            seg.lookup(KEY, &*obj, &entries[500].id).expect("lookup"),
+            Some(entries[500])
+        );
+        // A writer dropped part-way publishes nothing.
+        let mut w = SegmentWriter::new(s.create("index/t.idx").expect("create")).expect("new");
+        w.push(entries[0]).expect("push");
+        drop(w);
+        assert!(s.open("index/t.idx").is_err());
+    }
+
+    /// Timing for the lead, not a test of speed: `cargo test --release --lib --features testing
+    /// store::index::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing print for 1 M entries"]
+    fn timing_of_a_million_entries() {
+        use crate::store::LocalStorage;
+        use crate::store::storage::Storage;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStorage::new(dir.path());
+        let entries = sample(1_000_000, 64);
+        let start = Instant::now();
+        let info = write_segment(s.create(KEY).expect("create"), entries.clone()).expect("write");
+        let write = start.elapsed();
+        let start = Instant::now();
+        let obj = s.open(KEY).expect("open");
+        let seg = Segment::open(KEY, &*obj).expect("segment");
+        let open = start.elapsed();
+        let n = 200_000;
+        let start = Instant::now();
+        for e in entries.iter().step_by(entries.len() / n) {
+            assert!(seg.lookup(KEY, &*obj, &e.id).expect("lookup").is_some());
+        }
+        let present = start.elapsed();
+        let start = Instant::now();
+        let mut false_positives = 0;
+        for i in 0..n as u64 {
+            false_positives += usize::from(seg.may_contain(&id_of(u64::MAX - i)));
+        }
+        let absent = start.elapsed();
+        let start = Instant::now();
+        let read = seg.iter(KEY, &*obj).count();
+        let iter = start.elapsed();
+        eprintln!(
+            "1M entries: {} bytes; write {write:?}, open {open:?}, {:.0} present lookups/s \
+             (one block read each, page cache warm), {:.0} absent may_contain/s \
+             ({false_positives} false positives in {n}), iter of {read} in {iter:?}",
+            info.len,
+            n as f64 / present.as_secs_f64(),
+            n as f64 / absent.as_secs_f64(),
+        );
+    }
+}
