@@ -27,7 +27,8 @@
 //!
 //! Invariants, all checked by the reader:
 //! - ids are strictly increasing through the whole segment (sorted, unique), so a block holds a
-//!   contiguous id range and the fences are non-decreasing;
+//!   contiguous id range; fences strictly increase too (the writer refuses 103 ids sharing their
+//!   first 64 bits, which BLAKE3 ids never do), so a lookup reads at most two blocks;
 //! - every block but the last holds exactly 102 entries, the last holds 1..=102, and
 //!   B = ceil(entries / 102): entry `i` is in block `i / 102`;
 //! - a block's first id starts with its fence, and its last id's 8 first bytes are at most the
@@ -223,6 +224,19 @@ impl SegmentWriter {
         if usize::from(e.slot) >= MAX_FRAME_PAGES {
             return Err(invalid(format!("page slot {} is not below 16", e.slot)));
         }
+        if self.in_block == 0 {
+            if self.fences.len() / FENCE_LEN >= u32::MAX as usize {
+                return Err(invalid("more than 2^32 index blocks".into()));
+            }
+            // Fences strictly increase, so a lookup reads at most two blocks. Only 103 ids
+            // sharing their first 64 bits could break this: never, for BLAKE3 ids.
+            if self.fences.ends_with(&e.id[..FENCE_LEN]) {
+                return Err(invalid(format!(
+                    "more than {BLOCK_ENTRIES} ids start with {}",
+                    hex8(&e.id)
+                )));
+            }
+        }
         let pack_slot = match self.slots.get(&e.pack) {
             Some(&s) => s,
             None => {
@@ -236,9 +250,6 @@ impl SegmentWriter {
             }
         };
         if self.in_block == 0 {
-            if self.fences.len() / FENCE_LEN >= u32::MAX as usize {
-                return Err(invalid("more than 2^32 index blocks".into()));
-            }
             self.fences.extend_from_slice(&e.id[..FENCE_LEN]);
             self.filter
                 .resize(self.filter.len().saturating_add(FILTER_LEN), 0);
@@ -508,11 +519,11 @@ impl Segment {
         }
         let (fence_rows, _) = fences_raw.as_chunks::<FENCE_LEN>();
         let fences: Vec<u64> = fence_rows.iter().map(|f| u64::from_be_bytes(*f)).collect();
-        if let Some(i) = fences.windows(2).position(|w| w[0] > w[1]) {
+        if let Some(i) = fences.windows(2).position(|w| w[0] >= w[1]) {
             return Err(corrupt(
                 Entry,
                 format!(
-                    "fence of block {} is below the one before",
+                    "fence of block {} is not above the one before",
                     i.saturating_add(1)
                 ),
             ));
@@ -537,14 +548,14 @@ impl Segment {
         &self.packs
     }
 
-    /// The blocks that may hold `id`: normally the one whose fence range covers it; more when
-    /// neighbouring blocks start with ids sharing their first 8 bytes (then `id`'s prefix may
-    /// sit at the end of one block and the start of the next).
+    /// The blocks that may hold `id`: the last block whose fence is below `id`'s first 8 bytes,
+    /// and the next one if its fence equals them (ids sharing a prefix may end one block and
+    /// start the next). Fences strictly increase, so at most two.
     fn candidates(&self, id: &PageId) -> Range<usize> {
         let p = prefix(id);
         let first_not_below = self.fences.partition_point(|&f| f < p);
-        let equal = self.fences[first_not_below..].partition_point(|&f| f == p);
-        first_not_below.saturating_sub(1)..first_not_below.saturating_add(equal)
+        let equal = self.fences.get(first_not_below) == Some(&p);
+        first_not_below.saturating_sub(1)..first_not_below.saturating_add(usize::from(equal))
     }
 
     /// True when the filter of block `b` may hold `id`.
@@ -1061,11 +1072,12 @@ mod tests {
         out
     }
 
-    /// Ids, uniform or (to make neighbouring blocks share fences) with one of three prefixes.
+    /// Ids, uniform or (so that ids sharing a prefix straddle block boundaries) with one of six
+    /// prefixes; too few of them to fill a block with one prefix.
     fn any_id() -> impl Strategy<Value = PageId> {
         prop_oneof![
             any::<[u8; 32]>(),
-            (0..3u8, any::<[u8; 24]>()).prop_map(|(p, rest)| {
+            (0..6u8, any::<[u8; 24]>()).prop_map(|(p, rest)| {
                 let mut id = [p; 32];
                 id[8..].copy_from_slice(&rest);
                 id
@@ -1121,7 +1133,7 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let keep = |e: &IndexEntry| e.frame % drop_modulus != 0;
+            let keep = |e: &IndexEntry| !e.frame.is_multiple_of(drop_modulus);
             let mut model: BTreeMap<PageId, IndexEntry> = BTreeMap::new();
             for e in runs.iter().flatten().filter(|e| keep(e)) {
                 model.entry(e.id).or_insert(*e);
@@ -1390,7 +1402,7 @@ mod tests {
             (
                 put(fences_at + 8, &[0xff; 8]),
                 Entry,
-                "fence of block 2 is below the one before",
+                "fence of block 2 is not above the one before",
             ),
         ];
         for (i, (bytes, want_kind, want)) in cases.into_iter().enumerate() {
@@ -1512,43 +1524,91 @@ mod tests {
         }
     }
 
-    /// Ids all sharing their first 8 bytes (so every fence is equal): lookups search every
-    /// block; two blocks swapped (each valid, fences unchanged) are caught by iteration.
+    /// Ids sharing their first 8 bytes across a block boundary are found in either block; 103
+    /// such ids (a block starting where the one before did) are refused by writer and reader.
     #[test]
-    fn equal_fences_are_searched_and_blocks_out_of_order_are_caught() {
-        let entries: Vec<IndexEntry> = (0..306u64)
-            .map(|i| {
-                let mut id = [7u8; 32];
-                id[8..16].copy_from_slice(&(i * 3).to_be_bytes());
-                id[16..].copy_from_slice(&id_of(i)[16..]);
-                IndexEntry {
-                    id,
-                    pack: pack(0),
-                    frame: i as u32,
-                    slot: 3,
-                }
+    fn shared_prefixes_across_blocks() {
+        let with_prefix = |p: u64, i: u64| {
+            let mut id = id_of(i);
+            id[..8].copy_from_slice(&p.to_be_bytes());
+            id
+        };
+        let mut entries: Vec<IndexEntry> = (0..250u64)
+            .map(|i| IndexEntry {
+                id: with_prefix(
+                    if (90..120).contains(&i) {
+                        90 << 50
+                    } else {
+                        i << 50
+                    },
+                    i,
+                ),
+                pack: pack(0),
+                frame: i as u32,
+                slot: 3,
             })
             .collect();
+        sort_run(&mut entries);
         let good = encode(&entries).expect("encode");
         let (seg, obj) = open(&good).expect("open");
+        assert_eq!(
+            seg.fences[1],
+            90 << 50,
+            "block 1 starts inside the shared run"
+        );
+        assert_eq!(prefix(&entries[101].id), 90 << 50, "block 0 ends inside it");
         for e in &entries {
             assert_eq!(seg.lookup(KEY, &obj, &e.id).expect("lookup"), Some(*e));
         }
-        let mut absent = entries[200].id;
-        absent[15] += 1;
+        let absent = with_prefix(90 << 50, 1000);
         assert_eq!(seg.lookup(KEY, &obj, &absent).expect("lookup"), None);
-        let Layout { filter_at, .. } = layout(&good);
-        let swapped = resealed(&good, |b| {
-            let block0 = b[BLOCK..2 * BLOCK].to_vec();
-            b.copy_within(2 * BLOCK..3 * BLOCK, BLOCK);
-            b[2 * BLOCK..3 * BLOCK].copy_from_slice(&block0);
-            let f = filter_at;
-            let filter0 = b[f..f + FILTER_LEN].to_vec();
-            b.copy_within(f + FILTER_LEN..f + 2 * FILTER_LEN, f);
-            b[f + FILTER_LEN..f + 2 * FILTER_LEN].copy_from_slice(&filter0);
+
+        let same: Vec<IndexEntry> = {
+            let mut v: Vec<IndexEntry> = (0..103)
+                .map(|i| IndexEntry {
+                    id: with_prefix(5, i),
+                    ..entries[0]
+                })
+                .collect();
+            sort_run(&mut v);
+            v
+        };
+        let err = encode(&same).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().contains("more than 102 ids start with"),
+            "{err}"
+        );
+        let Layout { fences_at, .. } = layout(&good);
+        let equal = resealed(&good, |b| {
+            b.copy_within(fences_at..fences_at + 8, fences_at + 8)
         });
-        let (seg, obj) = open(&swapped).expect("opens");
-        for e in &entries {
+        let r = open(&equal).map(|_| ());
+        assert!(format!("{r:?}").contains("fence of block 1 is not above the one before"));
+        assert_eq!(kind(r), CorruptKind::Entry);
+    }
+
+    /// Blocks each valid on their own and within their fences, but overlapping: block 0's last
+    /// id shares block 1's fence and sorts after block 1's first id. Iteration catches it.
+    #[test]
+    fn overlapping_blocks_are_caught_by_iteration() {
+        let (entries, good) = damage_fixture();
+        let Layout {
+            fences_at,
+            filter_at,
+            ..
+        } = layout(&good);
+        let bad = resealed(&good, |b| {
+            let last = BLOCK + (BLOCK_ENTRIES - 1) * ENTRY_LEN;
+            b.copy_within(fences_at + 8..fences_at + 16, last);
+            b[last + 8..last + 32].fill(0xff);
+            let id: PageId = b[last..last + 32].try_into().expect("32 bytes");
+            for (byte, mask) in filter_positions(&id, FILTER_LEN) {
+                b[filter_at + byte] |= mask;
+            }
+        });
+        let (seg, obj) = open(&bad).expect("opens");
+        for e in entries.iter().skip(BLOCK_ENTRIES) {
             assert_eq!(seg.lookup(KEY, &obj, &e.id).expect("lookup"), Some(*e));
         }
         let r = seg.verify(KEY, &obj);
