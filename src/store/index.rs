@@ -1677,6 +1677,24 @@ mod tests {
         assert!(s.open("index/t.idx").is_err());
     }
 
+    /// Writes the seed corpus of the `index_segment` fuzz target (`fuzz/seed.sh` runs it).
+    #[test]
+    #[ignore = "writes fuzz/corpus/index_segment"]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/index_segment");
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        let seeds = [
+            ("seed-empty", Vec::new()),
+            ("seed-one-block", sample(5, 1)),
+            ("seed-three-blocks", sample(250, 3)),
+        ];
+        for (name, entries) in seeds {
+            let bytes = encode(&entries).expect("encode");
+            std::fs::write(dir.join(format!("{name}.idx")), bytes).expect("write seed");
+        }
+    }
+
     /// Timing for the lead, not a test of speed: `cargo test --release --lib --features testing
     /// store::index::tests::timing -- --ignored --nocapture`.
     #[test]

@@ -46,6 +46,7 @@ fn kept_inputs_replay_without_panics() {
     replay("records", fuzzing::records);
     replay("block_map", fuzzing::block_map);
     replay("pack_index", fuzzing::pack_index);
+    replay("index_segment", fuzzing::index_segment);
     replay("name", fuzzing::name);
     let dir = tempfile::tempdir().expect("tempdir");
     let vfs = fuzzing::vfs_fixture(dir.path());
@@ -98,6 +99,11 @@ proptest! {
     #[test]
     fn pack_tables_never_panic(data in mutated("pack_index")) {
         fuzzing::pack_index(&data);
+    }
+
+    #[test]
+    fn index_segments_never_panic(data in mutated("index_segment")) {
+        fuzzing::index_segment(&data);
     }
 
     #[test]
