@@ -41,11 +41,18 @@
 //! **The filter.** Each block has its own Bloom filter of F bytes (the writer uses F = 144, 11.3
 //! bits per entry of a full block) with 8 bits per id. Ids are BLAKE3 hashes (keyed in encrypted
 //! stores), so the bits come from the id itself: bytes 8..24, as eight u16, each scaled to
-//! `F * 8` positions. A full block's false-positive rate is (1 - (1 - 1/1152)^816)^8 ≈ 0.44%,
-//! exactly, since every block but the last holds 102 ids. Lookups search the fences first (in
-//! memory), then test that block's filter, then read one 4 KiB block. Per-block filters keep the
-//! writer streaming (a whole-segment filter must be sized, or built, from every key at once) and
-//! let the filter size change without a version bump (F is in the header).
+//! `F * 8` positions. Every block but the last holds exactly 102 ids, so the false-positive rate
+//! is that of a 1,152-bit Bloom filter of 102 keys, (1 - (1 - 1/1152)^816)^8 ≈ 0.45% (0.43% and
+//! 0.49% measured). Lookups search the fences first (in memory), then test that block's filter,
+//! then read one 4 KiB block. Per-block filters keep the writer streaming (a whole-segment
+//! filter must be sized, or built, from every key at once) and let the filter size change
+//! without a version bump (F is in the header). A filter missing an id (damage the checksum
+//! missed) only loses a dedup: a lookup never returns another id's entry. `Segment::verify`
+//! checks the filter, and what else only a full read can, for `check`.
+//!
+//! A segment is written once and never modified. Per the design (§2.4), it is published only
+//! after the point record whose pages it indexes, and compaction removes its inputs only after
+//! publishing its output.
 //!
 //! `xorf`'s `BinaryFuse8` (≈9 bits per key, 0.39%) was vetted and not taken: its construction
 //! holds every key plus ~25 bytes of work space per key (GiBs for a large compaction), it can
@@ -213,7 +220,8 @@ impl SegmentWriter {
         })
     }
 
-    /// Appends one entry; its id must be greater than the previous one's.
+    /// Appends one entry; its id must be greater than the previous one's, its page slot below
+    /// 16 (`InvalidInput` otherwise). After an error, drop the writer: nothing is published.
     pub fn push(&mut self, e: IndexEntry) -> io::Result<()> {
         if self.last.is_some_and(|l| l >= e.id) {
             return Err(invalid(format!(
@@ -822,8 +830,9 @@ pub fn sort_run(entries: &mut Vec<IndexEntry>) {
     entries.dedup_by(|later, first| later.id == first.id);
 }
 
-/// K-way merge of sorted entry streams (ids unique within each) into one sorted stream with
-/// unique ids. `keep` drops entries first (e.g. whose pack is gone), so a dropped entry does
+/// K-way merge of sorted entry streams (ids unique within each, as [`Segment::iter`] and
+/// [`sort_run`] give them; an unsorted input makes an unsorted output, which
+/// [`SegmentWriter::push`] refuses) into one sorted stream with unique ids. `keep` drops entries first (e.g. whose pack is gone), so a dropped entry does
 /// not hide another input's entry for the same id; of the kept entries for one id, the one from
 /// the earliest input wins. The first error from an input is passed on and ends the stream.
 pub fn merge<E, I>(
