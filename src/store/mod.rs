@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod fileops;
 pub mod format;
 pub mod frames;
+pub mod index;
 pub mod layout;
 mod le;
 pub mod local;

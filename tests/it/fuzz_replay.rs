@@ -48,6 +48,7 @@ fn kept_inputs_replay_without_panics() {
     replay("pack_index", fuzzing::pack_index);
     replay("frame_pack", fuzzing::frame_pack);
     replay("page_map", fuzzing::page_map);
+    replay("index_segment", fuzzing::index_segment);
     replay("name", fuzzing::name);
     let dir = tempfile::tempdir().expect("tempdir");
     let vfs = fuzzing::vfs_fixture(dir.path());
@@ -110,6 +111,11 @@ proptest! {
     #[test]
     fn page_maps_never_panic(data in mutated("page_map")) {
         fuzzing::page_map(&data);
+    }
+
+    #[test]
+    fn index_segments_never_panic(data in mutated("index_segment")) {
+        fuzzing::index_segment(&data);
     }
 
     #[test]
