@@ -36,8 +36,8 @@ use progress::Bar;
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let dir = cli.store.clone().unwrap_or_else(default_store);
     match cli.command {
-        Command::Init { block_size } => {
-            let bs = rpfs::engine::validate_block_size(block_size)?;
+        Command::Init { block_size, format } => {
+            let bs = rpfs::engine::validate_block_size_for(block_size, format)?;
             if dir.join("rpfs.store").exists() {
                 return Err(failure(
                     exit::EXISTS,
@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 ));
             }
             store::create_store_dir(&dir)?;
-            let engine = Engine::init(Arc::new(LocalStorage::new(&dir)), bs)?;
+            let engine = Engine::init_format(Arc::new(LocalStorage::new(&dir)), bs, format)?;
             say!(
                 "initialised store {} at {} (block size {})",
                 engine.header().store_id,

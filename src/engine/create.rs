@@ -38,6 +38,7 @@ use super::error::{Error, Result};
 use super::hooks::{self, Outcome, script_env};
 use super::ingest::{self, Previous};
 use super::names;
+use super::paged;
 use super::pending;
 use super::policy;
 use super::progress::Progress;
@@ -46,7 +47,7 @@ use crate::store::records::{
     CollectionRecord, ConfigSource, ConsistencyMode, DiskPointRecord, DiskSpec, ExcludedDisk,
     PendingKind, PendingOp, PointRecord, VmRecord,
 };
-use crate::store::{envelope, kind, layout, read_record, write_record};
+use crate::store::{envelope, format, kind, layout, read_record, write_record};
 
 /// The consistency a user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +176,13 @@ impl Engine {
             gc_owed: false,
         };
         let earlier = pending::begin(&self.shared, vm.id, &mut op)?;
-        let result = self.capture_and_commit(&plan, &mut op, progress, started);
+        let creating = self.shared.creation_lock();
+        let result = creating.and_then(|creating| {
+            let r = self.capture_and_commit(&plan, &mut op, progress, started);
+            // Before ending the operation: a sweep (of a failed attempt's packs) needs it.
+            drop(creating);
+            r
+        });
         // Clones are unnamed, or unlinked at once: a name is only left here when that unlink
         // failed. `remove_file` unlinks the name itself and never follows a link.
         for c in &op.clones {
@@ -188,6 +195,9 @@ impl Engine {
                 out.warnings.splice(0..0, earlier.warnings);
                 if let Ok(done) = pending::end(&self.shared, vm.id, &mut op, false) {
                     out.warnings.extend(done.warnings);
+                }
+                if self.shared.header.version == format::PAGED {
+                    paged::after_creation(&self.shared);
                 }
                 Ok(out)
             }
@@ -533,6 +543,9 @@ impl Engine {
         sources: &[(Source, bool)],
         progress: &dyn Progress,
     ) -> Result<Vec<(Uuid, ingest::Ingested)>> {
+        if self.shared.header.version == format::PAGED {
+            return self.ingest_paged(plan, sources, progress);
+        }
         let one = |d: &DiskSpec, prev: &Option<Uuid>, src: &Source| {
             let previous = match prev {
                 Some(drp) => Some(Previous::load(
@@ -557,25 +570,72 @@ impl Engine {
             let i = ingest::ingest(&self.shared, &job, progress)?;
             Ok((drp, i))
         };
-        std::thread::scope(|scope| {
-            let jobs: Vec<_> = plan
-                .included
-                .iter()
-                .zip(&plan.previous)
-                .zip(sources)
-                .map(|((d, prev), (src, _))| scope.spawn(move || one(d, prev, src)))
-                .collect();
-            jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(Error::Io {
-                            context: "ingesting a disk".into(),
-                            source: std::io::Error::other("the ingest thread panicked"),
-                        })
+        each_disk(plan, sources, one)
+    }
+}
+
+/// Runs `one` for every included disk (with its previous point and source) at once: one disk's
+/// reads overlap another's hashing and compression.
+fn each_disk<T: Send>(
+    plan: &Plan,
+    sources: &[(Source, bool)],
+    one: impl Fn(&DiskSpec, &Option<Uuid>, &Source) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let one = &one;
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = plan
+            .included
+            .iter()
+            .zip(&plan.previous)
+            .zip(sources)
+            .map(|((d, prev), (src, _))| scope.spawn(move || one(d, prev, src)))
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join().unwrap_or_else(|_| {
+                    Err(Error::Io {
+                        context: "ingesting a disk".into(),
+                        source: std::io::Error::other("the ingest thread panicked"),
                     })
                 })
-                .collect()
-        })
+            })
+            .collect()
+    })
+}
+
+impl Engine {
+    /// Format 2's [`Engine::ingest_all`]: the same, through the dedup index.
+    fn ingest_paged(
+        &self,
+        plan: &Plan,
+        sources: &[(Source, bool)],
+        progress: &dyn Progress,
+    ) -> Result<Vec<(Uuid, ingest::Ingested)>> {
+        let index = paged::index::IndexSet::open(&*self.shared.storage);
+        let one = |d: &DiskSpec, prev: &Option<Uuid>, src: &Source| {
+            let previous = match prev {
+                Some(drp) => Some(paged::ingest::previous(
+                    &self.shared,
+                    plan.vm.id,
+                    d.id,
+                    *drp,
+                )?),
+                None => None,
+            };
+            let drp = Uuid::new_v4();
+            let job = paged::ingest::DiskJob {
+                vm: plan.vm.id,
+                disk: d.id,
+                drp,
+                source: src,
+                prev: previous.as_ref(),
+                index: &index,
+                readers: ingest::READERS.div_ceil(sources.len()),
+            };
+            let i = paged::ingest::ingest(&self.shared, &job, progress)?;
+            Ok((drp, i.ingested))
+        };
+        each_disk(plan, sources, one)
     }
 }
 

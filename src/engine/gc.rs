@@ -7,6 +7,9 @@
 //! the referenced blocks, byte for byte, and atomically renamed over the old file. That frees
 //! exactly the space only deleted points used, and every remaining point reads the same bytes.
 //!
+//! Format 2 stores keep their packs store-wide: here only a VM's own files are collected (maps
+//! and configurations of no committed point), then the store-wide sweep (`paged::gc`) runs.
+//!
 //! Invariants: garbage collection runs under the VM's lock and only after every point record of
 //! the VM was read successfully (an unreadable record stops it, so nothing a damaged record
 //! references is ever collected). It is idempotent, so recovery can rerun it after a crash at
@@ -20,8 +23,10 @@ use uuid::Uuid;
 
 use super::catalog;
 use super::error::{Error, Result};
+use super::paged;
 use super::shared::Shared;
 use crate::store::blockmap::BlockMap;
+use crate::store::format;
 use crate::store::layout::{self, Name};
 use crate::store::pack::{PackError, PackIndex, PackWriter};
 use crate::store::storage::Object;
@@ -84,6 +89,13 @@ pub(crate) fn collect_garbage(shared: &Shared, vm: Uuid) -> Result<GcStats> {
             &mut stats,
         )?;
     }
+    if shared.header.version == format::PAGED {
+        // Format 2's packs are the store's: what this VM no longer references may be another's.
+        let swept = paged::gc::sweep(shared)?;
+        stats.removed_files += swept.removed_files;
+        stats.repacked += swept.repacked;
+        stats.freed_bytes += swept.freed_bytes;
+    }
     Ok(stats)
 }
 
@@ -133,6 +145,13 @@ fn collect_disk(
             Name::Pack(id) => packs.push(id),
             _ => {}
         }
+    }
+
+    if shared.header.version == format::PAGED {
+        for drp in maps.iter().filter(|m| !live_maps.contains(m)) {
+            remove(shared, &layout::map(vm, disk, *drp), stats)?;
+        }
+        return Ok(());
     }
 
     // The live maps, and the packs they reference.

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::error::{Damage, Error, Result};
 use super::packs::PackHandle;
+use super::pipeline;
 use super::progress::Progress;
 use super::shared::Shared;
 use super::source::Source;
@@ -81,7 +82,7 @@ impl Previous {
 }
 
 /// What ingesting one disk produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingested {
     pub size: u64,
     pub new_blocks: u64,
@@ -98,6 +99,11 @@ struct Buffers {
     out: Vec<u8>,
 }
 
+thread_local! {
+    /// Room for one block's worst-case compressed form, per worker.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A batch read and classified by a worker.
 struct Batch {
     index: u64,
@@ -107,6 +113,12 @@ struct Batch {
     bytes_read: u64,
     classes: Vec<Class>,
     bufs: Buffers,
+}
+
+impl pipeline::Numbered for Batch {
+    fn number(&self) -> u64 {
+        self.index
+    }
 }
 
 enum Class {
@@ -252,90 +264,63 @@ pub(crate) fn ingest(
 
     let per_batch = (BATCH_BYTES / bsz).max(1);
     let batches = blocks.div_ceil(per_batch);
-    let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(buffers);
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Buffers>(buffers);
-    for _ in 0..buffers {
-        let _ = free_tx.send(Buffers {
+    let pool = (0..buffers)
+        .map(|_| Buffers {
             data: AlignedBuf::new((per_batch * bsz) as usize),
             out: Vec::with_capacity((per_batch * bsz) as usize),
-        });
-    }
-    let next = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|scope| -> Result<()> {
-        // Owned here, so they are dropped when this closure returns, even early with an error:
-        // workers waiting on them then wake up and end, and the scope can join them.
-        let (tx, rx, free_tx, free_rx) = (tx, rx, free_tx, free_rx);
-        for _ in 0..workers {
-            let (tx, free_rx, next, c) = (tx.clone(), free_rx.clone(), &next, &classifier);
-            scope.spawn(move || {
-                let mut scratch = vec![0u8; block::compress_bound(bs as usize)];
-                // Take buffers before a batch number: whoever holds the batch the consumer
-                // waits for always has buffers to read it into.
-                while let Ok(bufs) = free_rx.recv() {
-                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if index >= batches {
-                        return;
-                    }
-                    let batch =
-                        read_batch(source, c, (blocks, per_batch), index, (bufs, &mut scratch));
-                    let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
-                        return;
-                    }
+        })
+        .collect();
+    let make = |index, bufs| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(block::compress_bound(bs as usize), 0);
+            read_batch(
+                source,
+                &classifier,
+                (blocks, per_batch),
+                index,
+                (bufs, scratch),
+            )
+        })
+    };
+    pipeline::run(workers, pool, batches, make, |batch: Batch| {
+        bytes_read += batch.bytes_read;
+        let (data, out) = (batch.bufs.data.as_slice(), &batch.bufs.out);
+        for (i, class) in batch.classes.iter().enumerate() {
+            let b = batch.first + i as u64;
+            let at = i * bs as usize;
+            let (stored, codec, hash) = match *class {
+                Class::Hole => {
+                    entries[b as usize] = 0;
+                    continue;
                 }
-            });
-        }
-        drop((tx, free_rx));
-        // Batches arrive in any order; they are processed in order.
-        let mut waiting: std::collections::BTreeMap<u64, Batch> = std::collections::BTreeMap::new();
-        let mut expected = 0;
-        for msg in rx.iter() {
-            let batch = msg?;
-            waiting.insert(batch.index, batch);
-            while let Some(batch) = waiting.remove(&expected) {
-                expected += 1;
-                bytes_read += batch.bytes_read;
-                let (data, out) = (batch.bufs.data.as_slice(), &batch.bufs.out);
-                for (i, class) in batch.classes.iter().enumerate() {
-                    let b = batch.first + i as u64;
-                    let at = i * bs as usize;
-                    let (stored, codec, hash) = match *class {
-                        Class::Hole => {
-                            entries[b as usize] = 0;
-                            continue;
-                        }
-                        Class::Same(slot) => {
-                            entries[b as usize] = 2 + slot as u32;
-                            continue;
-                        }
-                        Class::Raw(h) => (&data[at..at + bs as usize], Codec::Raw, h),
-                        Class::Compressed(h, ref r) => (&out[r.clone()], block::COMPRESSED, h),
-                    };
-                    let writer = match &mut pack {
-                        Some(w) => w,
-                        None => {
-                            let o = shared
-                                .storage
-                                .create(&pack_key)
-                                .map_err(Error::io(format!("creating {pack_key}")))?;
-                            pack.insert(
-                                PackWriter::new(o, drp, bs)
-                                    .map_err(Error::io(format!("writing {pack_key}")))?,
-                            )
-                        }
-                    };
-                    writer
-                        .append(b, stored, codec, hash)
-                        .map_err(Error::io(format!("writing {pack_key}")))?;
-                    new_blocks += 1;
-                    entries[b as usize] = NEW_PACK;
+                Class::Same(slot) => {
+                    entries[b as usize] = 2 + slot as u32;
+                    continue;
                 }
-                progress.advance(batch.covered);
-                // The buffers go back to the workers; they may all have finished.
-                let _ = free_tx.send(batch.bufs);
-            }
+                Class::Raw(h) => (&data[at..at + bs as usize], Codec::Raw, h),
+                Class::Compressed(h, ref r) => (&out[r.clone()], block::COMPRESSED, h),
+            };
+            let writer = match &mut pack {
+                Some(w) => w,
+                None => {
+                    let o = shared
+                        .storage
+                        .create(&pack_key)
+                        .map_err(Error::io(format!("creating {pack_key}")))?;
+                    pack.insert(
+                        PackWriter::new(o, drp, bs)
+                            .map_err(Error::io(format!("writing {pack_key}")))?,
+                    )
+                }
+            };
+            writer
+                .append(b, stored, codec, hash)
+                .map_err(Error::io(format!("writing {pack_key}")))?;
+            new_blocks += 1;
+            entries[b as usize] = NEW_PACK;
         }
-        Ok(())
+        progress.advance(batch.covered);
+        Ok(batch.bufs)
     })?;
 
     let mut stored_bytes = 0;

@@ -32,7 +32,9 @@ mod hooks;
 pub mod ingest;
 pub mod names;
 mod packs;
+pub(crate) mod paged;
 mod pending;
+mod pipeline;
 pub mod policy;
 pub mod progress;
 pub mod read;
@@ -97,11 +99,28 @@ pub fn validate_block_size(bytes: u64) -> Result<u32> {
     format::check_block_size(bytes).map_err(Error::InvalidArgument)
 }
 
+/// `bytes` as the block size of a store of format `version`, or why not (an unknown version
+/// included).
+pub fn validate_block_size_for(bytes: u64, version: u32) -> Result<u32> {
+    if !format::READABLE.contains(&version) {
+        return Err(Error::InvalidArgument(format!(
+            "store format {version} is not one this build writes ({})",
+            format::READABLE.map(|v| v.to_string()).join(" or ")
+        )));
+    }
+    format::check_block_size_for(bytes, version).map_err(Error::InvalidArgument)
+}
+
 impl Engine {
     /// Creates a new, empty store in `storage`, which must be empty, and the caller's: it is
     /// made private (0700) if it was not.
     pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
-        let block_size = validate_block_size(u64::from(block_size))?;
+        Self::init_format(storage, block_size, format::VERSION)
+    }
+
+    /// [`Engine::init`] with on-disk format `version`.
+    pub fn init_format(storage: Arc<dyn Storage>, block_size: u32, version: u32) -> Result<Engine> {
+        let block_size = validate_block_size_for(u64::from(block_size), version)?;
         let existing = storage
             .list("")
             .map_err(Error::io("listing the store directory"))?;
@@ -130,7 +149,7 @@ impl Engine {
         }
         let header = StoreHeader {
             format: format::FORMAT.into(),
-            version: format::VERSION,
+            version,
             store_id: uuid::Uuid::new_v4(),
             block_size,
             created: now_rfc3339(),
@@ -155,15 +174,15 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        if header.format != format::FORMAT || header.version != format::VERSION {
+        if header.format != format::FORMAT || !format::READABLE.contains(&header.version) {
             return Err(Error::Unsupported(format!(
                 "store format {} v{} is not supported by this build (v{})",
                 header.format,
                 header.version,
-                format::VERSION
+                format::READABLE.map(|v| v.to_string()).join(", v")
             )));
         }
-        validate_block_size(u64::from(header.block_size))?;
+        validate_block_size_for(u64::from(header.block_size), header.version)?;
         // After the header: only a directory that is a store is ever narrowed.
         let tightened = storage
             .make_private()
@@ -174,6 +193,8 @@ impl Engine {
                 header,
                 cache: BlockCache::new(options.cache_bytes),
                 packs: PackRegistry::default(),
+                meta: paged::meta::MetaCache::new(cache::DEFAULT_META_CAPACITY),
+                frame_packs: paged::meta::FramePackRegistry::default(),
                 lock_wait: options.lock_wait,
             }),
             clock: Clock::default(),
@@ -247,21 +268,41 @@ impl Engine {
             })?;
         let label = format!("restore point {collection}/{} disk '{disk}'", point.name);
         let key = layout::map(point.vm_id, d.disk_id, d.drp_id);
+        let map_error = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound {
+                    what: "restore point",
+                    name: label.clone(),
+                    hint: "; it was deleted meanwhile".into(),
+                }
+            } else {
+                Error::io(format!("{label}: reading its block map {key}"))(e)
+            }
+        };
+        if self.shared.header.version == format::PAGED {
+            let paged =
+                paged::read::PagedDisk::open(&self.shared, d.drp_id, &key).map_err(|cause| {
+                    match cause {
+                        paged::read::Cause::Io(e) => map_error(e),
+                        paged::read::Cause::Damage(damage) => Error::Damaged {
+                            context: label.clone(),
+                            damage,
+                        },
+                    }
+                })?;
+            return Ok(DiskImage::paged(
+                self.shared.clone(),
+                label.clone(),
+                layout::point(point.vm_id, point.id),
+                (point.vm_id, d.disk_id),
+                paged,
+            ));
+        }
         let map = self
             .shared
             .storage
             .read(&key)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::NotFound {
-                        what: "restore point",
-                        name: label.clone(),
-                        hint: "; it was deleted meanwhile".into(),
-                    }
-                } else {
-                    Error::io(format!("{label}: reading its block map {key}"))(e)
-                }
-            })
+            .map_err(map_error)
             .and_then(|bytes| {
                 crate::store::blockmap::BlockMap::decode(
                     &key,

@@ -1,7 +1,9 @@
 //! The read path: a disk restore point as a random-access image.
 //!
-//! Resolving a byte offset costs the same at any chain depth: block number → the point's own
-//! complete block map → pack → pack table (binary search) → block cache or one read + decode.
+//! Resolving a byte offset costs the same at any chain depth. Format 1: block number → the
+//! point's own complete block map → pack → pack table (binary search) → block cache or one read +
+//! decode. Format 2 (`paged::read`): block → the map's page entries → frames, through the
+//! metadata and frame caches.
 //!
 //! Caching: every read looks in the block cache; a block decoded for a read of only part of it
 //! is kept there (its other parts are likely next, as with 4 KiB random reads), while a block
@@ -25,19 +27,15 @@ use uuid::Uuid;
 use super::cache::BlockKey;
 use super::error::{Damage, Error, Result};
 use super::packs::{OpenError, PackHandle};
+use super::paged::read::{Cause as BlockCause, PagedDisk};
 use super::shared::Shared;
 use crate::store::blockmap::BlockMap;
 use crate::store::pack::BlockReadError;
+use crate::store::page::PAGE_SHIFT;
 
 thread_local! {
     /// Scratch block for reads that cover only part of a block.
     static PARTIAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Why a block could not be read.
-enum BlockCause {
-    Io(std::io::Error),
-    Damage(Damage),
 }
 
 /// One disk restore point, readable at any offset.
@@ -49,8 +47,18 @@ pub struct DiskImage {
     point_key: String,
     vm: Uuid,
     disk: Uuid,
-    map: BlockMap,
-    packs: Vec<OnceLock<Arc<PackHandle>>>,
+    layout: Layout,
+}
+
+/// Where the image's blocks are described.
+enum Layout {
+    /// Format 1: a block map and the packs it names.
+    Blocks {
+        map: BlockMap,
+        packs: Vec<OnceLock<Arc<PackHandle>>>,
+    },
+    /// Format 2: a page map over shared frames.
+    Pages(PagedDisk),
 }
 
 impl std::fmt::Debug for DiskImage {
@@ -77,23 +85,44 @@ impl DiskImage {
             point_key,
             vm,
             disk,
-            map,
-            packs,
+            layout: Layout::Blocks { map, packs },
+        }
+    }
+
+    /// The image of a format-2 point's disk, whose page map is open.
+    pub(crate) fn paged(
+        shared: Arc<Shared>,
+        label: String,
+        point_key: String,
+        (vm, disk): (Uuid, Uuid),
+        paged: PagedDisk,
+    ) -> Self {
+        DiskImage {
+            shared,
+            label,
+            point_key,
+            vm,
+            disk,
+            layout: Layout::Pages(paged),
         }
     }
 
     /// Size of the disk in bytes.
     pub fn size(&self) -> u64 {
-        self.map.disk_size
+        match &self.layout {
+            Layout::Blocks { map, .. } => map.disk_size,
+            Layout::Pages(p) => p.size(),
+        }
     }
 
+    /// The unit reads are resolved in: the store's block (format 1) or frame (format 2) size.
     pub fn block_size(&self) -> u32 {
-        self.map.block_size
+        self.shared.header.block_size
     }
 
-    /// The block map behind this image.
-    pub fn map(&self) -> &BlockMap {
-        &self.map
+    /// Blocks covering the disk.
+    pub fn block_count(&self) -> u64 {
+        self.size().div_ceil(u64::from(self.block_size()))
     }
 
     /// What this image is, for messages.
@@ -103,18 +132,23 @@ impl DiskImage {
 
     /// Bytes of the image that are not holes (whole blocks).
     pub fn allocated_bytes(&self) -> u64 {
-        self.map.data_blocks() * u64::from(self.map.block_size)
+        match &self.layout {
+            Layout::Blocks { map, .. } => map.data_blocks() * u64::from(map.block_size),
+            Layout::Pages(p) => p.allocated_bytes(),
+        }
     }
 
-    fn pack(&self, slot: usize) -> Result<Arc<PackHandle>, OpenError> {
-        if let Some(h) = self.packs[slot].get() {
+    fn pack(
+        &self,
+        (map, packs): (&BlockMap, &[OnceLock<Arc<PackHandle>>]),
+        slot: usize,
+    ) -> Result<Arc<PackHandle>, OpenError> {
+        if let Some(h) = packs[slot].get() {
             return Ok(h.clone());
         }
-        let h = self
-            .shared
-            .open_pack(self.vm, self.disk, self.map.packs[slot])?;
+        let h = self.shared.open_pack(self.vm, self.disk, map.packs[slot])?;
         // Another thread may have set it first; both handles are equivalent.
-        let _ = self.packs[slot].set(h.clone());
+        let _ = packs[slot].set(h.clone());
         Ok(h)
     }
 
@@ -134,7 +168,7 @@ impl DiskImage {
         let context = format!(
             "{} block {block} (offset {})",
             self.label,
-            block * u64::from(self.map.block_size)
+            block * u64::from(self.block_size())
         );
         match cause {
             BlockCause::Io(source) => Error::Io { context, source },
@@ -146,8 +180,15 @@ impl DiskImage {
     /// (a removed or repacked file stays readable through its descriptor), so a reader that
     /// opened the image keeps reading it.
     pub fn open_all_packs(&self) -> Result<()> {
-        for slot in 0..self.packs.len() {
-            self.pack(slot)?;
+        match &self.layout {
+            Layout::Blocks { map, packs } => {
+                for slot in 0..packs.len() {
+                    self.pack((map, packs), slot)?;
+                }
+            }
+            Layout::Pages(p) => p
+                .open_all_packs(&self.shared)
+                .map_err(|cause| self.block_error(0, cause))?,
         }
         Ok(())
     }
@@ -162,29 +203,35 @@ impl DiskImage {
     /// reads do not: whoever asked for a whole block has it (the kernel keeps it in its page
     /// cache), while a block read in parts will likely be asked for again.
     fn fetch_block(&self, block: u64, out: &mut [u8], keep: bool) -> Result<()> {
-        let Some(&entry) = usize::try_from(block)
-            .ok()
-            .and_then(|b| self.map.entries.get(b))
-        else {
+        if block >= self.block_count() {
             return Err(Error::InvalidArgument(format!(
                 "{}: block {block} is past the end of the disk",
                 self.label
             )));
+        }
+        let (map, packs) = match &self.layout {
+            Layout::Blocks { map, packs } => (map, packs),
+            Layout::Pages(p) => {
+                return p
+                    .read_block(&self.shared, block, out, keep)
+                    .map_err(|cause| self.block_error(block, cause));
+            }
         };
+        let entry = map.entries[block as usize];
         if entry == 0 {
             out.fill(0);
             return Ok(());
         }
         let slot = entry as usize - 1;
         let key = BlockKey {
-            pack: self.map.packs[slot],
+            pack: map.packs[slot],
             block,
         };
         if let Some(data) = self.shared.cache.get(&key) {
             out.copy_from_slice(&data);
             return Ok(());
         }
-        let handle = self.pack(slot).map_err(|e| match e {
+        let handle = self.pack((map, packs), slot).map_err(|e| match e {
             OpenError::Io { source, .. } => self.block_error(block, BlockCause::Io(source)),
             OpenError::Corrupt(c) => self.block_error(block, BlockCause::Damage(Damage::File(c))),
         })?;
@@ -212,7 +259,7 @@ impl DiskImage {
 
     /// Copies `dest.len()` bytes of `block`, starting `from` bytes into it, into `dest`.
     fn copy_from_block(&self, block: u64, from: usize, dest: &mut [u8]) -> Result<()> {
-        let bs = self.map.block_size as usize;
+        let bs = self.block_size() as usize;
         if from == 0 && dest.len() == bs {
             return self.read_block(block, dest);
         }
@@ -227,14 +274,14 @@ impl DiskImage {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the disk. Whole
     /// blocks are decoded straight into `buf`, on all cores when the read spans several.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let size = self.map.disk_size;
+        let size = self.size();
         if offset >= size {
             return Ok(0);
         }
         let len = buf
             .len()
             .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
-        let bs = u64::from(self.map.block_size);
+        let bs = u64::from(self.block_size());
         // Split the request at block boundaries: (block, offset into it, destination).
         let mut pieces = Vec::new();
         let mut rest = &mut buf[..len];
@@ -261,28 +308,39 @@ impl DiskImage {
 
     /// The first offset at or after `offset` inside a data block (SEEK_DATA), or `None`.
     pub fn next_data(&self, offset: u64) -> Option<u64> {
-        let bs = u64::from(self.map.block_size);
+        let map = match &self.layout {
+            Layout::Blocks { map, .. } => map,
+            Layout::Pages(p) => {
+                let page = p.next_data_page(&self.shared, offset >> PAGE_SHIFT)?;
+                return Some((page << PAGE_SHIFT).max(offset)).filter(|&o| o < p.size());
+            }
+        };
+        let bs = u64::from(map.block_size);
         let start = offset / bs;
-        let i = self
-            .map
+        let i = map
             .entries
             .iter()
             .skip(usize::try_from(start).ok()?)
             .position(|&e| e != 0)?;
         let block = start + i as u64;
-        Some((block * bs).max(offset)).filter(|&o| o < self.map.disk_size)
+        Some((block * bs).max(offset)).filter(|&o| o < map.disk_size)
     }
 
     /// The first offset at or after `offset` inside a hole, or the disk size (SEEK_HOLE).
     pub fn next_hole(&self, offset: u64) -> u64 {
-        let bs = u64::from(self.map.block_size);
+        let map = match &self.layout {
+            Layout::Blocks { map, .. } => map,
+            Layout::Pages(p) => {
+                let page = p.next_hole_page(&self.shared, offset >> PAGE_SHIFT);
+                return (page << PAGE_SHIFT).max(offset).min(p.size());
+            }
+        };
+        let bs = u64::from(map.block_size);
         let start = offset / bs;
         let skip = usize::try_from(start).unwrap_or(usize::MAX);
-        match self.map.entries.iter().skip(skip).position(|&e| e == 0) {
-            Some(i) => ((start + i as u64) * bs)
-                .max(offset)
-                .min(self.map.disk_size),
-            None => self.map.disk_size,
+        match map.entries.iter().skip(skip).position(|&e| e == 0) {
+            Some(i) => ((start + i as u64) * bs).max(offset).min(map.disk_size),
+            None => map.disk_size,
         }
     }
 }

@@ -36,6 +36,16 @@ pub(crate) fn recover(shared: &Shared) -> Result<()> {
             Err(e) => tracing::warn!("recovery of VM {vm} postponed: {e}"),
         }
     }
+    if shared.header.version == crate::store::format::PAGED && super::paged::gc::owed(shared) {
+        match super::paged::gc::sweep(shared) {
+            Ok(s) => {
+                for why in s.deferred {
+                    tracing::warn!("sweep postponed: {why}");
+                }
+            }
+            Err(e) => tracing::warn!("sweep postponed: {e}"),
+        }
+    }
     Ok(())
 }
 

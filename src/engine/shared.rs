@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::cache::BlockCache;
 use super::error::{Error, Result};
 use super::packs::{OpenError, PackHandle, PackRegistry};
+use super::paged::meta::{FramePackRegistry, MetaCache};
 use crate::store::layout;
 use crate::store::records::StoreHeader;
 use crate::store::storage::{LockGuard, Storage};
@@ -25,6 +26,10 @@ pub(crate) struct Shared {
     pub(crate) header: StoreHeader,
     pub(crate) cache: BlockCache,
     pub(crate) packs: PackRegistry,
+    /// Format 2: map pages, frame tables and fingerprints.
+    pub(crate) meta: MetaCache,
+    /// Format 2: open frame packs.
+    pub(crate) frame_packs: FramePackRegistry,
     /// How long to wait for the store lock before giving up as busy.
     pub(crate) lock_wait: Duration,
 }
@@ -45,14 +50,33 @@ impl Shared {
     /// not be bounded), then refusing as busy. Whoever holds it, a stuck or stopped process
     /// included, delays others by that much and no more.
     pub(crate) fn store_lock(&self) -> Result<LockGuard> {
+        self.poll_lock(|| {
+            self.storage
+                .try_lock(layout::STORE_LOCK)
+                .map_err(Error::io("taking the store lock"))
+        })
+    }
+
+    /// Format 2: the creation lock, shared with other creations and exclusive of a sweep, held
+    /// by a creation from before it looks anything up until it ends (`paged::gc`). Waits for a
+    /// running sweep as long as for the store lock. `None` in format 1.
+    pub(crate) fn creation_lock(&self) -> Result<Option<LockGuard>> {
+        if self.header.version != crate::store::format::PAGED {
+            return Ok(None);
+        }
+        self.poll_lock(|| {
+            self.storage
+                .try_lock_shared(layout::GC_LOCK)
+                .map_err(Error::io("taking the creation lock"))
+        })
+        .map(Some)
+    }
+
+    fn poll_lock(&self, try_take: impl Fn() -> Result<Option<LockGuard>>) -> Result<LockGuard> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            if let Some(g) = self
-                .storage
-                .try_lock(layout::STORE_LOCK)
-                .map_err(Error::io("taking the store lock"))?
-            {
+            if let Some(g) = try_take()? {
                 return Ok(g);
             }
             let waited = start.elapsed();

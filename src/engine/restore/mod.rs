@@ -297,7 +297,7 @@ fn write_and_verify(
     let size = image.size();
     let bs = u64::from(image.block_size());
     file.set_len(size).map_err(write_error(path))?;
-    let blocks = image.map().entries.len() as u64;
+    let blocks = image.block_count();
     // Hash of what each block of the file must hold, for the verification pass.
     let mut expected = Vec::with_capacity(blocks as usize);
     let mut buf = vec![0u8; (BATCH_BLOCKS * bs) as usize];

@@ -1,0 +1,322 @@
+//! Reading a format-2 disk restore point: a block (one frame-sized stretch of the disk) is its
+//! pages' map entries, each naming `(pack, frame, slot)`, resolved through the metadata cache and
+//! the frame cache.
+//!
+//! Cost at any depth of chain or sharing: one map-page lookup, then per distinct frame one table
+//! lookup and one decode (or a cache hit). A block whose pages are exactly one whole frame, in
+//! slot order, decodes straight into the caller's buffer, as format 1 did for whole blocks.
+//!
+//! Invariants: a read never returns bytes whose frame hash does not match; an entry naming a
+//! frame or slot its pack lacks is damage of that block alone; holes read as zeros without
+//! touching storage.
+
+use std::sync::{Arc, OnceLock};
+
+use uuid::Uuid;
+
+use super::meta::{self, FramePackHandle};
+use crate::engine::cache::BlockKey;
+use crate::engine::error::Damage;
+use crate::engine::packs::OpenError;
+use crate::engine::shared::Shared;
+use crate::store::frames::FrameEntry;
+use crate::store::pack::{BlockReadError, PackError};
+use crate::store::page::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::store::pagemap::{self, PageMap, PageRef};
+use crate::store::storage::Object;
+
+thread_local! {
+    /// Scratch for a frame decoded to serve some of its pages.
+    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Why a block could not be read.
+pub(crate) enum Cause {
+    Io(std::io::Error),
+    Damage(Damage),
+}
+
+impl From<OpenError> for Cause {
+    fn from(e: OpenError) -> Cause {
+        match e {
+            OpenError::Io { source, .. } => Cause::Io(source),
+            OpenError::Corrupt(c) => Cause::Damage(Damage::File(c)),
+        }
+    }
+}
+
+/// One format-2 disk restore point's map, open for reading.
+pub(crate) struct PagedDisk {
+    drp: Uuid,
+    key: String,
+    object: Arc<dyn Object>,
+    map: PageMap,
+    packs: Vec<OnceLock<Arc<FramePackHandle>>>,
+}
+
+impl PagedDisk {
+    /// Opens the map of disk restore point `drp`, stored under `key`.
+    pub(crate) fn open(shared: &Shared, drp: Uuid, key: &str) -> Result<PagedDisk, Cause> {
+        let object = shared.storage.open(key).map_err(Cause::Io)?;
+        let map = PageMap::open(key, &*object).map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        if map.frame_size != shared.header.block_size {
+            let c = crate::store::Corrupt::new(
+                key,
+                crate::store::CorruptKind::BlockSize,
+                format!(
+                    "map of {}-byte frames in a store of {}-byte frames",
+                    map.frame_size, shared.header.block_size
+                ),
+            );
+            return Err(Cause::Damage(Damage::Map(c)));
+        }
+        let packs = (0..map.packs.len()).map(|_| OnceLock::new()).collect();
+        Ok(PagedDisk {
+            drp,
+            key: key.to_string(),
+            object,
+            map,
+            packs,
+        })
+    }
+
+    pub(crate) fn map(&self) -> &PageMap {
+        &self.map
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.map.disk_size
+    }
+
+    /// Bytes of the disk that are not holes (whole pages).
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.map.data_pages << PAGE_SHIFT
+    }
+
+    /// The open pack in (1-based) slot `slot` of the map.
+    pub(crate) fn pack(&self, shared: &Shared, slot: u32) -> Result<Arc<FramePackHandle>, Cause> {
+        let i = slot as usize - 1;
+        if let Some(h) = self.packs[i].get() {
+            return Ok(h.clone());
+        }
+        let h = shared.frame_packs.open(
+            &*shared.storage,
+            shared.header.block_size,
+            self.map.packs[i],
+        )?;
+        // Another thread may have set it first; both handles are equivalent.
+        let _ = self.packs[i].set(h.clone());
+        Ok(h)
+    }
+
+    /// Opens every pack the map references.
+    pub(crate) fn open_all_packs(&self, shared: &Shared) -> Result<(), Cause> {
+        for slot in 1..=self.packs.len() as u32 {
+            self.pack(shared, slot)?;
+        }
+        Ok(())
+    }
+
+    /// The entries of map page `i`, or `None` when it is all holes.
+    pub(crate) fn entries(&self, shared: &Shared, i: u32) -> Result<Option<Arc<[u64]>>, Cause> {
+        if self.map.page_is_hole(i) {
+            return Ok(None);
+        }
+        meta::map_page(
+            &shared.meta,
+            (self.drp, &self.key),
+            &self.map,
+            &*self.object,
+            i,
+        )
+        .map(Some)
+        .map_err(|c| Cause::Damage(Damage::Map(c)))
+    }
+
+    /// The entries of frame-sized block `block` (`slots` of them; fewer at the end of the disk),
+    /// or `None` when the whole block is holes.
+    pub(crate) fn block_entries(
+        &self,
+        shared: &Shared,
+        block: u64,
+    ) -> Result<Option<Vec<u64>>, Cause> {
+        let slots = u64::from(page::frame_slots(self.map.frame_size));
+        let first = block * slots;
+        let (mp, at) = pagemap::locate(first);
+        let Some(entries) = self.entries(shared, mp as u32)? else {
+            return Ok(None);
+        };
+        let n = (slots.min(self.map.pages - first)) as usize;
+        // Frames never straddle map pages: 4096 entries hold a whole number of frames.
+        Ok(entries.get(at..at + n).map(<[u64]>::to_vec))
+    }
+
+    /// The table entry of `r`'s frame, checked to hold `r`'s slot.
+    fn frame_of(
+        &self,
+        shared: &Shared,
+        r: PageRef,
+    ) -> Result<(Arc<FramePackHandle>, FrameEntry), Cause> {
+        let h = self.pack(shared, r.pack)?;
+        let entry = h.frame(&shared.meta, r.frame).map_err(pack_cause)?;
+        match entry {
+            Some(e) if page::ordinal(e.mask, r.slot).is_some() => Ok((h, e)),
+            _ => Err(Cause::Damage(Damage::MissingBlock {
+                pack: h.key.clone(),
+            })),
+        }
+    }
+
+    /// Writes the content of frame-sized block `block` into `out` (exactly one frame size, zero
+    /// past the end of the disk). `keep` caches frames decoded whole for this block.
+    pub(crate) fn read_block(
+        &self,
+        shared: &Shared,
+        block: u64,
+        out: &mut [u8],
+        keep: bool,
+    ) -> Result<(), Cause> {
+        let Some(entries) = self.block_entries(shared, block)? else {
+            out.fill(0);
+            return Ok(());
+        };
+        let refs: Vec<Option<PageRef>> =
+            entries.iter().map(|&e| pagemap::decode_entry(e)).collect();
+        // The fast path: the block is one whole frame, slot i at page i.
+        if let Some(Some(first)) = refs.first()
+            && refs.len() << PAGE_SHIFT == out.len()
+            && refs.iter().enumerate().all(|(i, r)| {
+                matches!(r, Some(r) if r.pack == first.pack && r.frame == first.frame
+                    && usize::from(r.slot) == i)
+            })
+        {
+            let key = BlockKey {
+                pack: self.map.packs[first.pack as usize - 1],
+                block: u64::from(first.frame),
+            };
+            if let Some(data) = shared.cache.get(&key)
+                && data.len() == out.len()
+            {
+                out.copy_from_slice(&data);
+                return Ok(());
+            }
+            let (h, e) = self.frame_of(shared, *first)?;
+            if e.decoded_len() == out.len() {
+                h.pack
+                    .read_frame(&*h.object, &e, out)
+                    .map_err(|err| frame_cause(&h, err))?;
+                if keep && shared.cache.capacity() > 0 {
+                    shared.cache.insert(key, Arc::from(&*out));
+                }
+                return Ok(());
+            }
+        }
+        out.fill(0);
+        let mut last: Option<(u32, u32, Arc<[u8]>, u16)> = None;
+        for (i, r) in refs.iter().enumerate() {
+            let Some(r) = *r else { continue };
+            let data = match &last {
+                Some((p, f, data, mask)) if *p == r.pack && *f == r.frame => (data.clone(), *mask),
+                _ => {
+                    let (data, mask) = self.frame_data(shared, r)?;
+                    last = Some((r.pack, r.frame, data.clone(), mask));
+                    (data, mask)
+                }
+            };
+            let (data, mask) = data;
+            let Some(ord) = page::ordinal(mask, r.slot) else {
+                let pack = self.map.packs[r.pack as usize - 1].to_string();
+                return Err(Cause::Damage(Damage::MissingBlock { pack }));
+            };
+            let src = &data[ord * PAGE_SIZE..(ord + 1) * PAGE_SIZE];
+            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// The decoded pages of `r`'s frame and its mask, from the frame cache or decoded (and then
+    /// cached: the frame serves pages of other blocks or points too).
+    fn frame_data(&self, shared: &Shared, r: PageRef) -> Result<(Arc<[u8]>, u16), Cause> {
+        let (h, e) = self.frame_of(shared, r)?;
+        let key = BlockKey {
+            pack: h.pack.pack,
+            block: u64::from(r.frame),
+        };
+        if let Some(data) = shared.cache.get(&key)
+            && data.len() == e.decoded_len()
+        {
+            return Ok((data, e.mask));
+        }
+        let data: Arc<[u8]> = FRAME.with_borrow_mut(|buf| {
+            buf.resize(e.decoded_len(), 0);
+            h.pack
+                .read_frame(&*h.object, &e, buf)
+                .map_err(|err| frame_cause(&h, err))?;
+            Ok::<_, Cause>(Arc::from(&buf[..]))
+        })?;
+        if shared.cache.capacity() > 0 {
+            shared.cache.insert(key, data.clone());
+        }
+        Ok((data, e.mask))
+    }
+
+    /// The first page at or after `page` that is not a hole, or `None`. A map page that cannot
+    /// be read counts as data (reading it will report the damage).
+    pub(crate) fn next_data_page(&self, shared: &Shared, page: u64) -> Option<u64> {
+        let mut p = page;
+        while p < self.map.pages {
+            let (mp, at) = pagemap::locate(p);
+            let mp32 = u32::try_from(mp).ok()?;
+            match self.entries(shared, mp32) {
+                Ok(None) => {}
+                Ok(Some(e)) => {
+                    if let Some(i) = e.iter().skip(at).position(|&x| x != 0) {
+                        return Some(p + i as u64);
+                    }
+                }
+                Err(_) => return Some(p),
+            }
+            p = (mp + 1) * pagemap::ENTRIES_PER_PAGE as u64;
+        }
+        None
+    }
+
+    /// The first page at or after `page` that is a hole, or the page count.
+    pub(crate) fn next_hole_page(&self, shared: &Shared, page: u64) -> u64 {
+        let mut p = page;
+        while p < self.map.pages {
+            let (mp, at) = pagemap::locate(p);
+            let Ok(mp32) = u32::try_from(mp) else {
+                break;
+            };
+            match self.entries(shared, mp32) {
+                Ok(None) => return p,
+                Ok(Some(e)) => {
+                    if let Some(i) = e.iter().skip(at).position(|&x| x == 0) {
+                        return p + i as u64;
+                    }
+                }
+                Err(_) => {}
+            }
+            p = (mp + 1) * pagemap::ENTRIES_PER_PAGE as u64;
+        }
+        self.map.pages
+    }
+}
+
+fn pack_cause(e: PackError) -> Cause {
+    match e {
+        PackError::Io(e) => Cause::Io(e),
+        PackError::Corrupt(c) => Cause::Damage(Damage::File(c)),
+    }
+}
+
+fn frame_cause(h: &FramePackHandle, e: BlockReadError) -> Cause {
+    match e {
+        BlockReadError::Io(e) => Cause::Io(e),
+        BlockReadError::Decode(cause) => Cause::Damage(Damage::Block {
+            pack: h.key.clone(),
+            cause,
+        }),
+    }
+}
