@@ -21,6 +21,9 @@
 //! page a map names stays where it is.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::index::{self as dedup, IndexSet};
@@ -101,6 +104,8 @@ struct Classifier<'a> {
     prev: Option<&'a PagedDisk>,
     index: &'a IndexSet,
     ids: &'a IdKey,
+    /// Packs opened by [`Classifier::opened`].
+    fresh: Mutex<HashMap<Uuid, Option<Arc<FramePackHandle>>>>,
 }
 
 impl Classifier<'_> {
@@ -137,11 +142,7 @@ impl Classifier<'_> {
     /// in its pack. Any trouble is a miss.
     fn found(&self, id: &PageId, fp: Fingerprint) -> Option<(Uuid, u32, u8)> {
         for c in self.index.candidates(id) {
-            let Ok(h) = self.shared.frame_packs.open(
-                &*self.shared.storage,
-                self.shared.header.block_size,
-                c.pack,
-            ) else {
+            let Some(h) = self.opened(c.pack) else {
                 continue;
             };
             let r = PageRef {
@@ -156,6 +157,21 @@ impl Classifier<'_> {
             }
         }
         None
+    }
+
+    /// Pack `pack` as it is now, opened once for this creation: a handle another reader of the
+    /// process opened earlier may predate a repack (by another process) that dropped pages this
+    /// creation must not adopt. `None` when it cannot be opened (a missed saving).
+    fn opened(&self, pack: Uuid) -> Option<Arc<FramePackHandle>> {
+        let mut fresh = self.fresh.lock();
+        fresh
+            .entry(pack)
+            .or_insert_with(|| {
+                FramePackHandle::open(&*self.shared.storage, self.shared.header.block_size, pack)
+                    .ok()
+                    .map(Arc::new)
+            })
+            .clone()
     }
 
     /// Classifies block `b` (`data`: up to one frame; less only at the end of the disk) and,
@@ -419,6 +435,7 @@ pub(crate) fn ingest(
         prev: job.prev,
         index: job.index,
         ids: &ids,
+        fresh: Mutex::default(),
     };
     let map_key = layout::map(job.vm, job.disk, job.drp);
     let map_out = shared

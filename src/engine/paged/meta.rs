@@ -2,19 +2,21 @@
 //! chunks and fingerprint chunks, all through one bytes-bounded cache shared by every image and
 //! creation of the process; and the registry of open frame packs.
 //!
-//! Invariants: every key names immutable content (a map never changes; a repack keeps every
+//! Invariants: every key names immutable content (a pack's tables are keyed by the opening they
+//! were read through, since a repack rewrites a pack under its id with other offsets) (a map never changes; a repack keeps every
 //! frame index, and only clears present bits of pages no committed point references, which no
 //! reader of a committed point can ask for), so an entry never goes stale for a correct reader.
 //! Memory is the cache's capacity plus, per open pack, its directory (12 bytes per 1024 frames
 //! and 4 per 4096 pages) — nothing grows with the number of points or VMs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::engine::cache::{Cache, CacheKey, Weigh};
+use crate::engine::cache::{BlockKey, Cache, CacheKey, Weigh};
 use crate::engine::packs::OpenError;
 use crate::store::frames::{self, FrameEntry, FramePack};
 use crate::store::layout;
@@ -28,21 +30,21 @@ use crate::store::storage::{Object, Storage};
 pub(crate) enum MetaKey {
     /// Map page `1` of the map of disk restore point `0`.
     MapPage(Uuid, u32),
-    /// Table chunk `1` of pack `0`.
-    Table(Uuid, u32),
-    /// Fingerprint chunk `1` of pack `0`.
-    Fingerprints(Uuid, u32),
+    /// Table chunk `2` of generation `1` (see [`FramePackHandle::generation`]) of pack `0`.
+    Table(Uuid, u64, u32),
+    /// Fingerprint chunk `2` of generation `1` of pack `0`.
+    Fingerprints(Uuid, u64, u32),
 }
 
 impl CacheKey for MetaKey {
     fn mix(&self) -> u64 {
-        let (id, n, kind) = match *self {
-            MetaKey::MapPage(id, n) => (id, n, 1),
-            MetaKey::Table(id, n) => (id, n, 2),
-            MetaKey::Fingerprints(id, n) => (id, n, 3),
+        let (id, g, n, kind) = match *self {
+            MetaKey::MapPage(id, n) => (id, 0, n, 1),
+            MetaKey::Table(id, g, n) => (id, g, n, 2),
+            MetaKey::Fingerprints(id, g, n) => (id, g, n, 3),
         };
         let (hi, lo) = id.as_u64_pair();
-        hi ^ lo ^ (u64::from(n) << 2) ^ kind
+        hi ^ lo ^ (g << 40) ^ (u64::from(n) << 2) ^ kind
     }
 }
 
@@ -84,15 +86,55 @@ pub(crate) fn map_page(
     Ok(entries)
 }
 
+/// Numbers every pack opening in this process, so cached tables and frames of a pack that a
+/// repack replaced (same id, other offsets) are never mixed with the new file.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 /// An open frame pack: its object and validated directory.
 #[derive(Debug)]
 pub(crate) struct FramePackHandle {
     pub key: String,
     pub object: Arc<dyn Object>,
     pub pack: FramePack,
+    /// Distinguishes this opening's cache entries from another opening's of the same pack.
+    pub generation: u64,
 }
 
 impl FramePackHandle {
+    /// Opens pack `pack` (no sharing).
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        frame_size: u32,
+        pack: Uuid,
+    ) -> Result<FramePackHandle, OpenError> {
+        let key = layout::shared_pack(pack);
+        let object = storage.open(&key).map_err(|source| OpenError::Io {
+            context: format!("opening {key}"),
+            source,
+        })?;
+        let fp = FramePack::open(&key, &*object, pack, frame_size).map_err(|e| match e {
+            PackError::Io(source) => OpenError::Io {
+                context: format!("reading {key}"),
+                source,
+            },
+            PackError::Corrupt(c) => OpenError::Corrupt(c),
+        })?;
+        Ok(FramePackHandle {
+            key,
+            object,
+            pack: fp,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The frame cache's key for `frame` of this opening.
+    pub(crate) fn frame_key(&self, frame: u32) -> BlockKey {
+        BlockKey {
+            pack: self.pack.pack,
+            block: (self.generation << 32) | u64::from(frame),
+        }
+    }
+
     /// The table entry of `frame`, or `None` when the pack has no such frame.
     pub(crate) fn frame(
         &self,
@@ -103,7 +145,7 @@ impl FramePackHandle {
             return Ok(None);
         }
         let (chunk, at) = frames::table_position(frame);
-        let ck = MetaKey::Table(self.pack.pack, chunk);
+        let ck = MetaKey::Table(self.pack.pack, self.generation, chunk);
         let table = match cache.get(&ck) {
             Some(Meta::Table(t)) => t,
             _ => {
@@ -128,7 +170,7 @@ impl FramePackHandle {
             return Ok(None);
         }
         let (chunk, at) = frames::fingerprint_position(index);
-        let ck = MetaKey::Fingerprints(self.pack.pack, chunk);
+        let ck = MetaKey::Fingerprints(self.pack.pack, self.generation, chunk);
         let fps = match cache.get(&ck) {
             Some(Meta::Fingerprints(f)) => f,
             _ => {
@@ -166,23 +208,7 @@ impl FramePackRegistry {
         if let Some(h) = self.open.lock().get(&pack).and_then(Weak::upgrade) {
             return Ok(h);
         }
-        let key = layout::shared_pack(pack);
-        let object = storage.open(&key).map_err(|source| OpenError::Io {
-            context: format!("opening {key}"),
-            source,
-        })?;
-        let fp = FramePack::open(&key, &*object, pack, frame_size).map_err(|e| match e {
-            PackError::Io(source) => OpenError::Io {
-                context: format!("reading {key}"),
-                source,
-            },
-            PackError::Corrupt(c) => OpenError::Corrupt(c),
-        })?;
-        let handle = Arc::new(FramePackHandle {
-            key,
-            object,
-            pack: fp,
-        });
+        let handle = Arc::new(FramePackHandle::open(storage, frame_size, pack)?);
         let mut open = self.open.lock();
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(pack, Arc::downgrade(&handle));

@@ -15,7 +15,6 @@ use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
 use super::meta::{self, FramePackHandle};
-use crate::engine::cache::BlockKey;
 use crate::engine::error::Damage;
 use crate::engine::packs::OpenError;
 use crate::engine::shared::Shared;
@@ -190,10 +189,7 @@ impl PagedDisk {
                     && usize::from(r.slot) == i)
             })
         {
-            let key = BlockKey {
-                pack: self.map.packs[first.pack as usize - 1],
-                block: u64::from(first.frame),
-            };
+            let key = self.pack(shared, first.pack)?.frame_key(first.frame);
             if let Some(data) = shared.cache.get(&key)
                 && data.len() == out.len()
             {
@@ -238,10 +234,7 @@ impl PagedDisk {
     /// cached: the frame serves pages of other blocks or points too).
     fn frame_data(&self, shared: &Shared, r: PageRef) -> Result<(Arc<[u8]>, u16), Cause> {
         let (h, e) = self.frame_of(shared, r)?;
-        let key = BlockKey {
-            pack: h.pack.pack,
-            block: u64::from(r.frame),
-        };
+        let key = h.frame_key(r.frame);
         if let Some(data) = shared.cache.get(&key)
             && data.len() == e.decoded_len()
         {
