@@ -136,14 +136,8 @@ struct Pages {
 
 /// Adds `pages` of a frame of `total` present pages and `stored` bytes, pro rata, to `usage`.
 fn add_pro_rata(usage: &mut Usage, pages: Pages, stored: u64, total: u64) {
-    let part = |n: u64| {
-        if total == 0 {
-            0
-        } else {
-            // stored < 2^32 and n ≤ 16: no overflow.
-            stored.saturating_mul(n) / total
-        }
-    };
+    // stored < 2^32 and n ≤ 16: no overflow; a frame of no pages has no bytes to share.
+    let part = |n: u64| stored.saturating_mul(n).checked_div(total).unwrap_or(0);
     usage.referenced_bytes += part(pages.referenced);
     usage.shared_bytes += part(pages.shared);
     usage.exclusive_bytes += part(pages.exclusive);
@@ -398,9 +392,10 @@ fn attribute_pack(
         for &(v, p) in &vms_here {
             add_pro_rata(&mut vm_usage[v], p, stored, total);
         }
-        if total > 0 {
-            stats.unreferenced_bytes += stored.saturating_mul(unreferenced) / total;
-        }
+        stats.unreferenced_bytes += stored
+            .saturating_mul(unreferenced)
+            .checked_div(total)
+            .unwrap_or(0);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::Path;
 
+use rand::RngCore;
 use rand::rngs::StdRng;
 use rpfs::engine::stats::{CollectionStats, StoreStats, VmStats};
 use serde_json::Value;
@@ -84,9 +85,9 @@ struct Shared {
     b_changed: u64,
 }
 
-/// A format-2 store: VM a (collections ca: p1, p2; cx: x1) and VM b (collection cb: q1, q2).
-/// b's disk starts as a's template with 5% of its pages changed; each later point changes a
-/// few percent more, differently on each VM.
+/// A format-2 store: VM a (collections ca: p1, p2; cx: x1, made between them) and VM b
+/// (collection cb: q1, q2). b's disk starts as a's template with 5% of its pages changed; each
+/// later point changes a few percent more, differently on each VM.
 fn shared_scenario() -> Shared {
     let ts = paged_store(64 * KIB as u32);
     let mut rng = rng(seed());
@@ -94,19 +95,28 @@ fn shared_scenario() -> Shared {
     let mut a_c = template(&mut rng, &a);
     let mut b_c = a_c.clone();
     write_sparse(&b, &b_c);
-    let b_changed = change_blocks(&b, &mut b_c, PAGE, 0.05, &mut rng).len() as u64;
+    let b_pages = change_blocks(&b, &mut b_c, PAGE, 0.05, &mut rng);
+    let b_changed = b_pages.len() as u64;
     ts.vm("a", &[("os", &a)], "ca");
     ts.engine.create_collection("cx", "a", None).expect("cx");
     ts.vm("b", &[("os", &b)], "cb");
     let mut pages = [0; 5];
     pages[0] = data_pages(&a_c);
     ts.create("ca", "p1");
+    // x1 changes a few template pages b changed too: then only p1 references them, and
+    // deleting ca repacks the template frames that hold them.
+    change_blocks(&a, &mut a_c, PAGE, 0.02, &mut rng);
+    for &page in b_pages.iter().step_by(b_pages.len() / 4) {
+        let at = (page * PAGE) as usize;
+        rng.fill_bytes(&mut a_c[at..at + PAGE as usize]);
+    }
+    write_sparse(&a, &a_c);
+    pages[2] = data_pages(&a_c);
+    ts.create("cx", "x1");
+    // p2's new pages are ca's alone: their pack goes whole when ca is deleted.
     change_blocks(&a, &mut a_c, PAGE, 0.05, &mut rng);
     pages[1] = data_pages(&a_c);
     ts.create("ca", "p2");
-    change_blocks(&a, &mut a_c, PAGE, 0.02, &mut rng);
-    pages[2] = data_pages(&a_c);
-    ts.create("cx", "x1");
     pages[3] = data_pages(&b_c);
     ts.create("cb", "q1");
     change_blocks(&b, &mut b_c, PAGE, 0.03, &mut rng);
@@ -198,6 +208,7 @@ fn stats_count_logical_shared_and_exclusive_bytes_and_deleting_frees_the_exclusi
                 data - data_after
             )
         });
+    assert!(packs_after < packs_before, "p2's pack was not removed");
     assert!(
         overhead <= (packs_before - packs_after) * 16 * KIB + 4 * KIB,
         "{overhead} bytes freed beyond the frames and fingerprints, {} packs removed",
