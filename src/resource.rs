@@ -109,6 +109,7 @@ pub fn point(
                 "sizeBytes": d.size,
                 "newBlocks": d.new_blocks,
                 "storedBytes": d.stored_bytes,
+                "foundPages": d.found_pages,
                 "source": d.source,
             })).collect::<Vec<_>>(),
         },

@@ -94,6 +94,13 @@ pub enum Command {
         #[arg(long, requires = "repair")]
         yes: bool,
     },
+    /// Show what the store holds: per VM and collection, logical size, stored size, bytes
+    /// shared with other VMs and what deleting it would free
+    Stats {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             dry_run,
         } => prune(&open_store(&dir)?, collection.as_deref(), dry_run),
         Command::RunDue => run_due(&open_store(&dir)?),
+        Command::Stats { json } => {
+            let stats = open_store(&dir)?.stats()?;
+            if json {
+                return print_json(&stats);
+            }
+            output::stats(&stats);
+            Ok(())
+        }
     }
 }
 
@@ -573,7 +581,8 @@ fn point(engine: &Engine, cmd: PointCommand) -> Result<(), Failure> {
             if json {
                 return print_json(&resource::point(store_id, coll, cat.vm_by_id(p.vm_id), p));
             }
-            output::point_details(coll, p);
+            let paged = engine.header().version == rpfs::store::format::PAGED;
+            output::point_details(coll, p, paged);
             Ok(())
         }
         PointCommand::Delete { point } => {

@@ -1,6 +1,7 @@
 //! Human-readable tables and details, and JSON output.
 
 use rpfs::engine::Catalog;
+use rpfs::engine::stats::{StoreStats, Usage};
 use rpfs::store::records::{CollectionRecord, ConfigSource, PointRecord, VmRecord};
 use serde::Serialize;
 
@@ -201,7 +202,8 @@ pub fn point_table(cat: &Catalog, points: &[&PointRecord]) {
     );
 }
 
-pub fn point_details(c: &CollectionRecord, p: &PointRecord) {
+/// `paged`: the store is format 2, where a point stores pages and finds some stored already.
+pub fn point_details(c: &CollectionRecord, p: &PointRecord, paged: bool) {
     say!("name:        {}/{}", c.name, p.name);
     say!("id:          {}", p.id);
     say!("created:     {}", p.created);
@@ -210,16 +212,80 @@ pub fn point_details(c: &CollectionRecord, p: &PointRecord) {
     say!("config:      {} bytes", p.config_len);
     say!("disks:");
     for d in &p.disks {
+        let new = if paged {
+            format!(
+                "{} new pages, {} stored, {} pages found stored already",
+                d.new_blocks,
+                human(d.stored_bytes),
+                d.found_pages
+            )
+        } else {
+            format!(
+                "{} new blocks, {} stored",
+                d.new_blocks,
+                human(d.stored_bytes)
+            )
+        };
         say!(
-            "  {:<12} {:>12}  {} new blocks, {} stored  ({})",
+            "  {:<12} {:>12}  {new}  ({})",
             d.name,
             human(d.size),
-            d.new_blocks,
-            human(d.stored_bytes),
             d.source.display()
         );
     }
     for e in &p.excluded {
         say!("  {:<12} excluded", e.name);
+    }
+}
+
+/// `rpfs stats`: the store's totals, then one row per VM and per collection (indented).
+pub fn stats(s: &StoreStats) {
+    say!(
+        "store (format {}): {} stored ({} packs, {} index, {} maps), {} logical, dedup ratio {:.2}",
+        s.format,
+        human(s.stored_bytes),
+        human(s.pack_bytes),
+        human(s.index_bytes),
+        human(s.map_bytes),
+        human(s.logical_bytes),
+        s.dedup_ratio
+    );
+    if s.unreferenced_bytes > 0 {
+        say!(
+            "{} stored that no restore point references (freed by the next deletion)",
+            human(s.unreferenced_bytes)
+        );
+    }
+    let row = |name: String, points: u64, u: &Usage| {
+        vec![
+            name,
+            points.to_string(),
+            human(u.logical_bytes),
+            human(u.referenced_bytes),
+            human(u.shared_bytes),
+            human(u.exclusive_bytes),
+        ]
+    };
+    let mut rows = Vec::new();
+    for v in &s.vms {
+        rows.push(row(v.name.clone(), v.points, &v.usage));
+        for c in &v.collections {
+            rows.push(row(format!("  {}", c.name), c.points, &c.usage));
+        }
+    }
+    say!("");
+    table(
+        &[
+            "VM / COLLECTION",
+            "POINTS",
+            "LOGICAL",
+            "STORED",
+            "SHARED",
+            "FREED IF DELETED",
+        ],
+        rows,
+    );
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
     }
 }

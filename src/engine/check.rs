@@ -839,6 +839,7 @@ mod tests {
                     new_blocks: 1,
                     stored_bytes: 1,
                     has_pack: true,
+                    found_pages: 0,
                 })
                 .collect(),
             excluded: Vec::new(),

@@ -89,6 +89,8 @@ pub struct Ingested {
     pub stored_bytes: u64,
     pub has_pack: bool,
     pub bytes_read: u64,
+    /// Format 2: pages found stored elsewhere (deduplicated); 0 in format 1.
+    pub found_pages: u64,
 }
 
 /// One batch's buffers: the blocks as read, and their compressed forms back to back.
@@ -373,5 +375,6 @@ pub(crate) fn ingest(
         stored_bytes,
         has_pack,
         bytes_read,
+        found_pages: 0,
     })
 }

@@ -44,6 +44,7 @@ pub mod restore;
 pub mod schedule;
 mod shared;
 pub mod source;
+pub mod stats;
 pub mod vms;
 
 use std::sync::Arc;

@@ -253,6 +253,11 @@ pub struct DiskPointRecord {
     pub stored_bytes: u64,
     /// True when a pack `<drp_id>.pack` was written.
     pub has_pack: bool,
+    /// Format 2: pages of the disk this point did not store because they were found stored
+    /// already (by another disk, VM or point; pages unchanged since the previous point are not
+    /// counted). 0 in format 1 and in records written before it existed.
+    #[serde(default)]
+    pub found_pages: u64,
 }
 
 /// A disk left out of a point.

@@ -6,7 +6,7 @@
 //! - reference-model properties and the fuzz targets replayed: `model`, `fuzz_replay`;
 //! - the filesystem core without a kernel, errno by errno: `vfs`;
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
-//!   `roundtrip`, `schedule`, `repair`;
+//!   `roundtrip`, `schedule`, `repair`, `stats`;
 //! - real mounts: `mount`, `files`, `partitions`;
 //! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `hostile`, `recovery`;
 //! - a hostile local user against root's rpfs: `security`.
@@ -37,4 +37,5 @@ mod repair;
 mod roundtrip;
 mod schedule;
 mod security;
+mod stats;
 mod vfs;

@@ -551,6 +551,7 @@ pub(crate) fn ingest(
         stored_bytes,
         has_pack: false,
         bytes_read,
+        found_pages: result.found_pages,
     };
     Ok(result)
 }

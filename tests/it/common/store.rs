@@ -262,3 +262,17 @@ pub fn golden(points: usize) -> Golden {
         sources: BTreeMap::from([("os".into(), os_c), ("data".into(), data_c)]),
     }
 }
+
+/// A format-2 store (pages in shared frame packs, deduplicated across disks and VMs) with
+/// frames of `frame_size` bytes, in a temporary directory.
+pub fn paged_store(frame_size: u32) -> TestStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(dir.path().join("store")).expect("store dir");
+    let engine = Engine::init_format(
+        Arc::new(LocalStorage::new(dir.path().join("store"))),
+        frame_size,
+        rpfs::store::format::PAGED,
+    )
+    .expect("init format-2 store");
+    TestStore { dir, engine }
+}
