@@ -52,9 +52,12 @@ def rpfs_store(store, vms):
     collection of its own name; returns the environment that names the store."""
     env = dict(os.environ, RPFS_STORE=store)
     rpfs = rpfs_bin()
-    # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K).
+    # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K), and
+    # RPFS_BENCH_FORMAT another store format (e.g. 2).
     block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
-    run(rpfs, "init", *(["--block-size", block] if block else []), env=env)
+    fmt = os.environ.get("RPFS_BENCH_FORMAT")
+    run(rpfs, "init", *(["--block-size", block] if block else []),
+        *(["--format", fmt] if fmt else []), env=env)
     for vm, disks in vms.items():
         run(rpfs, "vm", "add", vm, *[f"--disk={d}={p}" for d, p in disks.items()], env=env)
         run(rpfs, "collection", "create", vm, "--vm", vm, env=env)

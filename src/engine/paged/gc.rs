@@ -202,6 +202,12 @@ fn sweep_pack(
     let object = storage.open(key).map_err(|e| e.to_string())?;
     let fp = FramePack::open(key, &*object, pack, shared.header.block_size)
         .map_err(|e| e.to_string())?;
+    // Maps name only present pages, so as many live pages as present ones means all are live,
+    // known from the directory alone: most packs are never scanned.
+    let live_pages: u64 = live.iter().map(|&(_, m)| u64::from(m.count_ones())).sum();
+    if live_pages >= u64::from(fp.page_count()) {
+        return Ok(None);
+    }
     let mut table = Vec::with_capacity(fp.frame_count() as usize);
     for chunk in 0..fp.table_chunks() {
         table.extend(
