@@ -306,6 +306,24 @@ impl DiskImage {
         Ok(len)
     }
 
+    /// Format 1: per block, the pack holding it (`None` for a hole), with the block size. A
+    /// block is named by its pack and its number, so two points whose entries for a block are
+    /// the same pack hold the same bytes there. `None` for format 2.
+    pub(crate) fn stored_blocks(&self) -> Option<(u64, Vec<Option<Uuid>>)> {
+        let Layout::Blocks { map, .. } = &self.layout else {
+            return None;
+        };
+        let blocks = map
+            .entries
+            .iter()
+            .map(|&e| match e {
+                0 => None,
+                e => map.packs.get(e as usize - 1).copied(),
+            })
+            .collect();
+        Some((u64::from(map.block_size), blocks))
+    }
+
     /// The first offset at or after `offset` inside a data block (SEEK_DATA), or `None`.
     pub fn next_data(&self, offset: u64) -> Option<u64> {
         let map = match &self.layout {

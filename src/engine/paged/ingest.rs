@@ -253,6 +253,31 @@ impl Classifier<'_> {
         })
     }
 
+    /// Block `b` (of `n` pages) as the previous point has it, page for page, without reading
+    /// the source: for a source that knows the block unchanged (`Source::unchanged_blocks`).
+    /// `None` when the previous point has nothing there (the block is then read).
+    fn reuse(&self, b: u64, n: usize) -> Result<Option<BlockOut>> {
+        let (Some(prev), Some(entries)) = (self.prev, self.prev_entries(b)?) else {
+            return Ok(None);
+        };
+        if entries.len() != n {
+            return Ok(None);
+        }
+        let mut pages = Vec::with_capacity(n);
+        for e in entries {
+            pages.push(match pagemap::decode_entry(e) {
+                None => Page::Hole,
+                Some(r) => {
+                    let h = prev
+                        .pack(self.shared, r.pack)
+                        .map_err(|c| self.prev_error(c))?;
+                    Page::At(h.pack.pack, r.frame, r.slot)
+                }
+            });
+        }
+        Ok(Some(BlockOut { pages, frame: None }))
+    }
+
     /// When the previous point's `entries` are one whole frame in slot order whose hash is `h`,
     /// the pages as that frame's.
     fn same_frame(&self, entries: &[u64], h: u128) -> Result<Option<Vec<Page>>> {
@@ -324,7 +349,19 @@ fn read_batch(
     let size = source.info.size;
     let first = index * per_batch;
     let count = per_batch.min(blocks - first);
-    let mask = source.data_blocks(first, count, fs);
+    let mut mask = source.data_blocks(first, count, fs);
+    // Blocks a migrated source knows unchanged are the previous point's: not read.
+    let mut reused: Vec<Option<BlockOut>> = (0..count).map(|_| None).collect();
+    if let Some(unchanged) = source.unchanged_blocks(first, count, fs) {
+        let covered = (count * fs).min(size - first * fs);
+        for (i, (m, u)) in mask.iter_mut().zip(unchanged).enumerate() {
+            if *m && u {
+                let len = (covered - i as u64 * fs).min(fs) as usize;
+                reused[i] = c.reuse(first + i as u64, len.div_ceil(PAGE_SIZE))?;
+                *m = reused[i].is_none();
+            }
+        }
+    }
     let mut bytes_read = 0;
     let covered = (count * fs).min(size - first * fs);
     if let (Some(a), Some(b)) = (mask.iter().position(|m| *m), mask.iter().rposition(|m| *m)) {
@@ -342,6 +379,10 @@ fn read_batch(
     let mut out_blocks = Vec::with_capacity(count as usize);
     for (i, (&present, block_data)) in mask.iter().zip(data.chunks(c.fs)).enumerate() {
         let b = first + i as u64;
+        if let Some(block) = reused[i].take() {
+            out_blocks.push(block);
+            continue;
+        }
         out_blocks.push(if present {
             c.classify(b, block_data, &mut earlier, i, &mut bufs.out)?
         } else {
