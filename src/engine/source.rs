@@ -24,6 +24,11 @@
 //! file checked. Everything after the open reads through that descriptor, never the path again.
 //! VMs added before this was recorded follow their paths as before, except a last component that
 //! is a link in a directory other users can write.
+//!
+//! `rpfs migrate` ingests a restore point of another store instead of a file: such a source reads
+//! through the point's `DiskImage`, reports holes from its map, and may report blocks known
+//! unchanged since the previous migrated point (`Source::unchanged_blocks`), which ingest takes
+//! from that point without reading them.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Seek, SeekFrom};

@@ -54,10 +54,15 @@ fn json(store: &Path, args: &[&str]) -> Value {
 /// A format-1 store (`rpfs init` makes format 1 by default) with two VMs whose OS disks start
 /// identical, holes in every image, an excluded disk and points in two collections of vm1.
 fn old_store() -> Old {
+    old_store_of("64K")
+}
+
+/// [`old_store`] with blocks of `block_size`.
+fn old_store_of(block_size: &str) -> Old {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = Old { dir };
     let store = old.store();
-    run(&store, &["init"]);
+    run(&store, &["init", "--block-size", block_size]);
     let header = std::fs::read_to_string(store.join("rpfs.store")).expect("header");
     assert!(!header.contains("\"version\": 2"), "{header}");
     let mut r = rng(seed());
@@ -286,9 +291,37 @@ fn a_format_1_store_migrates_point_for_point_and_a_second_run_copies_nothing() {
         "a second migrate changed the store"
     );
 
+    // Format 2 into format 2 is a plain copy.
+    let again = old.new_store("again");
+    run(&again, &["migrate", "--from", new.to_str().expect("utf-8")]);
+    assert_same(&new, &again, &want);
+
     // The format-1 store still reads and takes points with this build.
     run(&old.store(), &["point", "create", "c1", "p5"]);
     expect_exit(rpfs_at(&old.store()).args(["check", "--read-data"]), 0);
+}
+
+#[test]
+fn stores_of_smaller_and_larger_blocks_than_the_frame_migrate() {
+    for bs in ["16K", "256K"] {
+        let old = old_store_of(bs);
+        let want = images(&old.store());
+        let new = old.new_store("new");
+        let out = json(
+            &new,
+            &[
+                "migrate",
+                "--from",
+                old.store().to_str().expect("utf-8"),
+                "--json",
+            ],
+        );
+        assert_eq!(
+            out["copied"].as_array().expect("copied").len(),
+            POINTS.len()
+        );
+        assert_same(&old.store(), &new, &want);
+    }
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //!   same batch has it;
 //! - **new**: otherwise. A block's new pages are compressed together as one frame.
 //!
+//! A block its source knows unchanged since the previous point (only `rpfs migrate`'s sources
+//! know this, from the old store's map) is taken page for page from the previous point's map
+//! without being read.
+//!
 //! The new frames go into store-wide packs (`data/`), rolled over every [`PACK_PAGES`] pages;
 //! each pack is published, then its index segment, then (after every pack) the map.
 //!
