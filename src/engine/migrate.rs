@@ -66,9 +66,9 @@ pub struct MigratedPoint {
     pub bytes_stored: u64,
 }
 
-/// The stored identity of each block of a format-1 point's disk (`None` for a hole), and the
-/// block size it is in.
-type StoredBlocks = (u64, Vec<Option<Uuid>>);
+/// The stored identity of each block of a format-1 point's disk: its block size, its map's
+/// packs and entries (4 bytes per block: 0 for a hole, else 1 + the pack's position).
+type StoredBlocks = (u64, Vec<Uuid>, Vec<u32>);
 
 /// The source's previous point of a disk: its point id and its blocks' identities.
 struct Previous {
@@ -115,12 +115,9 @@ impl Engine {
                         p.name, vm.name
                     ))
                 })?;
-                let here = self.catalog()?;
-                if here.point(&coll.name, &p.name).is_ok() {
-                    out.skipped += 1;
-                } else {
-                    let copied = self.copy_point(from, vm, coll, p, &previous, progress)?;
-                    out.copied.push(copied);
+                match self.copy_point(from, vm, coll, p, &previous, progress)? {
+                    Some(copied) => out.copied.push(copied),
+                    None => out.skipped += 1,
                 }
                 for d in &p.disks {
                     let blocks = stored_blocks(&from.open_disk(&coll.name, p, &d.name)?);
@@ -179,8 +176,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Copies point `p` of collection `coll` of `from`, as a creation would commit it; see the
-    /// module documentation.
+    /// Copies point `p` of collection `coll` of `from`, as a creation would commit it, unless
+    /// the collection (here the same record as there) has a point of that name (`None`); see
+    /// the module documentation.
     fn copy_point(
         &self,
         from: &Engine,
@@ -189,10 +187,16 @@ impl Engine {
         p: &PointRecord,
         previous: &HashMap<Uuid, Previous>,
         progress: &dyn Progress,
-    ) -> Result<MigratedPoint> {
+    ) -> Result<Option<MigratedPoint>> {
         let storage = &*self.shared.storage;
         let _lock = self.vm_lock(vm)?;
         let points = catalog::load_points(storage, vm.id)?;
+        if points
+            .iter()
+            .any(|x| x.collection_id == coll.id && x.name == p.name)
+        {
+            return Ok(None);
+        }
         if let Some(last) = points.last()
             && last.seq >= p.seq
         {
@@ -223,7 +227,7 @@ impl Engine {
             Ok(out) => {
                 let _ = pending::end(&self.shared, vm.id, &mut op, false);
                 paged::after_creation(&self.shared);
-                Ok(out)
+                Ok(Some(out))
             }
             Err(e) => {
                 let _ = pending::end(&self.shared, vm.id, &mut op, true);
@@ -345,12 +349,22 @@ fn stored_blocks(image: &DiskImage) -> Option<StoredBlocks> {
 /// Per block, whether `now` names the same stored block as `before` (holes included: a hole
 /// is skipped as a hole anyway).
 fn unchanged(before: &StoredBlocks, now: &StoredBlocks) -> (u64, Vec<bool>) {
-    let (unit, now) = now;
-    let same_unit = before.0 == *unit;
-    let known = now
+    let (unit, packs, entries) = now;
+    let pack = |packs: &[Uuid], e: u32| {
+        (e as usize)
+            .checked_sub(1)
+            .and_then(|i| packs.get(i).copied())
+    };
+    let known = entries
         .iter()
         .enumerate()
-        .map(|(i, b)| same_unit && before.1.get(i) == Some(b))
+        .map(|(i, &e)| {
+            before.0 == *unit
+                && before
+                    .2
+                    .get(i)
+                    .is_some_and(|&b| pack(&before.1, b) == pack(packs, e))
+        })
         .collect();
     (*unit, known)
 }
@@ -382,7 +396,7 @@ fn verify(old: &DiskImage, copy: &DiskImage, source: &Source, fs: u64) -> Result
                 continue;
             }
             let at = (first + i) * fs;
-            if !data[i as usize] && copy.next_data(at).is_none_or(|d| d >= at + fs) {
+            if !data[i as usize] && copy.next_data_before(at, at + fs).is_none() {
                 // A hole in both: nothing stored to compare (both read as zeros).
                 continue;
             }

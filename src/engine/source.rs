@@ -650,10 +650,10 @@ fn image_data_blocks(image: &DiskImage, first: u64, count: u64, block_size: u64)
     let mut mask = vec![false; count as usize];
     let mut pos = start;
     while pos < end {
-        let Some(data) = image.next_data(pos).filter(|&d| d < end) else {
+        let Some(data) = image.next_data_before(pos, end) else {
             break;
         };
-        let hole = image.next_hole(data).min(end).max(data + 1);
+        let hole = image.next_hole_before(data, end).max(data + 1);
         let (a, b) = (data / block_size, hole.div_ceil(block_size));
         for m in &mut mask[(a - first) as usize..(b - first) as usize] {
             *m = true;
