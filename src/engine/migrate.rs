@@ -413,3 +413,23 @@ fn verify(old: &DiskImage, copy: &DiskImage, source: &Source, fs: u64) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_unchanged_when_it_names_the_same_pack() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        // Before: [a, hole, b, a]; now the packs are listed in another order.
+        let before: StoredBlocks = (65536, vec![a, b], vec![1, 0, 2, 1]);
+        let now: StoredBlocks = (65536, vec![b, a, c], vec![2, 0, 3, 1, 1]);
+        assert_eq!(
+            unchanged(&before, &now),
+            (65536, vec![true, true, false, false, false])
+        );
+        // Another block size: nothing is known.
+        let other: StoredBlocks = (16384, vec![a], vec![1, 0, 2, 1]);
+        assert_eq!(unchanged(&other, &now).1, vec![false; 5]);
+    }
+}

@@ -591,17 +591,7 @@ impl Source {
         else {
             return None;
         };
-        // A block is unchanged when every unit it overlaps is.
-        let unit = *unit;
-        Some(
-            (first..first + count)
-                .map(|b| {
-                    let start = b * block_size / unit;
-                    let end = ((b + 1) * block_size).div_ceil(unit);
-                    (start..end).all(|u| known.get(u as usize).copied().unwrap_or(true))
-                })
-                .collect(),
-        )
+        Some(all_units_unchanged(*unit, known, first, count, block_size))
     }
 
     /// For blocks `first..first+count` of `block_size` bytes, whether each may hold data. Holes
@@ -643,6 +633,25 @@ impl Source {
     }
 }
 
+/// For blocks `first..first+count` of `block_size` bytes, whether every unit of `unit` bytes
+/// each overlaps is `known` unchanged (units past the end of `known` are past the end of the
+/// disk, where nothing changes).
+fn all_units_unchanged(
+    unit: u64,
+    known: &[bool],
+    first: u64,
+    count: u64,
+    block_size: u64,
+) -> Vec<bool> {
+    (first..first + count)
+        .map(|b| {
+            let start = b * block_size / unit;
+            let end = ((b + 1) * block_size).div_ceil(unit);
+            (start..end).all(|u| known.get(u as usize).copied().unwrap_or(true))
+        })
+        .collect()
+}
+
 /// [`Source::data_blocks`] of a restore point's image, from its map: no storage is read.
 fn image_data_blocks(image: &DiskImage, first: u64, count: u64, block_size: u64) -> Vec<bool> {
     let start = first * block_size;
@@ -668,6 +677,23 @@ mod tests {
     use super::*;
     use crate::engine::error::ErrorKind;
     use std::io::Write;
+
+    #[test]
+    fn a_block_is_unchanged_when_every_unit_it_overlaps_is() {
+        let known = [true, true, false, true, true, true, true, true];
+        // Units of 16 KiB under blocks of 64 KiB: the first block has a changed unit.
+        assert_eq!(
+            all_units_unchanged(16 << 10, &known, 0, 2, 64 << 10),
+            [false, true]
+        );
+        // Units of 256 KiB over blocks of 64 KiB: each block follows its unit.
+        assert_eq!(
+            all_units_unchanged(256 << 10, &known[..3], 4, 8, 64 << 10),
+            [true, true, true, true, false, false, false, false]
+        );
+        // Equal sizes: the units themselves.
+        assert_eq!(all_units_unchanged(4096, &known, 0, 8, 4096), known);
+    }
 
     #[test]
     fn sparse_file_holes_are_found() {
