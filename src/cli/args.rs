@@ -85,7 +85,8 @@ pub enum Command {
     /// store, made with `rpfs init --format 2`: same names, times and contents; points already
     /// here are skipped, so an interrupted run is resumed by running it again
     Migrate {
-        /// The store to copy from; it is only read
+        /// The store to copy from; migrate only reads it (opening it finishes an operation a
+        /// crash interrupted there, as every command does)
         #[arg(long, value_name = "OLD_STORE_DIR")]
         from: PathBuf,
         /// Print what was done as JSON

@@ -152,8 +152,8 @@ fn migrate(engine: &Engine, from: &Path, json: bool) -> Result<(), Failure> {
         );
     }
     say!(
-        "migrated {} into {}: {} VMs and {} collections added, {} restore points copied, {} \
-         already here",
+        "migrated {} into {}: VMs added {}, collections added {}, restore points copied {}, \
+         already here {}",
         from.display(),
         engine.header().store_id,
         out.vms_added.len(),
