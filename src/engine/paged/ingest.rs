@@ -353,11 +353,11 @@ fn read_batch(
     let size = source.info.size;
     let first = index * per_batch;
     let count = per_batch.min(blocks - first);
+    let covered = (count * fs).min(size - first * fs);
     let mut mask = source.data_blocks(first, count, fs);
     // Blocks a migrated source knows unchanged are the previous point's: not read.
     let mut reused: Vec<Option<BlockOut>> = (0..count).map(|_| None).collect();
     if let Some(unchanged) = source.unchanged_blocks(first, count, fs) {
-        let covered = (count * fs).min(size - first * fs);
         for (i, (m, u)) in mask.iter_mut().zip(unchanged).enumerate() {
             if *m && u {
                 let len = (covered - i as u64 * fs).min(fs) as usize;
@@ -366,17 +366,29 @@ fn read_batch(
             }
         }
     }
-    let mut bytes_read = 0;
-    let covered = (count * fs).min(size - first * fs);
-    if let (Some(a), Some(b)) = (mask.iter().position(|m| *m), mask.iter().rposition(|m| *m)) {
+    // One read from the first block with data to the last (holes between cost a file nothing);
+    // around reused blocks, one read per run of blocks to read, since they would cost a decode.
+    let any_reused = reused.iter().any(Option::is_some);
+    let mut at = 0;
+    while let Some(a) = mask[at..].iter().position(|m| *m).map(|a| a + at) {
+        let b = if any_reused {
+            mask[a..]
+                .iter()
+                .position(|m| !*m)
+                .map_or(mask.len(), |n| a + n)
+                - 1
+        } else {
+            mask.iter().rposition(|m| *m).unwrap_or(a)
+        };
         let from = a * c.fs;
         let to = ((b + 1) * c.fs).min(covered as usize);
         source.read_at(
             &mut bufs.data.as_mut_slice()[from..to],
             (first + a as u64) * fs,
         )?;
-        bytes_read = mask.iter().filter(|m| **m).count() as u64 * fs;
+        at = b + 1;
     }
+    let bytes_read = mask.iter().filter(|m| **m).count() as u64 * fs;
     let data = &bufs.data.as_slice()[..covered as usize];
     bufs.out.clear();
     let mut earlier = HashMap::new();
