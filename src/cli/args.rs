@@ -81,6 +81,18 @@ pub enum Command {
     },
     /// Run every schedule that is due, once, and exit (for cron or a systemd timer)
     RunDue,
+    /// Copy every VM, collection and restore point of an older store (format 1) into this
+    /// store, made with `rpfs init --format 2`: same names, times and contents; points already
+    /// here are skipped, so an interrupted run is resumed by running it again
+    Migrate {
+        /// The store to copy from; migrate only reads it (opening it finishes an operation a
+        /// crash interrupted there, as every command does)
+        #[arg(long, value_name = "OLD_STORE_DIR")]
+        from: PathBuf,
+        /// Print what was done as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the store's structure and indexes (and every block with --read-data)
     Check {
         /// Also read every stored block and verify its hash

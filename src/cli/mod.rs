@@ -12,6 +12,7 @@ pub use failure::{Failure, exit, failure};
 use store::{default_store, load_catalog, open_store};
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -116,7 +117,59 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             output::stats(&stats);
             Ok(())
         }
+        Command::Migrate { from, json } => migrate(&open_store(&dir)?, &from, json),
     }
+}
+
+/// `rpfs migrate --from OLD [--json]`: one line per point copied, then a summary.
+fn migrate(engine: &Engine, from: &Path, json: bool) -> Result<(), Failure> {
+    let old = open_store(from)?;
+    let out = if json {
+        engine.migrate_from(&old, &rpfs::engine::progress::Silent)?
+    } else {
+        engine.migrate_from(&old, &Bar::new())?
+    };
+    if json {
+        let copied: Vec<_> = out
+            .copied
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "collection": p.collection,
+                    "point": p.point,
+                    "bytesRead": p.bytes_read,
+                    "bytesStored": p.bytes_stored,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "from": from,
+            "vmsAdded": out.vms_added,
+            "collectionsAdded": out.collections_added,
+            "copied": copied,
+            "skipped": out.skipped,
+        }));
+    }
+    for p in &out.copied {
+        say!(
+            "copied {}/{}: read {}, stored {} (verified)",
+            p.collection,
+            p.point,
+            human(p.bytes_read),
+            human(p.bytes_stored)
+        );
+    }
+    say!(
+        "migrated {} into {}: VMs added {}, collections added {}, restore points copied {}, \
+         already here {}",
+        from.display(),
+        engine.header().store_id,
+        out.vms_added.len(),
+        out.collections_added.len(),
+        out.copied.len(),
+        out.skipped
+    );
+    Ok(())
 }
 
 /// `rpfs prune [COLLECTION] [--dry-run]`: one line per point, the same with and without

@@ -684,7 +684,7 @@ fn reflink_clone(source: &Source, point: Uuid) -> Option<File> {
         }
         Err(_) => return None,
     };
-    reflink_copy::reflink_file(source.file(), &clone).ok()?;
+    reflink_copy::reflink_file(source.file()?, &clone).ok()?;
     Some(clone)
 }
 

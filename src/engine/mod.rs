@@ -30,6 +30,7 @@ pub mod error;
 mod gc;
 mod hooks;
 pub mod ingest;
+pub mod migrate;
 pub mod names;
 mod packs;
 pub(crate) mod paged;

@@ -306,6 +306,21 @@ impl DiskImage {
         Ok(len)
     }
 
+    /// Format 1: the block size, the map's packs and its entries (per block, 0 for a hole, else
+    /// 1 + the pack's position). A block is named by its pack and its number, so two points
+    /// whose entries for a block name the same pack hold the same bytes there. `None` for
+    /// format 2.
+    pub(crate) fn stored_blocks(&self) -> Option<(u64, Vec<Uuid>, Vec<u32>)> {
+        let Layout::Blocks { map, .. } = &self.layout else {
+            return None;
+        };
+        Some((
+            u64::from(map.block_size),
+            map.packs.clone(),
+            map.entries.to_vec(),
+        ))
+    }
+
     /// The first offset at or after `offset` inside a data block (SEEK_DATA), or `None`.
     pub fn next_data(&self, offset: u64) -> Option<u64> {
         let map = match &self.layout {
@@ -324,6 +339,60 @@ impl DiskImage {
             .position(|&e| e != 0)?;
         let block = start + i as u64;
         Some((block * bs).max(offset)).filter(|&o| o < map.disk_size)
+    }
+
+    /// [`DiskImage::next_data`] before `end`: the search stops there (format 1 scans its map,
+    /// so a search without an end would cost the rest of the disk each time).
+    pub(crate) fn next_data_before(&self, offset: u64, end: u64) -> Option<u64> {
+        let map = match &self.layout {
+            Layout::Blocks { map, .. } => map,
+            Layout::Pages(p) => {
+                let end = end.min(p.size());
+                let page = p.next_data_page_before(
+                    &self.shared,
+                    offset >> PAGE_SHIFT,
+                    end.div_ceil(1 << PAGE_SHIFT),
+                )?;
+                return Some((page << PAGE_SHIFT).max(offset)).filter(|&o| o < end);
+            }
+        };
+        let bs = u64::from(map.block_size);
+        let (start, stop) = (offset / bs, end.min(map.disk_size).div_ceil(bs));
+        let i = map
+            .entries
+            .get(usize::try_from(start).ok()?..usize::try_from(stop).ok()?)?
+            .iter()
+            .position(|&e| e != 0)?;
+        Some(((start + i as u64) * bs).max(offset)).filter(|&o| o < end.min(map.disk_size))
+    }
+
+    /// [`DiskImage::next_hole`], looking no further than `end`: at most `end` when there is no
+    /// hole before it (format 1 scans its map; see [`DiskImage::next_data_before`]).
+    pub(crate) fn next_hole_before(&self, offset: u64, end: u64) -> u64 {
+        let end = end.min(self.size());
+        let map = match &self.layout {
+            Layout::Blocks { map, .. } => map,
+            Layout::Pages(p) => {
+                let page = p.next_hole_page_before(
+                    &self.shared,
+                    offset >> PAGE_SHIFT,
+                    end.div_ceil(1 << PAGE_SHIFT),
+                );
+                return (page << PAGE_SHIFT).max(offset).min(end);
+            }
+        };
+        let bs = u64::from(map.block_size);
+        let (start, stop) = (offset / bs, end.div_ceil(bs));
+        let range = usize::try_from(start).unwrap_or(usize::MAX)
+            ..usize::try_from(stop).unwrap_or(usize::MAX);
+        match map
+            .entries
+            .get(range)
+            .and_then(|e| e.iter().position(|&e| e == 0))
+        {
+            Some(i) => ((start + i as u64) * bs).max(offset).min(end),
+            None => end,
+        }
     }
 
     /// The first offset at or after `offset` inside a hole, or the disk size (SEEK_HOLE).

@@ -24,18 +24,25 @@
 //! file checked. Everything after the open reads through that descriptor, never the path again.
 //! VMs added before this was recorded follow their paths as before, except a last component that
 //! is a link in a directory other users can write.
+//!
+//! `rpfs migrate` ingests a restore point of another store instead of a file: such a source reads
+//! through the point's `DiskImage`, reports holes from its map, and may report blocks known
+//! unchanged since the previous migrated point (`Source::unchanged_blocks`), which ingest takes
+//! from that point without reading them.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, FcntlArg, OFlag, OpenHow, ResolveFlag, fcntl, openat2};
 use nix::unistd::{Whence, lseek};
 
 use super::error::{Error, Result, SourceProblem};
+use super::read::DiskImage;
 use crate::store::records::{AddedAs, PathKind};
 use crate::store::storage::DIRECT_ALIGN;
 
@@ -444,8 +451,26 @@ pub struct Source {
     pub info: SourceInfo,
     /// What the path is (recorded by `vm add`).
     pub added_as: AddedAs,
-    file: File,
-    direct: Option<File>,
+    backing: Backing,
+}
+
+/// What a source's bytes are read from.
+#[derive(Debug)]
+enum Backing {
+    /// A file or block device; `direct` is its O_DIRECT descriptor where it takes one.
+    File { file: File, direct: Option<File> },
+    /// A disk restore point of another store (`rpfs migrate`).
+    Image(ImageBacking),
+}
+
+/// A disk restore point read as a source: its holes are the image's, and blocks known to equal
+/// the previous point's (same stored block in the source store) may be reported unchanged.
+#[derive(Debug)]
+struct ImageBacking {
+    image: Arc<DiskImage>,
+    /// Per block of `unchanged_unit` bytes: whether it is the stored block the previous
+    /// migrated point of this disk had.
+    unchanged: Option<(u64, Vec<bool>)>,
 }
 
 impl Source {
@@ -459,23 +484,56 @@ impl Source {
             path: path.to_path_buf(),
             info,
             added_as: opened.added_as,
-            direct: reopen_direct(&opened.file),
-            file: opened.file,
+            backing: Backing::File {
+                direct: reopen_direct(&opened.file),
+                file: opened.file,
+            },
         })
+    }
+
+    /// Disk `disk` of a restore point (of another store) as a source, recorded with the source
+    /// path `path` it had. `unchanged`: per block of `unit` bytes of the image, whether that
+    /// block is known to read as the previous point's (see [`Source::unchanged_blocks`]).
+    pub(crate) fn from_image(
+        disk: &str,
+        path: &Path,
+        image: Arc<DiskImage>,
+        unchanged: Option<(u64, Vec<bool>)>,
+    ) -> Source {
+        Source {
+            disk: disk.to_string(),
+            path: path.to_path_buf(),
+            info: SourceInfo {
+                kind: SourceKind::File,
+                size: image.size(),
+                allocated: image.allocated_bytes(),
+            },
+            added_as: AddedAs {
+                symlink: false,
+                linked_dirs: false,
+                kind: PathKind::File,
+            },
+            backing: Backing::Image(ImageBacking { image, unchanged }),
+        }
     }
 
     /// The same disk read from `clone`, a reflink clone of this source (same size), instead.
     pub fn with_clone(self, clone: File) -> Source {
         Source {
-            direct: reopen_direct(&clone),
-            file: clone,
+            backing: Backing::File {
+                direct: reopen_direct(&clone),
+                file: clone,
+            },
             ..self
         }
     }
 
-    /// The descriptor the source is read through.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The descriptor the source is read through; `None` for a restore point's image.
+    pub fn file(&self) -> Option<&File> {
+        match &self.backing {
+            Backing::File { file, .. } => Some(file),
+            Backing::Image(_) => None,
+        }
     }
 
     fn read_error(&self, e: io::Error) -> Error {
@@ -490,37 +548,69 @@ impl Source {
     /// Reads `buf.len()` bytes at `offset`, zero-filling past the end of the source. Aligned
     /// requests are read directly when the source allows it.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let (file, direct) = match &self.backing {
+            Backing::File { file, direct } => (file, direct),
+            Backing::Image(b) => {
+                let n = b.image.read_at(offset, buf)?;
+                buf[n..].fill(0);
+                return Ok(());
+            }
+        };
         let aligned = buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
             && buf.len().is_multiple_of(DIRECT_ALIGN)
             && offset.is_multiple_of(DIRECT_ALIGN as u64);
-        let n = match &self.direct {
+        let n = match direct {
             Some(direct) if aligned => match read_up_to(direct, buf, offset) {
                 Ok(n) => n,
                 // A device or filesystem that refuses this direct read: read it buffered.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    read_up_to(&self.file, buf, offset).map_err(|e| self.read_error(e))?
+                    read_up_to(file, buf, offset).map_err(|e| self.read_error(e))?
                 }
                 Err(e) => return Err(self.read_error(e)),
             },
-            _ => read_up_to(&self.file, buf, offset).map_err(|e| self.read_error(e))?,
+            _ => read_up_to(file, buf, offset).map_err(|e| self.read_error(e))?,
         };
         buf[n..].fill(0);
         Ok(())
+    }
+
+    /// For blocks `first..first+count` of `block_size` bytes, whether each is known to read as
+    /// the previous point of the same disk did (only a migrated restore point knows this): the
+    /// caller may take those blocks from the previous point without reading them. `None`: no
+    /// block is known unchanged.
+    pub(crate) fn unchanged_blocks(
+        &self,
+        first: u64,
+        count: u64,
+        block_size: u64,
+    ) -> Option<Vec<bool>> {
+        let Backing::Image(ImageBacking {
+            unchanged: Some((unit, known)),
+            ..
+        }) = &self.backing
+        else {
+            return None;
+        };
+        Some(all_units_unchanged(*unit, known, first, count, block_size))
     }
 
     /// For blocks `first..first+count` of `block_size` bytes, whether each may hold data. Holes
     /// of sparse files are found with SEEK_DATA/SEEK_HOLE and cost no reads; block devices and
     /// filesystems without hole reporting count as all data.
     pub fn data_blocks(&self, first: u64, count: u64, block_size: u64) -> Vec<bool> {
-        if self.info.kind == SourceKind::BlockDevice {
-            return vec![true; count as usize];
-        }
+        let file = match &self.backing {
+            Backing::File { .. } if self.info.kind == SourceKind::BlockDevice => {
+                return vec![true; count as usize];
+            }
+            Backing::File { file, .. } => file,
+            Backing::Image(b) => return image_data_blocks(&b.image, first, count, block_size),
+        };
         let start = first * block_size;
         let end = ((first + count) * block_size).min(self.info.size);
         let mut mask = vec![false; count as usize];
         let mut pos = start;
         while pos < end {
-            let data = match lseek(&self.file, pos as i64, Whence::SeekData) {
+            let data = match lseek(file, pos as i64, Whence::SeekData) {
                 Ok(d) => d as u64,
                 // ENXIO: no data after `pos`.
                 Err(nix::errno::Errno::ENXIO) => break,
@@ -529,7 +619,7 @@ impl Source {
             if data >= end {
                 break;
             }
-            let hole = match lseek(&self.file, data as i64, Whence::SeekHole) {
+            let hole = match lseek(file, data as i64, Whence::SeekHole) {
                 Ok(h) => (h as u64).min(end),
                 Err(_) => return vec![true; count as usize],
             };
@@ -543,11 +633,67 @@ impl Source {
     }
 }
 
+/// For blocks `first..first+count` of `block_size` bytes, whether every unit of `unit` bytes
+/// each overlaps is `known` unchanged (units past the end of `known` are past the end of the
+/// disk, where nothing changes).
+fn all_units_unchanged(
+    unit: u64,
+    known: &[bool],
+    first: u64,
+    count: u64,
+    block_size: u64,
+) -> Vec<bool> {
+    (first..first + count)
+        .map(|b| {
+            let start = b * block_size / unit;
+            let end = ((b + 1) * block_size).div_ceil(unit);
+            (start..end).all(|u| known.get(u as usize).copied().unwrap_or(true))
+        })
+        .collect()
+}
+
+/// [`Source::data_blocks`] of a restore point's image, from its map: no storage is read.
+fn image_data_blocks(image: &DiskImage, first: u64, count: u64, block_size: u64) -> Vec<bool> {
+    let start = first * block_size;
+    let end = ((first + count) * block_size).min(image.size());
+    let mut mask = vec![false; count as usize];
+    let mut pos = start;
+    while pos < end {
+        let Some(data) = image.next_data_before(pos, end) else {
+            break;
+        };
+        let hole = image.next_hole_before(data, end).max(data + 1);
+        let (a, b) = (data / block_size, hole.div_ceil(block_size));
+        for m in &mut mask[(a - first) as usize..(b - first) as usize] {
+            *m = true;
+        }
+        pos = hole;
+    }
+    mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::error::ErrorKind;
     use std::io::Write;
+
+    #[test]
+    fn a_block_is_unchanged_when_every_unit_it_overlaps_is() {
+        let known = [true, true, false, true, true, true, true, true];
+        // Units of 16 KiB under blocks of 64 KiB: the first block has a changed unit.
+        assert_eq!(
+            all_units_unchanged(16 << 10, &known, 0, 2, 64 << 10),
+            [false, true]
+        );
+        // Units of 256 KiB over blocks of 64 KiB: each block follows its unit.
+        assert_eq!(
+            all_units_unchanged(256 << 10, &known[..3], 4, 8, 64 << 10),
+            [true, true, true, true, false, false, false, false]
+        );
+        // Equal sizes: the units themselves.
+        assert_eq!(all_units_unchanged(4096, &known, 0, 8, 4096), known);
+    }
 
     #[test]
     fn sparse_file_holes_are_found() {

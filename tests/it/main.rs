@@ -29,6 +29,7 @@ mod hooks;
 mod hostile;
 mod incremental;
 mod limits;
+mod migrate;
 mod model;
 mod mount;
 mod partitions;

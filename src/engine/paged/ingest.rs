@@ -11,6 +11,10 @@
 //!   same batch has it;
 //! - **new**: otherwise. A block's new pages are compressed together as one frame.
 //!
+//! A block its source knows unchanged since the previous point (only `rpfs migrate`'s sources
+//! know this, from the old store's map) is taken page for page from the previous point's map
+//! without being read.
+//!
 //! The new frames go into store-wide packs (`data/`), rolled over every [`PACK_PAGES`] pages;
 //! each pack is published, then its index segment, then (after every pack) the map.
 //!
@@ -269,6 +273,31 @@ impl Classifier<'_> {
         })
     }
 
+    /// Block `b` (of `n` pages) as the previous point has it, page for page, without reading
+    /// the source: for a source that knows the block unchanged (`Source::unchanged_blocks`).
+    /// `None` when the previous point has nothing there (the block is then read).
+    fn reuse(&self, b: u64, n: usize) -> Result<Option<BlockOut>> {
+        let (Some(prev), Some(entries)) = (self.prev, self.prev_entries(b)?) else {
+            return Ok(None);
+        };
+        if entries.len() != n {
+            return Ok(None);
+        }
+        let mut pages = Vec::with_capacity(n);
+        for e in entries {
+            pages.push(match pagemap::decode_entry(e) {
+                None => Page::Hole,
+                Some(r) => {
+                    let h = prev
+                        .pack(self.shared, r.pack)
+                        .map_err(|c| self.prev_error(c))?;
+                    Page::At(h.pack.pack, r.frame, r.slot)
+                }
+            });
+        }
+        Ok(Some(BlockOut { pages, frame: None }))
+    }
+
     /// When the previous point's `entries` are one whole frame in slot order whose hash is `h`,
     /// the pages as that frame's.
     fn same_frame(&self, entries: &[u64], h: u128) -> Result<Option<Vec<Page>>> {
@@ -340,24 +369,52 @@ fn read_batch(
     let size = source.info.size;
     let first = index * per_batch;
     let count = per_batch.min(blocks - first);
-    let mask = source.data_blocks(first, count, fs);
-    let mut bytes_read = 0;
     let covered = (count * fs).min(size - first * fs);
-    if let (Some(a), Some(b)) = (mask.iter().position(|m| *m), mask.iter().rposition(|m| *m)) {
+    let mut mask = source.data_blocks(first, count, fs);
+    // Blocks a migrated source knows unchanged are the previous point's: not read.
+    let mut reused: Vec<Option<BlockOut>> = (0..count).map(|_| None).collect();
+    if let Some(unchanged) = source.unchanged_blocks(first, count, fs) {
+        for (i, (m, u)) in mask.iter_mut().zip(unchanged).enumerate() {
+            if *m && u {
+                let len = (covered - i as u64 * fs).min(fs) as usize;
+                reused[i] = c.reuse(first + i as u64, len.div_ceil(PAGE_SIZE))?;
+                *m = reused[i].is_none();
+            }
+        }
+    }
+    // One read from the first block with data to the last (holes between cost a file nothing);
+    // around reused blocks, one read per run of blocks to read, since they would cost a decode.
+    let any_reused = reused.iter().any(Option::is_some);
+    let mut at = 0;
+    while let Some(a) = mask[at..].iter().position(|m| *m).map(|a| a + at) {
+        let b = if any_reused {
+            mask[a..]
+                .iter()
+                .position(|m| !*m)
+                .map_or(mask.len(), |n| a + n)
+                - 1
+        } else {
+            mask.iter().rposition(|m| *m).unwrap_or(a)
+        };
         let from = a * c.fs;
         let to = ((b + 1) * c.fs).min(covered as usize);
         source.read_at(
             &mut bufs.data.as_mut_slice()[from..to],
             (first + a as u64) * fs,
         )?;
-        bytes_read = mask.iter().filter(|m| **m).count() as u64 * fs;
+        at = b + 1;
     }
+    let bytes_read = mask.iter().filter(|m| **m).count() as u64 * fs;
     let data = &bufs.data.as_slice()[..covered as usize];
     bufs.out.clear();
     let mut earlier = HashMap::new();
     let mut out_blocks = Vec::with_capacity(count as usize);
     for (i, (&present, block_data)) in mask.iter().zip(data.chunks(c.fs)).enumerate() {
         let b = first + i as u64;
+        if let Some(block) = reused[i].take() {
+            out_blocks.push(block);
+            continue;
+        }
         out_blocks.push(if present {
             c.classify(b, block_data, &mut earlier, i, &mut bufs.out)?
         } else {

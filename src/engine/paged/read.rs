@@ -256,8 +256,18 @@ impl PagedDisk {
     /// The first page at or after `page` that is not a hole, or `None`. A map page that cannot
     /// be read counts as data (reading it will report the damage).
     pub(crate) fn next_data_page(&self, shared: &Shared, page: u64) -> Option<u64> {
+        self.next_data_page_before(shared, page, self.map.pages)
+    }
+
+    /// [`PagedDisk::next_data_page`], looking no further than page `end` (exclusive).
+    pub(crate) fn next_data_page_before(
+        &self,
+        shared: &Shared,
+        page: u64,
+        end: u64,
+    ) -> Option<u64> {
         let mut p = page;
-        while p < self.map.pages {
+        while p < self.map.pages.min(end) {
             let (mp, at) = pagemap::locate(p);
             let mp32 = u32::try_from(mp).ok()?;
             match self.entries(shared, mp32) {
@@ -276,8 +286,14 @@ impl PagedDisk {
 
     /// The first page at or after `page` that is a hole, or the page count.
     pub(crate) fn next_hole_page(&self, shared: &Shared, page: u64) -> u64 {
+        self.next_hole_page_before(shared, page, self.map.pages)
+    }
+
+    /// [`PagedDisk::next_hole_page`], looking no further than page `end`: at most `end` when
+    /// there is no hole before it.
+    pub(crate) fn next_hole_page_before(&self, shared: &Shared, page: u64, end: u64) -> u64 {
         let mut p = page;
-        while p < self.map.pages {
+        while p < self.map.pages.min(end) {
             let (mp, at) = pagemap::locate(p);
             let Ok(mp32) = u32::try_from(mp) else {
                 break;
