@@ -311,6 +311,7 @@ impl Engine {
                 new_blocks: i.new_blocks,
                 stored_bytes: i.stored_bytes,
                 has_pack: i.has_pack,
+                found_pages: i.found_pages,
             });
             sources.push(source);
         }
