@@ -27,7 +27,7 @@ pub enum Command {
         block_size: u64,
         /// On-disk format: 1 (whole blocks per disk chain) or 2 (4 KiB pages, deduplicated
         /// across disks and VMs; block size up to 64K)
-        #[arg(long, default_value_t = rpfs::store::format::VERSION, hide = true)]
+        #[arg(long, default_value_t = rpfs::store::format::VERSION)]
         format: u32,
     },
     /// Manage source VMs

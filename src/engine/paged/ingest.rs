@@ -6,7 +6,8 @@
 //! - **same**: its fingerprint equals the previous point's page at the same offset (checked
 //!   first for the whole block against the previous frame's hash, which costs what format 1's
 //!   block compare did), so the new map names the same `(pack, frame, slot)`;
-//! - **found**: its BLAKE3 id is in the dedup index (another disk, VM or point stored it) and the
+//! - **found**: the whole frame's BLAKE3 id is in the dedup index (a clone's unchanged block:
+//!   one hash and one lookup for all its pages), or the page's BLAKE3 id is (another disk, VM or point stored it) and the
 //!   candidate checks out in its pack (slot present, same fingerprint), or an earlier page of the
 //!   same batch has it;
 //! - **new**: otherwise. A block's new pages are compressed together as one frame.
@@ -79,6 +80,8 @@ struct NewFrame {
     at: std::ops::Range<usize>,
     fingerprints: Vec<Fingerprint>,
     ids: Vec<PageId>,
+    /// The id of the whole frame, when every page of it is new.
+    frame_id: Option<PageId>,
 }
 
 struct Buffers {
@@ -178,6 +181,29 @@ impl Classifier<'_> {
             .clone()
     }
 
+    /// The pages of a whole stored frame whose bytes have id `fid` and xxh3-128 `h` (the
+    /// frame hash a pack keeps), checked in its pack.
+    fn found_frame(&self, fid: &PageId, h: u128) -> Option<Vec<Page>> {
+        for c in self.index.candidates(fid) {
+            let Some(handle) = self.opened(c.pack) else {
+                continue;
+            };
+            if let Ok(Some(e)) = handle.frame(&self.shared.meta, c.frame)
+                && c.slot == 0
+                && e.hash == h
+                && e.decoded_len() == self.fs
+            {
+                let slots = self.fs / PAGE_SIZE;
+                return Some(
+                    (0..slots)
+                        .map(|s| Page::At(c.pack, c.frame, s as u8))
+                        .collect(),
+                );
+            }
+        }
+        None
+    }
+
     /// Classifies block `b` (`data`: up to one frame; less only at the end of the disk) and,
     /// when it has new pages, encodes them onto the end of `out`.
     fn classify(
@@ -208,6 +234,14 @@ impl Classifier<'_> {
                 frame: None,
             });
         }
+        // A whole frame stored already (the everyday case of a clone's first point): one id
+        // and one lookup for the block instead of one per page.
+        let frame_id = whole.then(|| self.ids.page_id(data));
+        if let Some(fid) = &frame_id
+            && let Some(pages) = self.found_frame(fid, h)
+        {
+            return Ok(BlockOut { pages, frame: None });
+        }
         let mut pages = Vec::with_capacity(n);
         let mut new = NewFrame {
             mask: 0,
@@ -216,6 +250,7 @@ impl Classifier<'_> {
             at: 0..0,
             fingerprints: Vec::new(),
             ids: Vec::new(),
+            frame_id: None,
         };
         let mut raw = Vec::new();
         for (slot, p) in data.chunks(PAGE_SIZE).enumerate() {
@@ -260,6 +295,9 @@ impl Classifier<'_> {
         }
         if new.mask == 0 {
             return Ok(BlockOut { pages, frame: None });
+        }
+        if usize::try_from(new.mask.count_ones()).is_ok_and(|c| c * PAGE_SIZE == self.fs) {
+            new.frame_id = frame_id;
         }
         let encoded = frames::encode_frame(&raw);
         let at = out.len();
@@ -550,6 +588,14 @@ pub(crate) fn ingest(
                     .append(f.mask, &encoded, &f.fingerprints)
                     .map_err(Error::io(format!("writing {}", p.key)))?;
                 let slots = (0..16u8).filter(|s| f.mask & (1 << s) != 0);
+                if let Some(fid) = f.frame_id {
+                    p.entries.push(IndexEntry {
+                        id: fid,
+                        pack: p.id,
+                        frame,
+                        slot: 0,
+                    });
+                }
                 for (slot, id) in slots.zip(&f.ids) {
                     p.entries.push(IndexEntry {
                         id: *id,
