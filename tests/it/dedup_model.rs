@@ -362,7 +362,7 @@ fn run(shape: Shape, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn shared_pages_survive_any_deletion_and_are_freed_with_their_last_point(
