@@ -10,7 +10,8 @@
 //! exactly the referenced pages: what the crash left behind is freed. A real `rpfs` process
 //! killed with SIGKILL mid-deletion is checked the same way.
 //!
-//! `RPFS_CRASH_STATES` sets the number of power-cut states per step (default 4).
+//! `RPFS_CRASH_STATES` sets the number of power-cut states per step (default 4), `RPFS_KILLS`
+//! the number of SIGKILLs (default 24).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
