@@ -264,18 +264,26 @@ pub fn golden(points: usize) -> Golden {
 }
 
 impl TestStore {
-    /// A new store of on-disk format 2 (page maps over store-wide frame packs) with frames of
-    /// `block_size` bytes.
-    pub fn paged(block_size: u32) -> TestStore {
+    /// As [`TestStore::new`], in store format `version` (`rpfs::store::format::PAGED` for
+    /// format 2, whose frame size is `block_size`).
+    pub fn new_format(block_size: u32, version: u32) -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("store")).expect("store dir");
         let engine = Engine::init_format(
             Arc::new(LocalStorage::new(dir.path().join("store"))),
             block_size,
-            rpfs::store::format::PAGED,
+            version,
         )
-        .expect("init format 2 store");
+        .expect("init store");
         TestStore { dir, engine }
+    }
+}
+
+impl TestStore {
+    /// A new store of on-disk format 2 (page maps over store-wide frame packs) with frames of
+    /// `block_size` bytes.
+    pub fn paged(block_size: u32) -> TestStore {
+        TestStore::new_format(block_size, rpfs::store::format::PAGED)
     }
 }
 
