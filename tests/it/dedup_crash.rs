@@ -35,8 +35,8 @@ use crate::common::store::{
 use crate::common::sys::{env_count, rng, seed};
 
 const PAGE: usize = 4096;
-/// Pages of A's disk (768 KiB) and of the frames (16 KiB).
-const PAGES: usize = 192;
+/// Pages of A's disk (512 KiB) and of the frames (16 KiB).
+const PAGES: usize = 128;
 const FRAME: u32 = 16 << 10;
 
 /// A store with VMs A and B sharing most pages, and what each point must read.
