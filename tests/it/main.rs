@@ -3,12 +3,14 @@
 //! runs one area: `cargo test --test it -- vfs::` (or `mount::daemon::`, `crash::`).
 //!
 //! By tier of the testing pyramid (STYLE.md; the unit tests live in `src/`):
-//! - reference-model properties and the fuzz targets replayed: `model`, `fuzz_replay`;
+//! - reference-model properties and the fuzz targets replayed: `model`, `dedup_model`,
+//!   `fuzz_replay`;
 //! - the filesystem core without a kernel, errno by errno: `vfs`;
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
 //!   `roundtrip`, `schedule`, `repair`, `stats`;
 //! - real mounts: `mount`, `files`, `partitions`;
-//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `hostile`, `recovery`;
+//! - crashes, faults and damage: `crashsim`, `dedup_crash`, `crash`, `faults`, `damage`,
+//!   `hostile`, `recovery`;
 //! - a hostile local user against root's rpfs: `security`.
 //!
 //! Tests that need FUSE or root skip with a note, unless `RPFS_REQUIRE_FUSE=1` (as in CI) makes
@@ -22,6 +24,8 @@ mod cli;
 mod crash;
 mod crashsim;
 mod damage;
+mod dedup_crash;
+mod dedup_model;
 mod faults;
 mod files;
 mod fuzz_replay;

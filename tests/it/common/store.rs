@@ -276,3 +276,184 @@ pub fn paged_store(frame_size: u32) -> TestStore {
     .expect("init format-2 store");
     TestStore { dir, engine }
 }
+
+impl TestStore {
+    /// As [`TestStore::new`], in store format `version` (`rpfs::store::format::PAGED` for
+    /// format 2, whose frame size is `block_size`).
+    pub fn new_format(block_size: u32, version: u32) -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("store")).expect("store dir");
+        let engine = Engine::init_format(
+            Arc::new(LocalStorage::new(dir.path().join("store"))),
+            block_size,
+            version,
+        )
+        .expect("init store");
+        TestStore { dir, engine }
+    }
+}
+
+impl TestStore {
+    /// A new store of on-disk format 2 (page maps over store-wide frame packs) with frames of
+    /// `block_size` bytes.
+    pub fn paged(block_size: u32) -> TestStore {
+        TestStore::new_format(block_size, rpfs::store::format::PAGED)
+    }
+}
+
+/// What the frame packs of a format 2 store hold against what its committed maps reference,
+/// page by page (`pack frame slot`), from the store's files alone.
+#[derive(Debug, Default)]
+pub struct PageAccount {
+    /// Pages some committed map references.
+    pub referenced: u64,
+    /// Pages the packs hold.
+    pub present: u64,
+    /// Pages a pack holds that no committed map references (what a sweep must free).
+    pub unreferenced: Vec<String>,
+    /// Pages a committed map references that no pack holds (freed while still in use).
+    pub missing: Vec<String>,
+    /// Temporaries under `data/` and `index/`, and segments none of whose packs exist.
+    pub leftovers: Vec<String>,
+}
+
+impl PageAccount {
+    /// True when the packs hold exactly what the maps reference, and nothing else lies about.
+    pub fn exact(&self) -> bool {
+        self.unreferenced.is_empty() && self.missing.is_empty() && self.leftovers.is_empty()
+    }
+}
+
+/// Keys of the objects under `dir` (two levels for `data/`, one for `index/`).
+fn objects_under(
+    storage: &dyn rpfs::store::storage::Storage,
+    dir: &str,
+    depth: usize,
+) -> Vec<String> {
+    let names = match storage.list(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("listing {dir}: {e}"),
+    };
+    names
+        .into_iter()
+        .flat_map(|n| {
+            let key = format!("{dir}/{n}");
+            if depth > 1 {
+                objects_under(storage, &key, depth - 1)
+            } else {
+                vec![key]
+            }
+        })
+        .collect()
+}
+
+/// Pack objects under `data/` and segment objects under `index/`, temporaries included.
+pub fn paged_objects(store: &Path) -> (Vec<String>, Vec<String>) {
+    let storage = LocalStorage::new(store);
+    (
+        objects_under(&storage, rpfs::store::layout::DATA, 2),
+        objects_under(&storage, rpfs::store::layout::INDEX, 1),
+    )
+}
+
+/// Accounts every page of the format 2 store at `store` against the committed maps of
+/// `engine`'s catalog (see [`PageAccount`]). Panics on an unreadable map or pack.
+pub fn page_account(store: &Path, engine: &Engine) -> PageAccount {
+    use rpfs::store::frames::FramePack;
+    use rpfs::store::layout::{self, Name};
+    use rpfs::store::pagemap::PageMap;
+    use rpfs::store::refs::RefSet;
+    use rpfs::store::storage::Storage;
+
+    let storage = LocalStorage::new(store);
+    let frame_size = engine.header().block_size;
+    let cat = engine.catalog().expect("catalog");
+    let mut live = RefSet::new();
+    for p in &cat.points {
+        for d in &p.disks {
+            let key = layout::map(p.vm_id, d.disk_id, d.drp_id);
+            let obj = storage
+                .open(&key)
+                .unwrap_or_else(|e| panic!("map {key} of a committed point: {e}"));
+            let map = PageMap::open(&key, &*obj).unwrap_or_else(|e| panic!("{key}: {e}"));
+            live.union_with(&map.summary(&key, &*obj).expect("map summary"));
+        }
+    }
+    let mut out = PageAccount {
+        referenced: live.page_count(),
+        ..PageAccount::default()
+    };
+    let (packs, segments) = paged_objects(store);
+    let mut present = std::collections::BTreeSet::new();
+    for key in packs {
+        let name = key.rsplit('/').next().expect("name");
+        let Name::Pack(pack) = layout::classify(name) else {
+            out.leftovers.push(key);
+            continue;
+        };
+        present.insert(pack);
+        let obj = storage.open(&key).expect("open pack");
+        let fp =
+            FramePack::open(&key, &*obj, pack, frame_size).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let wanted = live.frames(pack);
+        let want = |f: u32| {
+            wanted
+                .binary_search_by_key(&f, |&(frame, _)| frame)
+                .map_or(0, |i| wanted[i].1)
+        };
+        let mut frame = 0u32;
+        for chunk in 0..fp.table_chunks() {
+            for e in fp
+                .table_chunk(&key, &*obj, chunk)
+                .unwrap_or_else(|e| panic!("{key} table: {e}"))
+            {
+                out.present += u64::from(e.mask.count_ones());
+                let extra = e.mask & !want(frame);
+                let lacking = want(frame) & !e.mask;
+                if extra != 0 {
+                    out.unreferenced
+                        .push(format!("{pack} frame {frame} slots {extra:#06x}"));
+                }
+                if lacking != 0 {
+                    out.missing
+                        .push(format!("{pack} frame {frame} slots {lacking:#06x}"));
+                }
+                frame += 1;
+            }
+        }
+        if let Some(&(f, m)) = wanted.iter().find(|&&(f, _)| f >= frame) {
+            out.missing
+                .push(format!("{pack} frame {f} slots {m:#06x} (past its table)"));
+        }
+    }
+    for pack in live.packs() {
+        if !present.contains(&pack) {
+            out.missing.push(format!("{pack}: the whole pack"));
+        }
+    }
+    for key in segments {
+        let name = key.rsplit('/').next().expect("name");
+        match layout::classify(name) {
+            Name::Segment(_) => {
+                let obj = storage.open(&key).expect("open segment");
+                let seg = rpfs::store::index::Segment::open(&key, &*obj)
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+                if seg.packs().iter().all(|p| !present.contains(p)) {
+                    out.leftovers
+                        .push(format!("{key} (none of its packs exist)"));
+                }
+            }
+            _ => out.leftovers.push(key),
+        }
+    }
+    out
+}
+
+/// Records that a sweep is owed (the store's own debt marker), so the next open sweeps.
+pub fn owe_sweep(store: &Path) {
+    use rpfs::store::storage::Storage;
+    LocalStorage::new(store)
+        .put(rpfs::store::layout::GC_OWED, b"")
+        .expect("gc-owed");
+}
