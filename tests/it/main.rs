@@ -8,7 +8,7 @@
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
 //!   `roundtrip`, `schedule`, `repair`;
 //! - real mounts: `mount`, `files`, `partitions`;
-//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `hostile`, `recovery`;
+//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `damage_paged`, `hostile`, `recovery`;
 //! - a hostile local user against root's rpfs: `security`.
 //!
 //! Tests that need FUSE or root skip with a note, unless `RPFS_REQUIRE_FUSE=1` (as in CI) makes
@@ -22,6 +22,7 @@ mod cli;
 mod crash;
 mod crashsim;
 mod damage;
+mod damage_paged;
 mod faults;
 mod files;
 mod fuzz_replay;

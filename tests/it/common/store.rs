@@ -262,3 +262,19 @@ pub fn golden(points: usize) -> Golden {
         sources: BTreeMap::from([("os".into(), os_c), ("data".into(), data_c)]),
     }
 }
+
+impl TestStore {
+    /// As [`TestStore::new`], in store format `version` (`rpfs::store::format::PAGED` for
+    /// format 2, whose frame size is `block_size`).
+    pub fn new_format(block_size: u32, version: u32) -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("store")).expect("store dir");
+        let engine = Engine::init_format(
+            Arc::new(LocalStorage::new(dir.path().join("store"))),
+            block_size,
+            version,
+        )
+        .expect("init store");
+        TestStore { dir, engine }
+    }
+}
