@@ -47,6 +47,9 @@ struct MapRef {
     label: String,
 }
 
+/// An open pack and its referenced frames (index, table entry).
+type PackFrames = (Arc<FramePackHandle>, Vec<(u32, FrameEntry)>);
+
 /// What the per-VM part of a format-2 check gathered for the store-wide part.
 #[derive(Default)]
 pub(crate) struct PagedCheck {
@@ -357,7 +360,7 @@ impl PagedCheck {
             }
         }
         let mut dead_pages = false;
-        let mut frames: Vec<(Arc<FramePackHandle>, Vec<(u32, FrameEntry)>)> = Vec::new();
+        let mut frames: Vec<PackFrames> = Vec::new();
         for (&pack, h) in &self.packs {
             let Some(h) = h else { continue };
             let live = self.live.frames(pack);
@@ -514,7 +517,7 @@ impl PagedCheck {
     fn read_data(
         &self,
         engine: &Engine,
-        frames: &[(Arc<FramePackHandle>, Vec<(u32, FrameEntry)>)],
+        frames: &[PackFrames],
         progress: &dyn Progress,
         report: &mut CheckReport,
     ) -> Result<()> {
