@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use rpfs::store::LocalStorage;
 use rpfs::store::format::PAGED;
-use rpfs::store::frames::{FramePack, table_position};
+use rpfs::store::frames::{self, FramePack, table_position};
+use rpfs::store::index;
 use rpfs::store::layout;
 use rpfs::store::pagemap::{self, PageMap};
 use rpfs::store::records::PointRecord;
+use rpfs::store::refs::RefSet;
 use rpfs::store::storage::Storage;
 use uuid::Uuid;
 
@@ -325,4 +327,120 @@ fn owed_sweep_is_noted() {
     assert!(!err.contains("note:"), "{err}");
     assert!(!f.file(layout::GC_OWED).exists());
     assert_eq!(f.cat("p1", "disk").as_deref(), Some(&f.gens[0][..]));
+}
+
+#[test]
+fn wrong_fingerprint_is_found_by_read_data() {
+    let f = Fixture::new();
+    let (pack, frame) = f.frame_of(0, "disk", STABLE);
+    let key = layout::shared_pack(pack);
+    let storage = f.storage();
+    let obj = storage.open(&key).expect("open pack");
+    let fp = FramePack::open(&key, &*obj, pack, BS as u32).expect("pack");
+    let (chunk, at) = table_position(frame);
+    let e = fp.table_chunk(&key, &*obj, chunk).expect("table")[at];
+    drop(obj);
+    // The trailer's fingerprint section offset (at len - 40), then this frame's first page's.
+    let mut bytes = fs::read(f.file(&key)).expect("read");
+    let n = bytes.len();
+    let fp_offset = u64::from_le_bytes(bytes[n - 40..n - 32].try_into().expect("8 bytes"));
+    bytes[(fp_offset + 16 * u64::from(e.first_page)) as usize] ^= 1;
+    frames::reseal(&mut bytes);
+    fs::write(f.file(&key), &bytes).expect("write");
+    f.check(&[], 0);
+    let (_, err) = f.check(&["--read-data"], 10);
+    for p in ["p1", "p2"] {
+        assert!(
+            err.contains(&format!(
+                "restore point c1/{p} disk 'disk' block {STABLE} (offset {}): damaged: page 0 \
+                 does not match its fingerprint",
+                STABLE * BS
+            )),
+            "{p}:\n{err}"
+        );
+    }
+    // The frame's hash still holds: the data reads.
+    assert_eq!(f.cat("p1", "disk").as_deref(), Some(&f.gens[0][..]));
+}
+
+#[test]
+fn index_entry_naming_other_bytes_is_damage_found_by_read_data() {
+    let f = Fixture::new();
+    let seg = index_segments(&f.ts.store_path())[0].clone();
+    let mut bytes = fs::read(&seg).expect("read");
+    // Byte 30 of the first entry's id: neither its fence (bytes 0..8) nor its filter bits
+    // (8..24), and the order of ids stays; resealed, the segment verifies.
+    bytes[4096 + 30] ^= 1;
+    index::reseal(&mut bytes);
+    fs::write(&seg, &bytes).expect("write");
+    let name = seg
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    f.check(&[], 0);
+    let (_, err) = f.check(&["--read-data"], 10);
+    assert!(
+        err.contains(&format!(
+            "problem: index/{name}: damaged (1 entries name pages whose bytes have another id)"
+        )),
+        "{err}"
+    );
+    let (out, _) = f.check(&["--repair", "--yes"], 0);
+    assert!(out.contains(&format!("removed index/{name}")), "{out}");
+    f.check(&["--read-data"], 0);
+}
+
+/// Rewrites the summary of the map at `path` as `edit` makes it, everything else kept.
+fn rewrite_summary(path: &Path, edit: impl FnOnce(RefSet) -> RefSet) {
+    let b = fs::read(path).expect("read map");
+    let t = b.len() - pagemap::TRAILER_LEN;
+    let field =
+        |at: usize| u64::from_le_bytes(b[t + at..t + at + 8].try_into().expect("8 bytes")) as usize;
+    let (s, len, packs_at, dir_at) = (field(8), field(16), field(24), field(32));
+    let set = RefSet::decode("map", &b[s..s + len], 1 << 30).expect("summary");
+    let new = edit(set).encode();
+    let mut out = b[..s].to_vec();
+    out.extend_from_slice(&new);
+    out.extend_from_slice(&b[packs_at..]);
+    let t2 = out.len() - pagemap::TRAILER_LEN;
+    let moved = |v: usize| ((v + new.len() - len) as u64).to_le_bytes();
+    out[t2 + 16..t2 + 24].copy_from_slice(&(new.len() as u64).to_le_bytes());
+    out[t2 + 24..t2 + 32].copy_from_slice(&moved(packs_at));
+    out[t2 + 32..t2 + 40].copy_from_slice(&moved(dir_at));
+    pagemap::reseal(&mut out);
+    fs::write(path, out).expect("write map");
+}
+
+#[test]
+fn summary_disagreeing_with_entries_is_damage_and_stops_the_sweep() {
+    let f = Fixture::new();
+    let key = f.map_key(0, "other");
+    // The summary forgets one page: a sweep trusting it would free a page p1 reads.
+    rewrite_summary(&f.file(&key), |set| {
+        let pack = set.packs().next().expect("a pack");
+        let (frame, mask) = set.frames(pack)[0];
+        let mut one = RefSet::new();
+        one.insert(pack, frame, mask.trailing_zeros() as u8);
+        set.difference(&one)
+    });
+    let (_, err) = f.check(&[], 10);
+    assert!(
+        err.contains("restore point c1/p1 disk 'other': page map damaged: its summary names"),
+        "{err}"
+    );
+    // With garbage to free, the repair frees none of it: what the store references is unsure.
+    let (pack, _) = f.frame_of(0, "other", 0);
+    let stray = layout::shared_pack(Uuid::new_v4());
+    fs::create_dir_all(f.file(&stray).parent().expect("dir")).expect("mkdir");
+    fs::copy(f.file(&layout::shared_pack(pack)), f.file(&stray)).expect("plant");
+    let before = snapshot(&f.ts.store_path());
+    let (out, err) = f.check(&["--repair", "--yes"], 10);
+    assert!(err.contains("unreferenced packs and pages kept"), "{err}");
+    assert!(
+        out.contains("cannot keep restore point c1/p1 whole"),
+        "{out}"
+    );
+    assert_eq!(snapshot(&f.ts.store_path()), before);
+    assert_eq!(f.cat("p1", "other").as_deref(), Some(&f.other[..]));
 }

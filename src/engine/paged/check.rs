@@ -30,9 +30,9 @@ use crate::engine::error::{Error, Result};
 use crate::engine::packs::OpenError;
 use crate::engine::progress::Progress;
 use crate::store::frames::FrameEntry;
-use crate::store::index::{Segment, SegmentError};
+use crate::store::index::{IndexEntry, Segment, SegmentError};
 use crate::store::layout::{self, Name};
-use crate::store::page::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::store::page::{self, IdKey, PAGE_SHIFT, PAGE_SIZE};
 use crate::store::pagemap::{self, PageMap};
 use crate::store::records::PointRecord;
 use crate::store::refs::{RefSet, RefSetBuilder};
@@ -47,14 +47,17 @@ struct MapRef {
     label: String,
 }
 
-/// An open pack and its referenced frames (index, table entry).
-type PackFrames = (Arc<FramePackHandle>, Vec<(u32, FrameEntry)>);
+/// Packs kept open at once by a check.
+const OPEN_PACKS: usize = 64;
 
 /// What the per-VM part of a format-2 check gathered for the store-wide part.
 #[derive(Default)]
 pub(crate) struct PagedCheck {
-    /// Every pack a committed map references, open (`None`: missing or damaged, reported).
-    packs: BTreeMap<Uuid, Option<Arc<FramePackHandle>>>,
+    /// Every pack a committed map references: whether it opens (if not, that was reported).
+    packs: BTreeMap<Uuid, bool>,
+    /// Some of them open, at most `OPEN_PACKS` (a store may hold more packs than a process
+    /// may open files).
+    open: HashMap<Uuid, Arc<FramePackHandle>>,
     /// Table chunks already reported damaged.
     bad_chunks: BTreeSet<(Uuid, u32)>,
     /// Every page the committed maps' entries reference.
@@ -78,46 +81,59 @@ impl PagedCheck {
         self.certain = false;
     }
 
-    fn pack(&mut self, engine: &Engine, pack: Uuid, report: &mut CheckReport) -> bool {
-        let shared = &engine.shared;
-        self.packs
-            .entry(pack)
-            .or_insert_with(|| {
-                match shared
-                    .frame_packs
-                    .open(&*shared.storage, shared.header.block_size, pack)
-                {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        let key = layout::shared_pack(pack);
-                        report.problems.push(match e {
-                            OpenError::Io { source, .. }
-                                if source.kind() == std::io::ErrorKind::NotFound =>
-                            {
-                                format!("pack {key}: missing")
-                            }
-                            OpenError::Io { source, .. } => format!("pack {key}: {source}"),
-                            OpenError::Corrupt(c) => format!("pack {key}: {c}"),
-                        });
-                        None
-                    }
-                }
-            })
-            .is_some()
-    }
-
-    /// The table entry of `frame` of open pack `pack`: `Ok(None)` when the pack has no such
-    /// frame, `Err(())` when its table chunk is damaged (reported once).
-    fn frame(
+    /// Pack `pack`, open; `None` when it is missing or damaged (reported the first time).
+    fn pack(
         &mut self,
         engine: &Engine,
         pack: Uuid,
+        report: &mut CheckReport,
+    ) -> Option<Arc<FramePackHandle>> {
+        if self.packs.get(&pack) == Some(&false) {
+            return None;
+        }
+        if let Some(h) = self.open.get(&pack) {
+            return Some(h.clone());
+        }
+        let shared = &engine.shared;
+        match shared
+            .frame_packs
+            .open(&*shared.storage, shared.header.block_size, pack)
+        {
+            Ok(h) => {
+                if self.open.len() >= OPEN_PACKS {
+                    self.open.clear();
+                }
+                self.open.insert(pack, h.clone());
+                self.packs.insert(pack, true);
+                Some(h)
+            }
+            Err(e) => {
+                let key = layout::shared_pack(pack);
+                report.problems.push(match e {
+                    OpenError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        format!("pack {key}: missing")
+                    }
+                    OpenError::Io { source, .. } => format!("pack {key}: {source}"),
+                    OpenError::Corrupt(c) => format!("pack {key}: {c}"),
+                });
+                self.packs.insert(pack, false);
+                None
+            }
+        }
+    }
+
+    /// The table entry of `frame` of open pack `h`: `Ok(None)` when the pack has no such frame,
+    /// `Err(())` when its table chunk is damaged (reported once).
+    fn frame(
+        &mut self,
+        engine: &Engine,
+        h: &FramePackHandle,
         frame: u32,
         report: &mut CheckReport,
     ) -> std::result::Result<Option<FrameEntry>, ()> {
-        let Some(Some(h)) = self.packs.get(&pack) else {
-            return Err(());
-        };
+        let pack = h.pack.pack;
         let chunk = crate::store::frames::table_position(frame).0;
         if self.bad_chunks.contains(&(pack, chunk)) {
             return Err(());
@@ -224,11 +240,11 @@ impl PagedCheck {
                     // `read_page` validated the pack slot against the map's pack list.
                     let pack = map.packs[r.pack as usize - 1];
                     refs.insert(pack, r.frame, r.slot);
-                    if !self.pack(engine, pack, report) {
+                    let Some(h) = self.pack(engine, pack, report) else {
                         unreadable.push(block);
                         continue;
-                    }
-                    match self.frame(engine, pack, r.frame, report) {
+                    };
+                    match self.frame(engine, &h, r.frame, report) {
                         Ok(Some(f)) if f.mask & (1 << r.slot) != 0 => {}
                         Ok(_) => missing.push(block),
                         Err(()) => unreadable.push(block),
@@ -360,32 +376,29 @@ impl PagedCheck {
             }
         }
         let mut dead_pages = false;
-        let mut frames: Vec<PackFrames> = Vec::new();
-        for (&pack, h) in &self.packs {
-            let Some(h) = h else { continue };
-            let live = self.live.frames(pack);
+        // With `read_data`: damaged frames, (pack, frame index) -> why.
+        let mut damaged: HashMap<(Uuid, u32), String> = HashMap::new();
+        if read_data {
+            progress.begin("verifying pages", self.live.page_count() << PAGE_SHIFT);
+        }
+        let packs: Vec<Uuid> = self.packs.keys().copied().collect();
+        for pack in packs {
+            let Some(h) = self.pack(engine, pack, report) else {
+                continue;
+            };
+            let live = self.live.frames(pack).to_vec();
             let mut unref = 0u64;
             let mut used = Vec::new();
             for f in 0..h.pack.frame_count() {
-                let chunk = crate::store::frames::table_position(f).0;
-                if self.bad_chunks.contains(&(pack, chunk)) {
+                let Ok(Some(e)) = self.frame(engine, &h, f, report) else {
                     continue;
-                }
-                let e = match h.frame(&shared.meta, f) {
-                    Ok(Some(e)) => e,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        report.problems.push(format!("pack {}: {e}", h.key));
-                        self.bad_chunks.insert((pack, chunk));
-                        continue;
-                    }
                 };
                 let mask = live
                     .binary_search_by_key(&f, |&(frame, _)| frame)
                     .map_or(0, |i| live[i].1);
                 unref += u64::from((e.mask & !mask).count_ones());
                 if e.mask & mask != 0 {
-                    used.push((f, e));
+                    used.push((f, e, mask));
                 }
             }
             if unref > 0 {
@@ -396,7 +409,23 @@ impl PagedCheck {
                     h.key
                 ));
             }
-            frames.push((h.clone(), used));
+            if read_data {
+                let bad: Vec<((Uuid, u32), String)> = used
+                    .par_iter()
+                    .filter_map(|(f, e, mask)| {
+                        let r = verify_frame(shared, &h, e);
+                        progress.advance(u64::from(mask.count_ones()) << PAGE_SHIFT);
+                        r.err().map(|why| ((pack, *f), why))
+                    })
+                    .collect();
+                let pages: u64 = used.iter().map(|(_, e, _)| u64::from(e.pages())).sum();
+                report.blocks_verified += used.len() as u64;
+                report.bytes_verified += pages << PAGE_SHIFT;
+                damaged.extend(bad);
+            }
+        }
+        if read_data {
+            progress.end();
         }
         let owed = gc::owed(shared);
         if owed {
@@ -450,7 +479,10 @@ impl PagedCheck {
                 }
             };
             let mut stale = 0u64;
+            let mut wrong = 0u64;
+            let mut batch: Vec<IndexEntry> = Vec::new();
             for e in segment.iter(&key, &*obj) {
+                // `verify` read every entry: an error now means the file changed under check.
                 let Ok(e) = e else { break };
                 let present = existing.contains_key(&e.pack)
                     && shared
@@ -461,7 +493,21 @@ impl PagedCheck {
                         .is_some_and(|f| f.mask & (1 << e.slot) != 0);
                 if !present {
                     stale += 1;
+                } else if read_data {
+                    batch.push(e);
+                    if batch.len() >= ID_BATCH {
+                        wrong += wrong_ids(shared, &mut batch);
+                    }
                 }
+            }
+            wrong += wrong_ids(shared, &mut batch);
+            if wrong > 0 {
+                // Future points would link the wrong bytes for these ids.
+                report.problems.push(format!(
+                    "{key}: damaged ({wrong} entries name pages whose bytes have another id); \
+                     removing it loses only dedup savings"
+                ));
+                damaged_segments.push(key.clone());
             }
             if stale > 0 {
                 report.notes.push(format!(
@@ -470,8 +516,8 @@ impl PagedCheck {
             }
         }
 
-        if read_data {
-            self.read_data(engine, &frames, progress, report)?;
+        if !damaged.is_empty() {
+            self.name_damage(engine, &damaged, report);
         }
 
         // The repair.
@@ -512,41 +558,15 @@ impl PagedCheck {
         Ok(())
     }
 
-    /// Decodes every referenced frame (its hash verified) and compares each page with its
-    /// fingerprint; names each damaged block by point, disk and offset.
-    fn read_data(
+    /// Names each block of a committed point whose pages are in a frame of `damaged` (pack,
+    /// frame index -> why) by point, disk and offset, as format 1 names damaged blocks.
+    fn name_damage(
         &self,
         engine: &Engine,
-        frames: &[PackFrames],
-        progress: &dyn Progress,
+        damaged: &HashMap<(Uuid, u32), String>,
         report: &mut CheckReport,
-    ) -> Result<()> {
+    ) {
         let shared = &engine.shared;
-        let total: u64 = frames
-            .iter()
-            .flat_map(|(_, f)| f.iter().map(|(_, e)| u64::from(e.stored_len)))
-            .sum();
-        progress.begin("verifying frames", total);
-        // (pack, frame index) -> why.
-        let mut damaged: HashMap<(Uuid, u32), String> = HashMap::new();
-        for (h, entries) in frames {
-            let bad: Vec<((Uuid, u32), String)> = entries
-                .par_iter()
-                .filter_map(|(f, e)| {
-                    let r = verify_frame(shared, h, e);
-                    progress.advance(u64::from(e.stored_len));
-                    r.err().map(|why| ((h.pack.pack, *f), why))
-                })
-                .collect();
-            let pages: u64 = entries.iter().map(|(_, e)| u64::from(e.pages())).sum();
-            report.blocks_verified += entries.len() as u64;
-            report.bytes_verified += pages << PAGE_SHIFT;
-            damaged.extend(bad);
-        }
-        progress.end();
-        if damaged.is_empty() {
-            return Ok(());
-        }
         let storage = &*shared.storage;
         let frame_size = u64::from(shared.header.block_size);
         let slots = u64::from(page::frame_slots(shared.header.block_size));
@@ -601,8 +621,46 @@ impl PagedCheck {
                 layout::shared_pack(*pack)
             ));
         }
-        Ok(())
     }
+}
+
+/// Index entries whose ids are compared with their pages' bytes at a time (each frame decoded
+/// once per batch); bounds the memory of checking a large segment.
+const ID_BATCH: usize = 1 << 16;
+
+/// Empties `batch` (entries naming present pages), returning how many name a page whose bytes
+/// have another id. A frame that does not decode is skipped: `read_data` reports it.
+fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>) -> u64 {
+    // Page ids are unkeyed until the store has an identity key (as ingest computes them).
+    let ids = IdKey::Unkeyed;
+    batch.sort_unstable_by_key(|e| (e.pack, e.frame));
+    let mut wrong = 0u64;
+    for group in batch.chunk_by(|a, b| (a.pack, a.frame) == (b.pack, b.frame)) {
+        let first = &group[0];
+        let Ok(h) = shared
+            .frame_packs
+            .open(&*shared.storage, shared.header.block_size, first.pack)
+        else {
+            continue;
+        };
+        let Ok(Some(f)) = h.frame(&shared.meta, first.frame) else {
+            continue;
+        };
+        let mut out = vec![0u8; f.decoded_len()];
+        if h.pack.read_frame(&*h.object, &f, &mut out).is_err() {
+            continue;
+        }
+        for e in group {
+            let page = f
+                .page_offset(e.slot)
+                .and_then(|at| out.get(at..at + PAGE_SIZE));
+            if page.is_none_or(|p| ids.page_id(p) != e.id) {
+                wrong += 1;
+            }
+        }
+    }
+    batch.clear();
+    wrong
 }
 
 /// Decodes frame `e` of pack `h` (verifying its hash) and compares each of its pages with the
