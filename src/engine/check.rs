@@ -19,6 +19,11 @@
 //! read, nothing of that VM is removed: what it references is unknown. A second repair finds
 //! nothing to remove. A record that breaks a naming or identity rule is reported and left as it
 //! is: mending it would mean guessing a rename, and its data is not damaged.
+//!
+//! Format 2 (`format::PAGED`) shares the records' part; its maps, store-wide packs and index
+//! are checked and repaired by `paged::check`: what a sweep will free (unreferenced packs and
+//! pages, an owed sweep, stale index entries) is a note, not a problem; a repair removes damaged
+//! index segments and runs the sweep.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -8,7 +8,8 @@
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
 //!   `roundtrip`, `schedule`, `repair`;
 //! - real mounts: `mount`, `files`, `partitions`;
-//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `damage_paged`, `hostile`, `recovery`;
+//! - crashes, faults and damage: `crashsim`, `crash`, `faults`, `damage`, `damage_paged`,
+//!   `hostile`, `recovery`;
 //! - a hostile local user against root's rpfs: `security`.
 //!
 //! Tests that need FUSE or root skip with a note, unless `RPFS_REQUIRE_FUSE=1` (as in CI) makes

@@ -8,8 +8,15 @@
 //! `index/`, and a `gc-owed` marker are *notes*, not damage (a sweep frees them); every index
 //! segment opens and verifies (a damaged one is a problem; an entry naming a freed page is stale,
 //! a note: lookups skip it). With `read_data`, every referenced frame is decoded (its hash
-//! verified) and every page of it compared with its fingerprint; damage is named by point, disk
-//! and block, as format 1 names it.
+//! verified) and every page of it compared with its fingerprint, and every index entry naming a
+//! present page is compared with that page's id (a mismatch would make future points link wrong
+//! bytes: the segment is damaged); damage is named by point, disk and block, as format 1 names
+//! it.
+//!
+//! Invariants: check changes nothing; it holds each VM's lock while reading its maps and the
+//! creation lock shared while reading packs (so no sweep repacks one under it); memory is
+//! bounded by the set of referenced pages (a `RefSet`), at most `OPEN_PACKS` open packs, the
+//! metadata cache, and `ID_BATCH` index entries.
 //!
 //! Repair: damaged segments are removed (only dedup savings are lost: nothing references a
 //! segment); unreferenced packs and pages are freed by the sweep (`gc::sweep`), and only when
