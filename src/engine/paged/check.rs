@@ -14,7 +14,8 @@
 //! it.
 //!
 //! Invariants: check changes nothing; it holds each VM's lock while reading its maps and the
-//! creation lock shared while reading packs (so no sweep repacks one under it); memory is
+//! creation lock shared during the store-wide part (so no sweep repacks a pack it reads whole);
+//! memory is
 //! bounded by the set of referenced pages (a `RefSet`), at most `OPEN_PACKS` open packs, the
 //! metadata cache, and `ID_BATCH` index entries.
 //!
@@ -252,7 +253,7 @@ impl PagedCheck {
                         continue;
                     };
                     match self.frame(engine, &h, r.frame, report) {
-                        Ok(Some(f)) if f.mask & (1 << r.slot) != 0 => {}
+                        Ok(Some(f)) if has_slot(f.mask, r.slot) => {}
                         Ok(_) => missing.push(block),
                         Err(()) => unreadable.push(block),
                     }
@@ -497,7 +498,7 @@ impl PagedCheck {
                         .open(storage, shared.header.block_size, e.pack)
                         .ok()
                         .and_then(|h| h.frame(&shared.meta, e.frame).ok().flatten())
-                        .is_some_and(|f| f.mask & (1 << e.slot) != 0);
+                        .is_some_and(|f| has_slot(f.mask, e.slot));
                 if !present {
                     stale += 1;
                 } else if read_data {
@@ -631,6 +632,12 @@ impl PagedCheck {
     }
 }
 
+/// True when `mask` has page `slot` (readers validated the slot; a hostile one is absent).
+fn has_slot(mask: u16, slot: u8) -> bool {
+    1u16.checked_shl(u32::from(slot))
+        .is_some_and(|bit| mask & bit != 0)
+}
+
 /// Index entries whose ids are compared with their pages' bytes at a time (each frame decoded
 /// once per batch); bounds the memory of checking a large segment.
 const ID_BATCH: usize = 1 << 16;
@@ -682,7 +689,7 @@ fn verify_frame(
         .read_frame(&*h.object, e, &mut out)
         .map_err(|err| err.to_string())?;
     for (ord, bytes) in out.chunks_exact(PAGE_SIZE).enumerate() {
-        let index = e.first_page + ord as u32;
+        let index = e.first_page.saturating_add(ord as u32);
         match h.fingerprint(&shared.meta, index) {
             Ok(Some(fp)) if fp == page::fingerprint(bytes) => {}
             Ok(Some(_)) => return Err(format!("page {ord} does not match its fingerprint")),
