@@ -261,6 +261,9 @@ fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<()
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
     let unreachable = report.unreachable.len();
     let mut remaining = 0;
     for p in &report.problems {
@@ -272,7 +275,14 @@ fn check(engine: &Engine, read_data: bool, repair: bool, yes: bool) -> Result<()
         eprintln!("problem: {p}");
     }
     if repair {
-        for key in &report.unreachable {
+        // What was removed (format 1: exactly the unreachable files; format 2: what the sweep
+        // freed of them).
+        let keys = if yes {
+            &report.removed
+        } else {
+            &report.unreachable
+        };
+        for key in keys {
             if yes {
                 say!("removed {key} (referenced by no committed point)");
             } else {

@@ -19,6 +19,11 @@
 //! read, nothing of that VM is removed: what it references is unknown. A second repair finds
 //! nothing to remove. A record that breaks a naming or identity rule is reported and left as it
 //! is: mending it would mean guessing a rename, and its data is not damaged.
+//!
+//! Format 2 (`format::PAGED`) shares the records' part; its maps, store-wide packs and index
+//! are checked and repaired by `paged::check`: what a sweep will free (unreferenced packs and
+//! pages, an owed sweep, stale index entries) is a note, not a problem; a repair removes damaged
+//! index segments and runs the sweep.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -36,7 +41,7 @@ use crate::store::layout::{self, Name};
 use crate::store::pack::{PackError, PackIndex};
 use crate::store::records::{CollectionRecord, PointRecord, VmRecord};
 use crate::store::storage::{Object, Storage, remove_if_present};
-use crate::store::{envelope, kind, read_record};
+use crate::store::{envelope, format, kind, read_record};
 
 /// What `check` found.
 #[derive(Debug, Clone, Default)]
@@ -59,10 +64,13 @@ pub struct CheckReport {
     pub removed: Vec<String>,
     /// What a user should know that is not damage (the store's medium is low on space).
     pub warnings: Vec<String>,
+    /// Findings that are neither damage nor a risk (format 2: what a sweep will free, stale
+    /// index entries, a sweep owed).
+    pub notes: Vec<String>,
 }
 
 /// Formats sorted block numbers as ranges: "3, 17-19".
-fn ranges(blocks: &[u64]) -> String {
+pub(crate) fn ranges(blocks: &[u64]) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;
     while i < blocks.len() {
@@ -88,18 +96,19 @@ struct LoadedPack {
 impl Engine {
     /// Checks the store; see the module documentation.
     pub fn check(&self, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
-        self.check_and_repair(read_data, false, progress)
+        self.check_and_repair(read_data, false, false, progress)
     }
 
     /// Checks the store reading every block and, with `apply`, removes the unreachable files it
     /// found; see the module documentation.
     pub fn repair(&self, apply: bool, progress: &dyn Progress) -> Result<CheckReport> {
-        self.check_and_repair(true, apply, progress)
+        self.check_and_repair(true, true, apply, progress)
     }
 
     fn check_and_repair(
         &self,
         read_data: bool,
+        repairing: bool,
         apply: bool,
         progress: &dyn Progress,
     ) -> Result<CheckReport> {
@@ -111,6 +120,9 @@ impl Engine {
         let mut collection_names: HashMap<String, usize> = HashMap::new();
         let mut vm_names: HashMap<String, usize> = HashMap::new();
         let mut rules = RecordRules::default();
+        // Format 2: packs and index are store-wide, checked once every VM's maps were read.
+        let mut paged = (self.shared.header.version == format::PAGED)
+            .then(super::paged::check::PagedCheck::new);
         for vm_id in catalog::vm_ids(storage)? {
             // Without the lock (a read-only store) check still runs, but could meet an
             // operation half done; the log says so.
@@ -161,8 +173,12 @@ impl Engine {
                 progress,
                 &mut collection_names,
                 &mut rules,
+                paged.as_mut(),
                 &mut report,
             )?;
+            if !certain && let Some(pc) = paged.as_mut() {
+                pc.uncertain();
+            }
             if !certain && report.unreachable.len() > first_unreachable {
                 // A record or map that cannot be read may reference any of these files.
                 let n = report.unreachable.len() - first_unreachable;
@@ -190,6 +206,9 @@ impl Engine {
                     .push(format!("name '{name}' is used by {n} VMs or collections"));
             }
         }
+        if let Some(pc) = paged {
+            pc.finish(self, read_data, repairing, apply, progress, &mut report)?;
+        }
         Ok(report)
     }
 
@@ -207,6 +226,7 @@ impl Engine {
         progress: &dyn Progress,
         collection_names: &mut HashMap<String, usize>,
         rules: &mut RecordRules,
+        mut paged: Option<&mut super::paged::check::PagedCheck>,
         report: &mut CheckReport,
     ) -> Result<bool> {
         let storage = &*self.shared.storage;
@@ -375,7 +395,10 @@ impl Engine {
         disk_dirs.dedup();
         for disk in disk_dirs {
             let drps = by_disk.get(&disk).map(Vec::as_slice).unwrap_or(&[]);
-            certain &= self.check_disk(vm_id, disk, drps, &short, read_data, progress, report)?;
+            certain &= match paged.as_deref_mut() {
+                Some(pc) => pc.check_disk(self, vm_id, disk, drps, &short, report)?,
+                None => self.check_disk(vm_id, disk, drps, &short, read_data, progress, report)?,
+            };
         }
         Ok(certain)
     }

@@ -183,7 +183,6 @@ fn examine_inner(
         .check(read_data, &Silent)
         .map_err(|e| format!("check: {e}"))?;
     if !report.problems.is_empty() {
-        // TODO(issue 16): format 2 `check` is written alongside; a false alarm shows here.
         return Err(format!("check: {:?}", report.problems));
     }
     let account = page_account(store, &engine);

@@ -165,8 +165,7 @@ impl Sources {
 }
 
 /// `check` (with `--read-data` when `read_data`) must report no problem.
-// TODO(issue 16): `check` of format 2 stores is being written alongside; until it lands this
-// is where a format 2 false alarm would show.
+/// `check` (and with `read_data`, `check --read-data`) finds nothing wrong.
 fn check_clean(engine: &Engine, read_data: bool) -> Result<(), TestCaseError> {
     let report = engine
         .check(read_data, &Silent)

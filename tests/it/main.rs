@@ -10,7 +10,7 @@
 //!   `roundtrip`, `schedule`, `repair`, `stats`;
 //! - real mounts: `mount`, `files`, `partitions`;
 //! - crashes, faults and damage: `crashsim`, `dedup_crash`, `crash`, `faults`, `damage`,
-//!   `hostile`, `recovery`;
+//!   `damage_paged`, `hostile`, `recovery`;
 //! - a hostile local user against root's rpfs: `security`.
 //!
 //! Tests that need FUSE or root skip with a note, unless `RPFS_REQUIRE_FUSE=1` (as in CI) makes
@@ -24,6 +24,7 @@ mod cli;
 mod crash;
 mod crashsim;
 mod damage;
+mod damage_paged;
 mod dedup_crash;
 mod dedup_model;
 mod faults;

@@ -10,6 +10,7 @@
 //! same bytes for every page still referenced); `(pack, frame, slot)` names the same bytes for
 //! the store's lifetime.
 
+pub(crate) mod check;
 pub(crate) mod gc;
 pub(crate) mod index;
 pub(crate) mod ingest;
