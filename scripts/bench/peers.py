@@ -47,7 +47,7 @@ class Peer:
         self.proc = None
 
 
-def rpfs_store(store, vms):
+def rpfs_store(store, vms, fmt=None):
     """A new rpfs store in `store` holding the VMs {vm: {disk: source path}}, each with a
     collection of its own name; returns the environment that names the store."""
     env = dict(os.environ, RPFS_STORE=store)
@@ -55,7 +55,7 @@ def rpfs_store(store, vms):
     # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K), and
     # RPFS_BENCH_FORMAT another store format (e.g. 2).
     block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
-    fmt = os.environ.get("RPFS_BENCH_FORMAT")
+    fmt = fmt or os.environ.get("RPFS_BENCH_FORMAT")
     run(rpfs, "init", *(["--block-size", block] if block else []),
         *(["--format", fmt] if fmt else []), env=env)
     for vm, disks in vms.items():
@@ -66,11 +66,12 @@ def rpfs_store(store, vms):
 
 class Rpfs(Peer):
     name = "rpfs"
+    fmt = None
 
     def __init__(self, work, disks):
         super().__init__(work, disks)
         self.store = os.path.join(self.work, "store")
-        self.env = rpfs_store(self.store, {"c": disks})
+        self.env = rpfs_store(self.store, {"c": disks}, self.fmt)
         self.gen = 0
 
     def ingest_command(self):
@@ -87,6 +88,14 @@ class Rpfs(Peer):
 
     def file(self, disk):
         return os.path.join(self.mnt, "c", f"g{self.gen - 1}", "disks", f"{disk}.img")
+
+
+class RpfsFormat1(Rpfs):
+    """rpfs on a format-1 store, beside a run of another format (RPFS_BENCH_FORMAT=2), so both
+    are measured in the same run."""
+    name = "rpfs format 1"
+    slug = "rpfs-f1"
+    fmt = "1"
 
 
 class RpfsVms(Peer):
@@ -263,3 +272,5 @@ class Raw(Peer):
 # The peers that ingest, in the order they take their turns; --only-peer names them by the
 # first word of their name (rpfs, qcow2 (both chains), restic, borg).
 INGESTING = [Rpfs, Qcow2, Qcow2Zstd, Restic, Borg]
+if os.environ.get("RPFS_BENCH_FORMAT", "1") != "1":
+    INGESTING.insert(1, RpfsFormat1)

@@ -95,6 +95,14 @@ def report(doc):
             check("cold random 4 KiB reads vs restic", f"{rp['iops'] / re_['iops']:.0f}x", "≥ 20x", rp["iops"] >= 20 * re_["iops"])
             limit = int(cache_size[:-1]) * MIB + 64 * MIB
             check("mount daemon memory", f"{rp['daemon_rss'] / MIB:.0f} MiB", f"≤ {limit // MIB} MiB", rp["daemon_rss"] <= limit)
+        f1 = by.get("rpfs format 1")
+        if rp and f1:
+            # Format 2 against format 1 of the same binary, in the same run (issue 16: within 10%).
+            for label, key in [("full point", "full"), ("incremental point", "incr")]:
+                check(f"{label} vs format 1", f"{rp[key] / f1[key]:.2f}x time", "≤ 1.1x", rp[key] <= 1.1 * f1[key])
+            for label, key in [("cold sequential read", "cold"), ("warm sequential read", "warm"),
+                               ("cold random 4 KiB reads", "iops")]:
+                check(f"{label} vs format 1", f"{rp[key] / f1[key]:.2f}x", "≥ 0.9x", rp[key] >= 0.9 * f1[key])
         lines.append("")
         if rp and rp.get("floor"):
             f = rp["floor"]

@@ -40,6 +40,7 @@ pub mod policy;
 pub mod progress;
 pub mod read;
 mod recovery;
+mod report;
 pub mod reserve;
 pub mod restore;
 pub mod schedule;
@@ -69,10 +70,13 @@ use shared::Shared;
 /// How long catalog changes wait for the store lock by default.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
+/// The metadata cache of a store opened with little or no block cache.
+const MIN_META_BYTES: usize = 4 << 20;
+
 /// Options for opening a store.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Capacity of the block cache in bytes.
+    /// Capacity of the block cache in bytes (format 2: of the block and metadata caches).
     pub cache_bytes: usize,
     /// How long to wait for the store lock before refusing as busy.
     pub lock_wait: Duration,
@@ -189,13 +193,21 @@ impl Engine {
         let tightened = storage
             .make_private()
             .map_err(Error::io("opening the store"))?;
+        // Format 2's metadata (map pages, frame tables) comes out of the cache size given, so
+        // the daemon's memory stays within it: an eighth, at most 32 MiB. Without a block cache
+        // (the CLI reads each block once) a small metadata cache still serves every block.
+        let meta_bytes = if header.version == format::PAGED {
+            (options.cache_bytes / 8).min(cache::DEFAULT_META_CAPACITY)
+        } else {
+            0
+        };
         let engine = Engine {
             shared: Arc::new(Shared {
                 storage,
                 header,
-                cache: BlockCache::new(options.cache_bytes),
+                cache: BlockCache::new(options.cache_bytes - meta_bytes),
                 packs: PackRegistry::default(),
-                meta: paged::meta::MetaCache::new(cache::DEFAULT_META_CAPACITY),
+                meta: paged::meta::MetaCache::new(meta_bytes.max(MIN_META_BYTES)),
                 frame_packs: paged::meta::FramePackRegistry::default(),
                 lock_wait: options.lock_wait,
             }),

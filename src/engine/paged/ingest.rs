@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::index::{self as dedup, IndexSet};
 use super::meta::FramePackHandle;
-use super::read::{Cause, PagedDisk};
+use super::read::{BlockEntries, Cause, PagedDisk};
 use crate::engine::error::{Damage, Error, Result};
 use crate::engine::ingest::Ingested;
 use crate::engine::pipeline::{self, Numbered};
@@ -117,7 +117,7 @@ struct Classifier<'a> {
 
 impl Classifier<'_> {
     /// The previous point's entries for `block`, or `None` (no previous point, or holes).
-    fn prev_entries(&self, block: u64) -> Result<Option<Vec<u64>>> {
+    fn prev_entries(&self, block: u64) -> Result<Option<BlockEntries>> {
         let Some(prev) = self.prev else {
             return Ok(None);
         };
@@ -322,7 +322,7 @@ impl Classifier<'_> {
             return Ok(None);
         }
         let mut pages = Vec::with_capacity(n);
-        for e in entries {
+        for &e in entries.iter() {
             pages.push(match pagemap::decode_entry(e) {
                 None => Page::Hole,
                 Some(r) => {

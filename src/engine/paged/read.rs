@@ -20,13 +20,34 @@ use crate::engine::packs::OpenError;
 use crate::engine::shared::Shared;
 use crate::store::frames::FrameEntry;
 use crate::store::pack::{BlockReadError, PackError};
-use crate::store::page::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::store::page::{self, MAX_FRAME_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::store::pagemap::{self, PageMap, PageRef};
 use crate::store::storage::Object;
 
 thread_local! {
     /// Scratch for a frame decoded to serve some of its pages.
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The map page this thread resolved a block through last: (disk restore point, page).
+    static LAST_MAP_PAGE: std::cell::RefCell<Option<LastMapPage>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A map page by (disk restore point, page number), with its entries.
+type LastMapPage = (Uuid, u32, Arc<[u64]>);
+
+/// The map entries of one frame-sized block (fewer than a frame's slots only at the end of
+/// the disk).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockEntries {
+    entries: [u64; MAX_FRAME_PAGES],
+    len: usize,
+}
+
+impl std::ops::Deref for BlockEntries {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.entries[..self.len]
+    }
 }
 
 /// Why a block could not be read.
@@ -116,20 +137,29 @@ impl PagedDisk {
         Ok(())
     }
 
-    /// The entries of map page `i`, or `None` when it is all holes.
+    /// The entries of map page `i`, or `None` when it is all holes. Each thread keeps the map
+    /// page it used last, so consecutive blocks skip the shared cache's lock.
     pub(crate) fn entries(&self, shared: &Shared, i: u32) -> Result<Option<Arc<[u64]>>, Cause> {
         if self.map.page_is_hole(i) {
             return Ok(None);
         }
-        meta::map_page(
+        if let Some(e) = LAST_MAP_PAGE.with_borrow(|last| {
+            last.as_ref()
+                .filter(|(drp, page, _)| *drp == self.drp && *page == i)
+                .map(|(_, _, e)| e.clone())
+        }) {
+            return Ok(Some(e));
+        }
+        let e = meta::map_page(
             &shared.meta,
             (self.drp, &self.key),
             &self.map,
             &*self.object,
             i,
         )
-        .map(Some)
-        .map_err(|c| Cause::Damage(Damage::Map(c)))
+        .map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        LAST_MAP_PAGE.with_borrow_mut(|last| *last = Some((self.drp, i, e.clone())));
+        Ok(Some(e))
     }
 
     /// The entries of frame-sized block `block` (`slots` of them; fewer at the end of the disk),
@@ -138,7 +168,7 @@ impl PagedDisk {
         &self,
         shared: &Shared,
         block: u64,
-    ) -> Result<Option<Vec<u64>>, Cause> {
+    ) -> Result<Option<BlockEntries>, Cause> {
         let slots = u64::from(page::frame_slots(self.map.frame_size));
         let first = block * slots;
         let (mp, at) = pagemap::locate(first);
@@ -147,7 +177,14 @@ impl PagedDisk {
         };
         let n = (slots.min(self.map.pages - first)) as usize;
         // Frames never straddle map pages: 4096 entries hold a whole number of frames.
-        Ok(entries.get(at..at + n).map(<[u64]>::to_vec))
+        Ok(entries.get(at..at + n).map(|e| {
+            let mut out = BlockEntries {
+                entries: [0; MAX_FRAME_PAGES],
+                len: e.len(),
+            };
+            out.entries[..e.len()].copy_from_slice(e);
+            out
+        }))
     }
 
     /// The table entry of `r`'s frame, checked to hold `r`'s slot.
@@ -179,8 +216,11 @@ impl PagedDisk {
             out.fill(0);
             return Ok(());
         };
-        let refs: Vec<Option<PageRef>> =
-            entries.iter().map(|&e| pagemap::decode_entry(e)).collect();
+        let mut refs = [None; MAX_FRAME_PAGES];
+        for (r, &e) in refs.iter_mut().zip(entries.iter()) {
+            *r = pagemap::decode_entry(e);
+        }
+        let refs = &refs[..entries.len()];
         // The fast path: the block is one whole frame, slot i at page i.
         if let Some(Some(first)) = refs.first()
             && refs.len() << PAGE_SHIFT == out.len()
