@@ -85,7 +85,7 @@ pub struct VmStats {
 }
 
 /// The whole store's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStats {
     /// On-disk format version (1 or 2).
@@ -245,16 +245,8 @@ fn paged(shared: &Shared, cat: &Catalog) -> Result<StoreStats> {
 
     let mut stats = StoreStats {
         format: shared.header.version,
-        logical_bytes: 0,
-        stored_bytes: 0,
-        pack_bytes: 0,
-        index_bytes: 0,
         map_bytes,
-        frame_bytes: 0,
-        unreferenced_bytes: 0,
-        dedup_ratio: 0.0,
-        vms: Vec::new(),
-        warnings: Vec::new(),
+        ..StoreStats::default()
     };
     stats.index_bytes = objects_in(storage, layout::INDEX, |n| matches!(n, Name::Segment(_)))?
         .iter()
@@ -450,16 +442,8 @@ fn blocks(shared: &Shared, cat: &Catalog) -> Result<StoreStats> {
     }
     let mut stats = StoreStats {
         format: shared.header.version,
-        logical_bytes: 0,
-        stored_bytes: 0,
-        pack_bytes: 0,
-        index_bytes: 0,
         map_bytes,
-        frame_bytes: 0,
-        unreferenced_bytes: 0,
-        dedup_ratio: 0.0,
-        vms: Vec::new(),
-        warnings: Vec::new(),
+        ..StoreStats::default()
     };
     let mut coll_usage = vec![Usage::default(); colls.len()];
     let mut vm_usage = vec![Usage::default(); vms.len()];

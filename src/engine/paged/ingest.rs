@@ -33,8 +33,8 @@ use uuid::Uuid;
 
 use super::index::{self as dedup, IndexSet};
 use super::meta::FramePackHandle;
-use super::read::{BlockEntries, Cause, PagedDisk};
-use crate::engine::error::{Damage, Error, Result};
+use super::read::{BlockEntries, Cause, PagedDisk, pack_cause};
+use crate::engine::error::{Error, Result};
 use crate::engine::ingest::Ingested;
 use crate::engine::pipeline::{self, Numbered};
 use crate::engine::progress::Progress;
@@ -126,11 +126,7 @@ impl Classifier<'_> {
     }
 
     fn prev_error(&self, cause: Cause) -> Error {
-        let context = "the previous restore point of the disk".to_string();
-        match cause {
-            Cause::Io(source) => Error::Io { context, source },
-            Cause::Damage(damage) => Error::Damaged { context, damage },
-        }
+        cause.into_error("the previous restore point of the disk".to_string())
     }
 
     /// The previous point's page behind `entry`: its location and fingerprint.
@@ -372,13 +368,6 @@ impl Classifier<'_> {
     }
 }
 
-fn pack_cause(e: crate::store::pack::PackError) -> Cause {
-    match e {
-        crate::store::pack::PackError::Io(e) => Cause::Io(e),
-        crate::store::pack::PackError::Corrupt(c) => Cause::Damage(Damage::File(c)),
-    }
-}
-
 /// The fingerprint of page `r` (its pack slot ignored) of pack `h`, or `None` when the pack does
 /// not hold it.
 fn fingerprint_at(
@@ -554,6 +543,11 @@ pub(crate) fn ingest(
         })
         .collect();
     let make = |index, bufs| read_batch(source, &classifier, (blocks, per_batch), index, bufs);
+    // A page in one of these is the previous point's; anywhere else it was found stored.
+    let prev_packs: std::collections::HashSet<Uuid> = job
+        .prev
+        .map(|p| p.map().packs.iter().copied().collect())
+        .unwrap_or_default();
     let mut entries: Vec<u64> = Vec::with_capacity((per_batch * fsz) as usize / PAGE_SIZE);
     pipeline::run(workers, pool, batches, make, |batch: Batch| {
         bytes_read += batch.bytes_read;
@@ -612,7 +606,7 @@ pub(crate) fn ingest(
                 let r = match *pg {
                     Page::Hole => None,
                     Page::At(id, frame, s) => {
-                        if !matches!(prev_pack(job.prev, id), Some(true)) {
+                        if !prev_packs.contains(&id) {
                             result.found_pages += 1;
                         }
                         Some((id, frame, s))
@@ -659,12 +653,6 @@ pub(crate) fn ingest(
     Ok(result)
 }
 
-/// True when `pack` is one the previous point's map names (a page found there is "same", not a
-/// saving found elsewhere); `None` without a previous point.
-fn prev_pack(prev: Option<&PagedDisk>, pack: Uuid) -> Option<bool> {
-    prev.map(|p| p.map().packs.contains(&pack))
-}
-
 fn start_pack(shared: &Shared, vm: Uuid, fs: u32) -> Result<OpenPack> {
     let id = Uuid::new_v4();
     let key = layout::shared_pack(id);
@@ -695,10 +683,8 @@ fn finish_pack(shared: &Shared, p: OpenPack) -> Result<(Uuid, u64)> {
 pub(crate) fn previous(shared: &Shared, vm: Uuid, disk: Uuid, drp: Uuid) -> Result<PagedDisk> {
     let key = layout::map(vm, disk, drp);
     PagedDisk::open(shared, drp, &key).map_err(|cause| {
-        let context = format!("the previous restore point of the disk (page map {key})");
-        match cause {
-            Cause::Io(source) => Error::Io { context, source },
-            Cause::Damage(damage) => Error::Damaged { context, damage },
-        }
+        cause.into_error(format!(
+            "the previous restore point of the disk (page map {key})"
+        ))
     })
 }

@@ -56,6 +56,17 @@ pub(crate) enum Cause {
     Damage(Damage),
 }
 
+impl Cause {
+    /// The engine error for this cause, in `context`.
+    pub(crate) fn into_error(self, context: String) -> crate::engine::error::Error {
+        use crate::engine::error::Error;
+        match self {
+            Cause::Io(source) => Error::Io { context, source },
+            Cause::Damage(damage) => Error::Damaged { context, damage },
+        }
+    }
+}
+
 impl From<OpenError> for Cause {
     fn from(e: OpenError) -> Cause {
         match e {
@@ -353,7 +364,7 @@ impl PagedDisk {
     }
 }
 
-fn pack_cause(e: PackError) -> Cause {
+pub(crate) fn pack_cause(e: PackError) -> Cause {
     match e {
         PackError::Io(e) => Cause::Io(e),
         PackError::Corrupt(c) => Cause::Damage(Damage::File(c)),
