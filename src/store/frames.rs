@@ -178,10 +178,50 @@ impl FrameEntry {
 /// A frame ready to be appended: its present pages, hashed and encoded.
 pub type EncodedFrame = block::Encoded;
 
+/// A frame to append, borrowing its stored bytes (so an ingest appends from its batch buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredFrame<'a> {
+    /// xxh3-128 of the decoded present pages.
+    pub hash: u128,
+    pub codec: Codec,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> From<&'a EncodedFrame> for StoredFrame<'a> {
+    fn from(e: &'a EncodedFrame) -> Self {
+        StoredFrame {
+            hash: e.hash,
+            codec: e.codec,
+            bytes: &e.bytes,
+        }
+    }
+}
+
 /// Encodes the present pages of a frame, concatenated in slot order (`pages.len()` a multiple
 /// of [`PAGE_SIZE`], as [`FrameWriter::append`] checks): LZ4 when that saves 1/32, else raw.
 pub fn encode_frame(pages: &[u8]) -> EncodedFrame {
     block::encode(pages, block::hash(pages))
+}
+
+/// [`encode_frame`] onto the end of `out`, without an allocation or a copy of its own; returns
+/// the codec. `out` grows by the stored bytes only.
+pub fn encode_frame_into(pages: &[u8], out: &mut Vec<u8>) -> Codec {
+    let at = out.len();
+    out.resize(at.saturating_add(block::compress_bound(pages.len())), 0);
+    match out
+        .get_mut(at..)
+        .and_then(|dst| block::compress_into(pages, dst))
+    {
+        Some(n) => {
+            out.truncate(at.saturating_add(n));
+            block::COMPRESSED
+        }
+        None => {
+            out.truncate(at);
+            out.extend_from_slice(pages);
+            Codec::Raw
+        }
+    }
 }
 
 fn invalid(detail: String) -> io::Error {
@@ -276,7 +316,7 @@ impl FrameWriter {
     pub fn append(
         &mut self,
         mask: u16,
-        frame: &EncodedFrame,
+        frame: StoredFrame<'_>,
         fingerprints: &[Fingerprint],
     ) -> io::Result<u32> {
         let full = page::full_mask(u32::from(self.slots));
@@ -319,7 +359,7 @@ impl FrameWriter {
             hash: frame.hash,
         };
         let index = self.push(entry)?;
-        self.out.write_all(&frame.bytes)?;
+        self.out.write_all(frame.bytes)?;
         let end = self
             .pos
             .checked_add(u64::from(stored_len))
@@ -972,7 +1012,7 @@ mod tests {
         }
         let enc = encode_frame(&f.pages.concat());
         let fps: Vec<Fingerprint> = f.pages.iter().map(|p| page::fingerprint(p)).collect();
-        w.append(f.mask, &enc, &fps).expect("append")
+        w.append(f.mask, (&enc).into(), &fps).expect("append")
     }
 
     fn write(s: &LocalStorage, id: Uuid, frame_size: u32, frames: &[Frame]) -> u64 {
@@ -1069,9 +1109,9 @@ mod tests {
                     codec: e.codec,
                     bytes: stored,
                 };
-                w.append(mask, &copy, &live_fps).expect("copy");
+                w.append(mask, (&copy).into(), &live_fps).expect("copy");
             } else {
-                w.append(mask, &encode_frame(&pages.concat()), &live_fps)
+                w.append(mask, (&encode_frame(&pages.concat())).into(), &live_fps)
                     .expect("re-encoded");
             }
             model.push(Frame { mask, pages });
@@ -1162,17 +1202,17 @@ mod tests {
         let enc = encode_frame(&two);
         assert_eq!(enc.codec, Codec::Raw);
         let fps = [1u128, 2];
-        assert!(w.append(0, &enc, &[]).is_err(), "no pages");
+        assert!(w.append(0, (&enc).into(), &[]).is_err(), "no pages");
         assert!(
-            w.append(0b1_0001, &enc, &fps).is_err(),
+            w.append(0b1_0001, (&enc).into(), &fps).is_err(),
             "slot beyond the frame"
         );
         assert!(
-            w.append(0b0111, &enc, &[1, 2, 3]).is_err(),
+            w.append(0b0111, (&enc).into(), &[1, 2, 3]).is_err(),
             "raw bytes of 2 pages"
         );
         assert!(
-            w.append(0b0011, &enc, &fps[..1]).is_err(),
+            w.append(0b0011, (&enc).into(), &fps[..1]).is_err(),
             "one fingerprint short"
         );
         let zstd = EncodedFrame {
@@ -1180,9 +1220,9 @@ mod tests {
             bytes: vec![1; 100],
             hash: 0,
         };
-        assert!(w.append(0b0011, &zstd, &fps).is_err(), "zstd");
+        assert!(w.append(0b0011, (&zstd).into(), &fps).is_err(), "zstd");
         assert_eq!(w.frames(), 0);
-        assert_eq!(w.append(0b0101, &enc, &fps).expect("valid"), 0);
+        assert_eq!(w.append(0b0101, (&enc).into(), &fps).expect("valid"), 0);
         assert_eq!(w.append_empty().expect("valid"), 1);
         assert_eq!((w.frames(), w.pages(), w.stored_bytes()), (2, 2, 8192));
     }

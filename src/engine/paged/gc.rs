@@ -251,12 +251,12 @@ fn sweep_pack(
         let fps = fingerprints(&fp, key, &*object, e)?;
         if mask == e.mask {
             let bytes = fp.read_stored(&*object, e).map_err(|e| e.to_string())?;
-            let enc = frames::EncodedFrame {
+            let stored = frames::StoredFrame {
                 hash: e.hash,
                 codec: e.codec,
-                bytes,
+                bytes: &bytes,
             };
-            w.append(mask, &enc, &fps).map_err(|e| e.to_string())?;
+            w.append(mask, stored, &fps).map_err(|e| e.to_string())?;
             continue;
         }
         let mut decoded = vec![0u8; e.decoded_len()];
@@ -270,7 +270,7 @@ fn sweep_pack(
                 kept.push(fps[ord]);
             }
         }
-        w.append(mask, &frames::encode_frame(&pages), &kept)
+        w.append(mask, (&frames::encode_frame(&pages)).into(), &kept)
             .map_err(|e| e.to_string())?;
     }
     let new_len = w.finish().map_err(|e| e.to_string())?;

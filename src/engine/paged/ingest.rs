@@ -107,7 +107,6 @@ impl Numbered for Batch {
 struct Classifier<'a> {
     shared: &'a Shared,
     fs: usize,
-    zero_hash: u128,
     prev: Option<&'a PagedDisk>,
     index: &'a IndexSet,
     ids: &'a IdKey,
@@ -212,8 +211,11 @@ impl Classifier<'_> {
     ) -> Result<BlockOut> {
         let n = data.len().div_ceil(PAGE_SIZE);
         let whole = data.len() == self.fs;
-        let h = block::hash(data);
-        if whole && h == self.zero_hash && block::is_zero(data) {
+        // The block's hash, computed only where it is used (a changed block mixing pages of
+        // several frames needs only its pages' fingerprints).
+        let hash = std::cell::OnceCell::new();
+        let h = || *hash.get_or_init(|| block::hash(data));
+        if whole && block::is_zero(data) {
             return Ok(BlockOut {
                 pages: vec![Page::Hole; n],
                 frame: None,
@@ -231,10 +233,11 @@ impl Classifier<'_> {
             });
         }
         // A whole frame stored already (the everyday case of a clone's first point): one id
-        // and one lookup for the block instead of one per page.
-        let frame_id = whole.then(|| self.ids.page_id(data));
+        // and one lookup for the block instead of one per page. Where the previous point has
+        // data the block changed, which hardly ever makes it a stored frame: no id up front.
+        let frame_id = (whole && prev.is_none()).then(|| self.ids.page_id(data));
         if let Some(fid) = &frame_id
-            && let Some(pages) = self.found_frame(fid, h)
+            && let Some(pages) = self.found_frame(fid, h())
         {
             return Ok(BlockOut { pages, frame: None });
         }
@@ -248,7 +251,6 @@ impl Classifier<'_> {
             ids: Vec::new(),
             frame_id: None,
         };
-        let mut raw = Vec::new();
         for (slot, p) in data.chunks(PAGE_SIZE).enumerate() {
             let slot = slot as u8;
             if block::is_zero(p) {
@@ -287,19 +289,26 @@ impl Classifier<'_> {
             new.mask |= 1 << slot;
             new.fingerprints.push(fp);
             new.ids.push(id);
-            raw.extend_from_slice(p);
         }
         if new.mask == 0 {
             return Ok(BlockOut { pages, frame: None });
         }
         if usize::try_from(new.mask.count_ones()).is_ok_and(|c| c * PAGE_SIZE == self.fs) {
-            new.frame_id = frame_id;
+            new.frame_id = Some(frame_id.unwrap_or_else(|| self.ids.page_id(data)));
         }
-        let encoded = frames::encode_frame(&raw);
+        // Every page new (the common case): the frame is the block itself, whose hash is known.
+        let raw;
+        let (pages_bytes, hash) = if n * PAGE_SIZE == data.len()
+            && u32::try_from(n).is_ok_and(|n| new.mask == page::full_mask(n))
+        {
+            (data, h())
+        } else {
+            raw = new_pages(data, new.mask);
+            (&raw[..], block::hash(&raw))
+        };
         let at = out.len();
-        out.extend_from_slice(&encoded.bytes);
-        new.codec = encoded.codec;
-        new.hash = encoded.hash;
+        new.codec = frames::encode_frame_into(pages_bytes, out);
+        new.hash = hash;
         new.at = at..out.len();
         Ok(BlockOut {
             pages,
@@ -332,9 +341,9 @@ impl Classifier<'_> {
         Ok(Some(BlockOut { pages, frame: None }))
     }
 
-    /// When the previous point's `entries` are one whole frame in slot order whose hash is `h`,
+    /// When the previous point's `entries` are one whole frame in slot order whose hash is `h()`,
     /// the pages as that frame's.
-    fn same_frame(&self, entries: &[u64], h: u128) -> Result<Option<Vec<Page>>> {
+    fn same_frame(&self, entries: &[u64], h: impl Fn() -> u128) -> Result<Option<Vec<Page>>> {
         let Some(Some(first)) = entries.first().map(|&e| pagemap::decode_entry(e)) else {
             return Ok(None);
         };
@@ -355,7 +364,7 @@ impl Classifier<'_> {
             .frame(&self.shared.meta, first.frame)
             .map_err(|e| self.prev_error(pack_cause(e)))?;
         match entry {
-            Some(e) if e.hash == h && e.decoded_len() == self.fs => {
+            Some(e) if e.decoded_len() == self.fs && e.hash == h() => {
                 let pack = handle.pack.pack;
                 Ok(Some(
                     (0..entries.len())
@@ -366,6 +375,19 @@ impl Classifier<'_> {
             _ => Ok(None),
         }
     }
+}
+
+/// The pages of `data` (a block) that `mask` names, concatenated in slot order, the last one
+/// padded with zeros to a whole page.
+fn new_pages(data: &[u8], mask: u16) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(mask.count_ones() as usize * PAGE_SIZE);
+    for (slot, p) in data.chunks(PAGE_SIZE).enumerate() {
+        if mask & (1 << slot) != 0 {
+            raw.extend_from_slice(p);
+            raw.resize(raw.len().next_multiple_of(PAGE_SIZE), 0);
+        }
+    }
+    raw
 }
 
 /// The fingerprint of page `r` (its pack slot ignored) of pack `h`, or `None` when the pack does
@@ -515,7 +537,6 @@ pub(crate) fn ingest(
     let classifier = Classifier {
         shared,
         fs: fs as usize,
-        zero_hash: block::hash(&vec![0u8; fs as usize]),
         prev: job.prev,
         index: job.index,
         ids: &ids,
@@ -539,7 +560,10 @@ pub(crate) fn ingest(
     let pool = (0..buffers)
         .map(|_| Buffers {
             data: AlignedBuf::new((per_batch * fsz) as usize),
-            out: Vec::with_capacity((per_batch * fsz) as usize),
+            // The last frame is encoded into room for LZ4's worst case (`encode_frame_into`).
+            out: Vec::with_capacity(
+                (per_batch * fsz) as usize + block::compress_bound(fs as usize),
+            ),
         })
         .collect();
     let make = |index, bufs| read_batch(source, &classifier, (blocks, per_batch), index, bufs);
@@ -572,14 +596,14 @@ pub(crate) fn ingest(
                     Some(p) => p,
                     None => pack.insert(start_pack(shared, job.vm, fs)?),
                 };
-                let encoded = frames::EncodedFrame {
+                let stored = frames::StoredFrame {
                     hash: f.hash,
                     codec: f.codec,
-                    bytes: batch.bufs.out[f.at.clone()].to_vec(),
+                    bytes: &batch.bufs.out[f.at.clone()],
                 };
                 let frame = p
                     .writer
-                    .append(f.mask, &encoded, &f.fingerprints)
+                    .append(f.mask, stored, &f.fingerprints)
                     .map_err(Error::io(format!("writing {}", p.key)))?;
                 let slots = (0..16u8).filter(|s| f.mask & (1 << s) != 0);
                 if let Some(fid) = f.frame_id {

@@ -258,50 +258,63 @@ impl PagedDisk {
                 return Ok(());
             }
         }
-        out.fill(0);
-        let mut last: Option<(u32, u32, Arc<[u8]>, u16)> = None;
+        // Page by page, each distinct frame decoded once for all the pages it serves here.
+        let mut done = [false; MAX_FRAME_PAGES];
         for (i, r) in refs.iter().enumerate() {
-            let Some(r) = *r else { continue };
-            let data = match &last {
-                Some((p, f, data, mask)) if *p == r.pack && *f == r.frame => (data.clone(), *mask),
-                _ => {
-                    let (data, mask) = self.frame_data(shared, r)?;
-                    last = Some((r.pack, r.frame, data.clone(), mask));
-                    (data, mask)
+            let dest = &mut out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+            let Some(r) = *r else {
+                dest.fill(0);
+                continue;
+            };
+            if done[i] {
+                continue;
+            }
+            self.with_frame(shared, r, keep, |data, mask| {
+                for (j, rj) in refs.iter().enumerate().skip(i) {
+                    let Some(rj) = rj.filter(|rj| rj.pack == r.pack && rj.frame == r.frame) else {
+                        continue;
+                    };
+                    let Some(ord) = page::ordinal(mask, rj.slot) else {
+                        let pack = self.map.packs[r.pack as usize - 1].to_string();
+                        return Err(Cause::Damage(Damage::MissingBlock { pack }));
+                    };
+                    out[j * PAGE_SIZE..(j + 1) * PAGE_SIZE]
+                        .copy_from_slice(&data[ord * PAGE_SIZE..(ord + 1) * PAGE_SIZE]);
+                    done[j] = true;
                 }
-            };
-            let (data, mask) = data;
-            let Some(ord) = page::ordinal(mask, r.slot) else {
-                let pack = self.map.packs[r.pack as usize - 1].to_string();
-                return Err(Cause::Damage(Damage::MissingBlock { pack }));
-            };
-            let src = &data[ord * PAGE_SIZE..(ord + 1) * PAGE_SIZE];
-            out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(src);
+                Ok(())
+            })?;
         }
         Ok(())
     }
 
-    /// The decoded pages of `r`'s frame and its mask, from the frame cache or decoded (and then
-    /// cached: the frame serves pages of other blocks or points too).
-    fn frame_data(&self, shared: &Shared, r: PageRef) -> Result<(Arc<[u8]>, u16), Cause> {
+    /// Calls `f` with the decoded pages of `r`'s frame and its mask: from the frame cache, or
+    /// decoded into this thread's scratch (and cached when `keep`: the frame may serve pages of
+    /// other blocks or points; a sequential pass does not keep what it will not read again).
+    fn with_frame<T>(
+        &self,
+        shared: &Shared,
+        r: PageRef,
+        keep: bool,
+        f: impl FnOnce(&[u8], u16) -> Result<T, Cause>,
+    ) -> Result<T, Cause> {
         let (h, e) = self.frame_of(shared, r)?;
         let key = h.frame_key(r.frame);
         if let Some(data) = shared.cache.get(&key)
             && data.len() == e.decoded_len()
         {
-            return Ok((data, e.mask));
+            return f(&data, e.mask);
         }
-        let data: Arc<[u8]> = FRAME.with_borrow_mut(|buf| {
+        FRAME.with_borrow_mut(|buf| {
             buf.resize(e.decoded_len(), 0);
             h.pack
                 .read_frame(&*h.object, &e, buf)
                 .map_err(|err| frame_cause(&h, err))?;
-            Ok::<_, Cause>(Arc::from(&buf[..]))
-        })?;
-        if shared.cache.capacity() > 0 {
-            shared.cache.insert(key, data.clone());
-        }
-        Ok((data, e.mask))
+            if keep && shared.cache.capacity() > 0 {
+                shared.cache.insert(key, Arc::from(&buf[..]));
+            }
+            f(buf, e.mask)
+        })
     }
 
     /// The first page at or after `page` that is not a hole, or `None`. A map page that cannot
