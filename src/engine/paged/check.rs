@@ -665,7 +665,10 @@ fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>
             continue;
         }
         // The id of a whole full frame (slot 0), for entries that name a frame, not a page.
-        let frame_id = (out.len() == shared.header.block_size as usize).then(|| ids.page_id(&out));
+        let frame_id = (out.len() == shared.header.block_size as usize).then(|| {
+            let pages: Vec<_> = out.chunks(PAGE_SIZE).map(|p| ids.page_id(p)).collect();
+            ids.frame_id(&pages)
+        });
         for e in group {
             let page = f
                 .page_offset(e.slot)

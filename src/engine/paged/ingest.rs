@@ -6,10 +6,10 @@
 //! - **same**: its fingerprint equals the previous point's page at the same offset (checked
 //!   first for the whole block against the previous frame's hash, which costs what format 1's
 //!   block compare did), so the new map names the same `(pack, frame, slot)`;
-//! - **found**: the whole frame's BLAKE3 id is in the dedup index (a clone's unchanged block:
-//!   one hash and one lookup for all its pages), or the page's BLAKE3 id is (another disk, VM or point stored it) and the
-//!   candidate checks out in its pack (slot present, same fingerprint), or an earlier page of the
-//!   same batch has it;
+//! - **found**: the whole frame's id (a hash of its pages' BLAKE3 ids) is in the dedup index (a
+//!   clone's unchanged block: one lookup for all its pages), or the page's BLAKE3 id is (another
+//!   disk, VM or point stored it) and the candidate checks out in its pack (slot present, same
+//!   fingerprint), or an earlier page of the same batch has it;
 //! - **new**: otherwise. A block's new pages are compressed together as one frame.
 //!
 //! A block its source knows unchanged since the previous point (only `rpfs migrate`'s sources
@@ -44,7 +44,7 @@ use crate::store::block;
 use crate::store::frames::{self, FrameWriter};
 use crate::store::index::IndexEntry;
 use crate::store::layout;
-use crate::store::page::{self, Fingerprint, IdKey, PAGE_SIZE, PageId};
+use crate::store::page::{self, Fingerprint, IdKey, MAX_FRAME_PAGES, PAGE_SIZE, PageId};
 use crate::store::pagemap::{self, PageMapWriter, PageRef};
 use crate::store::storage::AlignedBuf;
 
@@ -80,7 +80,7 @@ struct NewFrame {
     at: std::ops::Range<usize>,
     fingerprints: Vec<Fingerprint>,
     ids: Vec<PageId>,
-    /// The id of the whole frame, when every page of it is new.
+    /// The id of the whole frame (`IdKey::frame_id`), when every page of it is new.
     frame_id: Option<PageId>,
 }
 
@@ -232,14 +232,20 @@ impl Classifier<'_> {
                 frame: None,
             });
         }
-        // A whole frame stored already (the everyday case of a clone's first point): one id
-        // and one lookup for the block instead of one per page. Where the previous point has
-        // data the block changed, which hardly ever makes it a stored frame: no id up front.
-        let frame_id = (whole && prev.is_none()).then(|| self.ids.page_id(data));
-        if let Some(fid) = &frame_id
-            && let Some(pages) = self.found_frame(fid, h())
-        {
-            return Ok(BlockOut { pages, frame: None });
+        // Where nothing was before (a first point, a clone's first point), every page will be
+        // looked up by id: hash them now, and when none is a hole look the whole frame up by
+        // its id first (a clone's unchanged block: one lookup instead of one per page).
+        let mut ids: [Option<PageId>; MAX_FRAME_PAGES] = [None; MAX_FRAME_PAGES];
+        if whole && prev.is_none() {
+            for (id, p) in ids.iter_mut().zip(data.chunks(PAGE_SIZE)) {
+                *id = (!block::is_zero(p)).then(|| self.ids.page_id(p));
+            }
+            let all: Option<Vec<PageId>> = ids[..n].iter().copied().collect();
+            if let Some(all) = all
+                && let Some(pages) = self.found_frame(&self.ids.frame_id(&all), h())
+            {
+                return Ok(BlockOut { pages, frame: None });
+            }
         }
         let mut pages = Vec::with_capacity(n);
         let mut new = NewFrame {
@@ -275,7 +281,7 @@ impl Classifier<'_> {
                 pages.push(Page::At(pack, r.frame, r.slot));
                 continue;
             }
-            let id = self.ids.page_id(p);
+            let id = ids[usize::from(slot)].unwrap_or_else(|| self.ids.page_id(p));
             if let Some(&(blk, s)) = earlier.get(&id) {
                 pages.push(Page::Earlier(blk, s));
                 continue;
@@ -294,7 +300,7 @@ impl Classifier<'_> {
             return Ok(BlockOut { pages, frame: None });
         }
         if usize::try_from(new.mask.count_ones()).is_ok_and(|c| c * PAGE_SIZE == self.fs) {
-            new.frame_id = Some(frame_id.unwrap_or_else(|| self.ids.page_id(data)));
+            new.frame_id = Some(self.ids.frame_id(&new.ids));
         }
         // Every page new (the common case): the frame is the block itself, whose hash is known.
         let raw;
