@@ -53,7 +53,7 @@ def rpfs_store(store, vms, fmt=None):
     env = dict(os.environ, RPFS_STORE=store)
     rpfs = rpfs_bin()
     # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K), and
-    # RPFS_BENCH_FORMAT another store format (e.g. 2).
+    # RPFS_BENCH_FORMAT another store format than the default (2), e.g. 1.
     block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
     fmt = fmt or os.environ.get("RPFS_BENCH_FORMAT")
     run(rpfs, "init", *(["--block-size", block] if block else []),
@@ -91,8 +91,8 @@ class Rpfs(Peer):
 
 
 class RpfsFormat1(Rpfs):
-    """rpfs on a format-1 store, beside a run of another format (RPFS_BENCH_FORMAT=2), so both
-    are measured in the same run."""
+    """rpfs on a format-1 store (the previous release's format), beside rpfs on the default
+    format, so both are measured in the same run (left out when RPFS_BENCH_FORMAT=1)."""
     name = "rpfs format 1"
     slug = "rpfs-f1"
     fmt = "1"
@@ -272,5 +272,5 @@ class Raw(Peer):
 # The peers that ingest, in the order they take their turns; --only-peer names them by the
 # first word of their name (rpfs, qcow2 (both chains), restic, borg).
 INGESTING = [Rpfs, Qcow2, Qcow2Zstd, Restic, Borg]
-if os.environ.get("RPFS_BENCH_FORMAT", "1") != "1":
+if os.environ.get("RPFS_BENCH_FORMAT", "2") != "1":
     INGESTING.insert(1, RpfsFormat1)

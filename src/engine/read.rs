@@ -263,6 +263,12 @@ impl DiskImage {
         if from == 0 && dest.len() == bs {
             return self.read_block(block, dest);
         }
+        if let Layout::Pages(p) = &self.layout {
+            // Only the pages asked for: a block mixing frames need not decode them all.
+            return p
+                .read_part(&self.shared, block, from, dest)
+                .map_err(|cause| self.block_error(block, cause));
+        }
         PARTIAL.with_borrow_mut(|tmp| {
             tmp.resize(bs, 0);
             self.fetch_block(block, tmp, true)?;

@@ -274,18 +274,56 @@ impl PagedDisk {
                     let Some(rj) = rj.filter(|rj| rj.pack == r.pack && rj.frame == r.frame) else {
                         continue;
                     };
-                    let Some(ord) = page::ordinal(mask, rj.slot) else {
-                        let pack = self.map.packs[r.pack as usize - 1].to_string();
-                        return Err(Cause::Damage(Damage::MissingBlock { pack }));
-                    };
                     out[j * PAGE_SIZE..(j + 1) * PAGE_SIZE]
-                        .copy_from_slice(&data[ord * PAGE_SIZE..(ord + 1) * PAGE_SIZE]);
+                        .copy_from_slice(self.page_in(data, mask, rj)?);
                     done[j] = true;
                 }
                 Ok(())
             })?;
         }
         Ok(())
+    }
+
+    /// Writes `dest.len()` bytes of block `block`, from byte `from` of it, into `dest`: only the
+    /// pages they overlap are resolved, each frame through the cache (and kept there: a block
+    /// read in parts will likely be read again).
+    pub(crate) fn read_part(
+        &self,
+        shared: &Shared,
+        block: u64,
+        from: usize,
+        dest: &mut [u8],
+    ) -> Result<(), Cause> {
+        let Some(entries) = self.block_entries(shared, block)? else {
+            dest.fill(0);
+            return Ok(());
+        };
+        let end = from.saturating_add(dest.len());
+        let mut at = from;
+        while at < end {
+            let i = at / PAGE_SIZE;
+            let upto = ((i + 1) * PAGE_SIZE).min(end);
+            let part = &mut dest[at - from..upto - from];
+            let within = at - i * PAGE_SIZE..upto - i * PAGE_SIZE;
+            match entries.get(i).copied().and_then(pagemap::decode_entry) {
+                None => part.fill(0),
+                Some(r) => self.with_frame(shared, r, true, |data, mask| {
+                    part.copy_from_slice(&self.page_in(data, mask, r)?[within]);
+                    Ok(())
+                })?,
+            }
+            at = upto;
+        }
+        Ok(())
+    }
+
+    /// Page `r` in `data`, its frame's decoded pages (present ones: `mask`).
+    fn page_in<'d>(&self, data: &'d [u8], mask: u16, r: PageRef) -> Result<&'d [u8], Cause> {
+        let Some(ord) = page::ordinal(mask, r.slot) else {
+            let pack = self.map.packs[r.pack as usize - 1].to_string();
+            return Err(Cause::Damage(Damage::MissingBlock { pack }));
+        };
+        Ok(&data[ord * PAGE_SIZE..(ord + 1) * PAGE_SIZE])
     }
 
     /// Calls `f` with the decoded pages of `r`'s frame and its mask: from the frame cache, or
