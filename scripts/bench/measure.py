@@ -314,6 +314,25 @@ def peers_section(args, work):
     return rows
 
 
+def daemon_peak(env, mnt, paths, fio_seconds):
+    """Peak RSS of a fresh mount daemon (the bench's block cache size) over cold sequential reads
+    of `paths` (relative to the mount) and 4 KiB random reads of the first: what its index and
+    table memory comes to in a store of many points or VMs (issue 16: bounded)."""
+    os.makedirs(mnt, exist_ok=True)
+    drop_caches()
+    proc = subprocess.Popen([rpfs_bin(), "mount", mnt, "--foreground", "--cache-size", CACHE_SIZE],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: is_mounted(mnt), "mount")
+        for path in paths:
+            seq_read(os.path.join(mnt, path))
+        rand_read(os.path.join(mnt, paths[0]), fio_seconds)
+        return vm_hwm(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+
+
 def chain_section(args, work):
     """Reads of point 1 and point 500 of one chain, in one reader process and through the mount."""
     size = args.chain_disk_mib * MIB
@@ -352,8 +371,9 @@ def chain_section(args, work):
             mounted["warm"][i].extend(size / seq_read(path) for _ in range(10))
             proc.send_signal(signal.SIGTERM)
             proc.wait()
+    peak = daemon_peak(env, mnt, ["c/p1/disks/d.img", f"c/p{depth}/disks/d.img"], args.fio_seconds)
     return {
-        "depth": depth, "size": size, "changes": changes,
+        "depth": depth, "size": size, "changes": changes, "daemon_rss": peak,
         "inproc": inproc,
         "cold": [statistics.median(x) for x in mounted["cold"]],
         "warm": [statistics.median(x) for x in mounted["warm"]],
@@ -479,7 +499,15 @@ def clones_section(args, work, count=10, fraction=0.02):
         for p in tools:
             rows[p.name]["incr"].append(point(p, 0))
             log(f"clone 1 again: {p.name} incremental point {rows[p.name]['incr'][-1]:.2f} s")
+    peak = None
+    rp = next((p for p in tools if isinstance(p, RpfsVms)), None)
+    if rp:
+        last = rp.gens[0] - 1
+        peak = daemon_peak(rp.env, os.path.join(work, "mnt"),
+                           [f"c1/g{last}/disks/os.img", f"c1/g{last}/disks/data.img",
+                            f"c{count}/g0/disks/os.img"], args.fio_seconds)
     return {"count": count, "fraction": fraction, "os_size": sizes["os"], "data_size": sizes["data"],
+            "daemon_rss": peak,
             "changed": changed, "incr_changed": incr_changed, "rows": list(rows.values())}
 
 

@@ -70,6 +70,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::le;
 use super::page::{MAX_FRAME_PAGES, PageId};
@@ -589,19 +590,7 @@ impl Segment {
         obj: &dyn Object,
         id: &PageId,
     ) -> Result<Option<IndexEntry>, SegmentError> {
-        let mut buf = [0u8; BLOCK];
-        for b in self.candidates(id) {
-            if !self.block_may_contain(b, id) {
-                continue;
-            }
-            let count = self.read_block(key, obj, b, &mut buf)?;
-            let (rows, _) = buf[..BLOCK_ENTRIES * ENTRY_LEN].as_chunks::<ENTRY_LEN>();
-            let rows = &rows[..count];
-            if let Ok(i) = rows.binary_search_by(|r| r[..32].cmp(id)) {
-                return self.decode(key, &rows[i]).map(Some);
-            }
-        }
-        Ok(None)
+        self.lookup_via(key, id, |b| self.block_rows(key, obj, b))
     }
 
     /// All entries in id order, read block by block; stops after the first error.
@@ -664,6 +653,39 @@ impl Segment {
     }
 
     /// Entries block `b` holds by the counts: 102, or what is left for the last block.
+    /// Like [`Segment::lookup`], with each block's validated rows got through `rows` (a cache
+    /// in front of [`Segment::block_rows`]).
+    pub fn lookup_via(
+        &self,
+        key: &str,
+        id: &PageId,
+        mut rows: impl FnMut(usize) -> Result<Arc<[[u8; ENTRY_LEN]]>, SegmentError>,
+    ) -> Result<Option<IndexEntry>, SegmentError> {
+        for b in self.candidates(id) {
+            if !self.block_may_contain(b, id) {
+                continue;
+            }
+            let rows = rows(b)?;
+            if let Ok(i) = rows.binary_search_by(|r| r[..32].cmp(id)) {
+                return self.decode(key, &rows[i]).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The rows of block `b`, read and validated (see [`Segment::lookup_via`]).
+    pub fn block_rows(
+        &self,
+        key: &str,
+        obj: &dyn Object,
+        b: usize,
+    ) -> Result<Arc<[[u8; ENTRY_LEN]]>, SegmentError> {
+        let mut buf = [0u8; BLOCK];
+        let count = self.read_block(key, obj, b, &mut buf)?;
+        let (rows, _) = buf[..BLOCK_ENTRIES * ENTRY_LEN].as_chunks::<ENTRY_LEN>();
+        Ok(Arc::from(&rows[..count]))
+    }
+
     fn expected_count(&self, b: usize) -> u64 {
         let before = (b as u64).saturating_mul(BLOCK_ENTRIES as u64);
         self.entries

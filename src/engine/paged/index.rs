@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::meta::{Meta, MetaCache, MetaKey};
 use crate::engine::error::{Error, Result};
 use crate::engine::shared::Shared;
 use crate::store::index::{self, IndexEntry, Segment};
@@ -28,7 +29,14 @@ const INDEX_LOCK: &str = "index";
 /// The segments a creation looks pages up in.
 #[derive(Default)]
 pub(crate) struct IndexSet {
-    segments: Vec<(String, Arc<dyn Object>, Segment)>,
+    segments: Vec<OpenSegment>,
+}
+
+struct OpenSegment {
+    id: Uuid,
+    key: String,
+    obj: Arc<dyn Object>,
+    segment: Segment,
 }
 
 impl IndexSet {
@@ -36,7 +44,7 @@ impl IndexSet {
     /// only its savings are lost.
     pub(crate) fn open(storage: &dyn Storage) -> IndexSet {
         let mut segments = Vec::new();
-        for key in segment_keys(storage) {
+        for (id, key) in segment_keys(storage) {
             let opened = storage
                 .open(&key)
                 .map_err(|e| e.to_string())
@@ -46,23 +54,41 @@ impl IndexSet {
                         .map_err(|e| e.to_string())
                 });
             match opened {
-                Ok((obj, s)) => segments.push((key, obj, s)),
+                Ok((obj, segment)) => segments.push(OpenSegment {
+                    id,
+                    key,
+                    obj,
+                    segment,
+                }),
                 Err(why) => tracing::warn!("dedup index segment {key} left out: {why}"),
             }
         }
         IndexSet { segments }
     }
 
-    /// Candidate locations of a page with id `id`, newest segment first.
+    /// Candidate locations of a page with id `id`, newest segment first. Blocks are read
+    /// through `cache` (a clone's first point looks up every frame of its template, whose
+    /// ids fill each block many times over).
     pub(crate) fn candidates<'a>(
         &'a self,
         id: &'a PageId,
+        cache: &'a MetaCache,
     ) -> impl Iterator<Item = IndexEntry> + 'a {
-        self.segments.iter().rev().filter_map(move |(key, obj, s)| {
-            if !s.may_contain(id) {
+        self.segments.iter().rev().filter_map(move |s| {
+            if !s.segment.may_contain(id) {
                 return None;
             }
-            match s.lookup(key, &**obj, id) {
+            let rows = |b: usize| {
+                // A segment has at most u32::MAX blocks (checked at open).
+                let ck = MetaKey::IndexBlock(s.id, u32::try_from(b).unwrap_or(u32::MAX));
+                if let Some(Meta::IndexRows(r)) = cache.get(&ck) {
+                    return Ok(r);
+                }
+                let r = s.segment.block_rows(&s.key, &*s.obj, b)?;
+                cache.insert(ck, Meta::IndexRows(r.clone()));
+                Ok(r)
+            };
+            match s.segment.lookup_via(&s.key, id, rows) {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!("dedup index lookup failed: {e}");
@@ -73,13 +99,14 @@ impl IndexSet {
     }
 }
 
-/// Keys of every published segment, oldest name first (names are random: order is only stable).
-fn segment_keys(storage: &dyn Storage) -> Vec<String> {
+/// Ids and keys of every published segment, oldest name first (names are random: order is
+/// only stable).
+fn segment_keys(storage: &dyn Storage) -> Vec<(Uuid, String)> {
     let names = storage.list(layout::INDEX).unwrap_or_default();
     names
         .into_iter()
         .filter_map(|n| match layout::classify(&n) {
-            Name::Segment(id) => Some(layout::segment(id)),
+            Name::Segment(id) => Some((id, layout::segment(id))),
             _ => None,
         })
         .collect()
@@ -104,7 +131,7 @@ pub(crate) fn publish(storage: &dyn Storage, mut entries: Vec<IndexEntry>) -> Re
 /// the segments as they are.
 pub(crate) fn compact(shared: &Shared) {
     let storage = &*shared.storage;
-    let keys = segment_keys(storage);
+    let keys: Vec<String> = segment_keys(storage).into_iter().map(|(_, k)| k).collect();
     if keys.len() <= COMPACT_AT {
         return;
     }

@@ -143,7 +143,7 @@ impl Classifier<'_> {
     /// Where a page with id `id` and fingerprint `fp` is stored already, per the index, checked
     /// in its pack. Any trouble is a miss.
     fn found(&self, id: &PageId, fp: Fingerprint) -> Option<(Uuid, u32, u8)> {
-        for c in self.index.candidates(id) {
+        for c in self.index.candidates(id, &self.shared.meta) {
             let Some(h) = self.opened(c.pack) else {
                 continue;
             };
@@ -179,7 +179,7 @@ impl Classifier<'_> {
     /// The pages of a whole stored frame whose bytes have id `fid` and xxh3-128 `h` (the
     /// frame hash a pack keeps), checked in its pack.
     fn found_frame(&self, fid: &PageId, h: u128) -> Option<Vec<Page>> {
-        for c in self.index.candidates(fid) {
+        for c in self.index.candidates(fid, &self.shared.meta) {
             let Some(handle) = self.opened(c.pack) else {
                 continue;
             };

@@ -1,5 +1,5 @@
 //! Format 2's metadata on the way to a page, read in bounded pieces: map pages, frame-table
-//! chunks and fingerprint chunks, all through one bytes-bounded cache shared by every image and
+//! chunks, fingerprint chunks and dedup index blocks, all through one bytes-bounded cache shared by every image and
 //! creation of the process; and the registry of open frame packs.
 //!
 //! Invariants: every key names immutable content (a pack's tables are keyed by the opening they
@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::engine::cache::{BlockKey, Cache, CacheKey, Weigh};
 use crate::engine::packs::OpenError;
 use crate::store::frames::{self, FrameEntry, FramePack};
+use crate::store::index;
 use crate::store::layout;
 use crate::store::pack::PackError;
 use crate::store::page::Fingerprint;
@@ -34,6 +35,8 @@ pub(crate) enum MetaKey {
     Table(Uuid, u64, u32),
     /// Fingerprint chunk `2` of generation `1` of pack `0`.
     Fingerprints(Uuid, u64, u32),
+    /// Block `1` of dedup index segment `0` (segments are written once, never rewritten).
+    IndexBlock(Uuid, u32),
 }
 
 impl CacheKey for MetaKey {
@@ -42,6 +45,7 @@ impl CacheKey for MetaKey {
             MetaKey::MapPage(id, n) => (id, 0, n, 1),
             MetaKey::Table(id, g, n) => (id, g, n, 2),
             MetaKey::Fingerprints(id, g, n) => (id, g, n, 3),
+            MetaKey::IndexBlock(id, n) => (id, 0, n, 4),
         };
         let (hi, lo) = id.as_u64_pair();
         hi ^ lo ^ (g << 40) ^ (u64::from(n) << 2) ^ kind
@@ -54,6 +58,7 @@ pub(crate) enum Meta {
     Entries(Arc<[u64]>),
     Table(Arc<[FrameEntry]>),
     Fingerprints(Arc<[Fingerprint]>),
+    IndexRows(Arc<[[u8; index::ENTRY_LEN]]>),
 }
 
 impl Weigh for Meta {
@@ -62,6 +67,7 @@ impl Weigh for Meta {
             Meta::Entries(e) => std::mem::size_of_val(&**e),
             Meta::Table(t) => std::mem::size_of_val(&**t),
             Meta::Fingerprints(f) => std::mem::size_of_val(&**f),
+            Meta::IndexRows(r) => std::mem::size_of_val(&**r),
         }
     }
 }
