@@ -174,7 +174,8 @@ impl PagedDisk {
     }
 
     /// The entries of frame-sized block `block` (`slots` of them; fewer at the end of the disk),
-    /// or `None` when the whole block is holes.
+    /// or `None` when the whole block is holes or lies past the end of the disk (as it does for
+    /// the previous point of a disk that has grown).
     pub(crate) fn block_entries(
         &self,
         shared: &Shared,
@@ -182,11 +183,14 @@ impl PagedDisk {
     ) -> Result<Option<BlockEntries>, Cause> {
         let slots = u64::from(page::frame_slots(self.map.frame_size));
         let first = block * slots;
+        let Some(left) = self.map.pages.checked_sub(first).filter(|&l| l > 0) else {
+            return Ok(None);
+        };
         let (mp, at) = pagemap::locate(first);
         let Some(entries) = self.entries(shared, mp as u32)? else {
             return Ok(None);
         };
-        let n = (slots.min(self.map.pages - first)) as usize;
+        let n = slots.min(left) as usize;
         // Frames never straddle map pages: 4096 entries hold a whole number of frames.
         Ok(entries.get(at..at + n).map(|e| {
             let mut out = BlockEntries {
