@@ -89,7 +89,7 @@ impl PagedDisk {
     /// Opens the map of disk restore point `drp`, stored under `key`.
     pub(crate) fn open(shared: &Shared, drp: Uuid, key: &str) -> Result<PagedDisk, Cause> {
         let object = shared.storage.open(key).map_err(Cause::Io)?;
-        let map = PageMap::open(key, &*object).map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        let map = PageMap::open(key, &*object).map_err(map_cause)?;
         if map.frame_size != shared.header.block_size {
             let c = crate::store::Corrupt::new(
                 key,
@@ -168,7 +168,7 @@ impl PagedDisk {
             &*self.object,
             i,
         )
-        .map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        .map_err(map_cause)?;
         LAST_MAP_PAGE.with_borrow_mut(|last| *last = Some((self.drp, i, e.clone())));
         Ok(Some(e))
     }
@@ -365,6 +365,14 @@ impl PagedDisk {
             p = (mp + 1) * pagemap::ENTRIES_PER_PAGE as u64;
         }
         self.map.pages
+    }
+}
+
+/// A page map's failure as a cause: I/O, or a damaged map.
+fn map_cause(e: PackError) -> Cause {
+    match e {
+        PackError::Io(e) => Cause::Io(e),
+        PackError::Corrupt(c) => Cause::Damage(Damage::Map(c)),
     }
 }
 
