@@ -25,9 +25,9 @@ pub enum Command {
         /// Block size of every disk chain: a power of two from 4K to 4M (K, M are binary)
         #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
         block_size: u64,
-        /// On-disk format: 1 (whole blocks per disk chain) or 2 (4 KiB pages, deduplicated
-        /// across disks and VMs; block size up to 64K)
-        #[arg(long, default_value_t = rpfs::store::format::VERSION)]
+        /// On-disk format: 2 (4 KiB pages, deduplicated across disks and VMs; block size up to
+        /// 64K) or 1 (whole blocks per disk chain, as stores made before format 2)
+        #[arg(long, default_value_t = rpfs::store::format::DEFAULT)]
         format: u32,
     },
     /// Manage source VMs

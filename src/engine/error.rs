@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::store::block::DecodeError;
+use crate::store::pack::PackError;
 use crate::store::{Corrupt, RecordError};
 
 /// Engine result.
@@ -196,6 +197,20 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+}
+
+/// A pack's or a page map's parts failing to load: I/O (the error names the file and the part),
+/// or damage.
+impl From<PackError> for Error {
+    fn from(e: PackError) -> Self {
+        match e {
+            PackError::Io(source) => Error::Io {
+                context: "reading the store".into(),
+                source,
+            },
+            PackError::Corrupt(c) => Error::Corrupt(c),
+        }
     }
 }
 

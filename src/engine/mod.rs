@@ -118,10 +118,10 @@ pub fn validate_block_size_for(bytes: u64, version: u32) -> Result<u32> {
 }
 
 impl Engine {
-    /// Creates a new, empty store in `storage`, which must be empty, and the caller's: it is
-    /// made private (0700) if it was not.
+    /// Creates a new, empty store of the default format ([`format::DEFAULT`]) in `storage`,
+    /// which must be empty, and the caller's: it is made private (0700) if it was not.
     pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
-        Self::init_format(storage, block_size, format::VERSION)
+        Self::init_format(storage, block_size, format::DEFAULT)
     }
 
     /// [`Engine::init`] with on-disk format `version`.

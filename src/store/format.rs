@@ -12,12 +12,16 @@
 
 /// The format name in every store header.
 pub const FORMAT: &str = "rpfs";
-/// Store format version a new store gets unless asked otherwise.
+/// The whole-block, per-disk-chain format: every store made before format 2 existed, and any
+/// made with `rpfs init --format 1`. Still read and written by this build.
 pub const VERSION: u32 = 1;
 /// The page-mapped, store-wide deduplicating format.
 pub const PAGED: u32 = 2;
+/// Store format version a new store gets unless asked otherwise (`rpfs init` without
+/// `--format`, [`crate::engine::Engine::init`]).
+pub const DEFAULT: u32 = PAGED;
 /// Every store format version this build opens.
-pub const READABLE: [u32; 2] = [1, PAGED];
+pub const READABLE: [u32; 2] = [VERSION, PAGED];
 /// Block size of a new store unless asked otherwise.
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
 /// Smallest and largest block sizes a store may use.
@@ -30,10 +34,18 @@ pub fn check_block_size(bytes: u64) -> Result<u32, String> {
     check_size_in(bytes, BLOCK_SIZE_RANGE)
 }
 
-/// `bytes` as the block size of a store of format `version`, or why not.
+/// `bytes` as the block size of a store of format `version`, or why not (for format 2, where
+/// format 1 would take it, saying so: format 2 is the default, and larger blocks need asking).
 pub fn check_block_size_for(bytes: u64, version: u32) -> Result<u32, String> {
     if version == PAGED {
-        check_size_in(bytes, FRAME_SIZE_RANGE)
+        check_size_in(bytes, FRAME_SIZE_RANGE).map_err(|why| match check_block_size(bytes) {
+            Ok(_) => format!(
+                "{why} in a format-2 store (its frame size); format 1 (--format 1) takes blocks \
+                 up to {}",
+                binary(BLOCK_SIZE_RANGE.1)
+            ),
+            Err(_) => why,
+        })
     } else {
         check_block_size(bytes)
     }
@@ -74,7 +86,15 @@ mod tests {
         assert_eq!(check_block_size_for(64 << 10, PAGED), Ok(64 << 10));
         assert_eq!(
             check_block_size_for(128 << 10, PAGED),
-            Err("block size 131072 is not a power of two between 4 KiB and 64 KiB".into())
+            Err(
+                "block size 131072 is not a power of two between 4 KiB and 64 KiB in a \
+                 format-2 store (its frame size); format 1 (--format 1) takes blocks up to 4 MiB"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_block_size_for(3000, PAGED),
+            Err("block size 3000 is not a power of two between 4 KiB and 64 KiB".into())
         );
         assert_eq!(check_block_size_for(128 << 10, 1), Ok(128 << 10));
     }

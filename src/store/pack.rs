@@ -374,13 +374,14 @@ impl PackIndex {
     }
 }
 
-/// Failure to load a pack's table.
+/// Failure to load a pack's table (or, in format 2, a frame pack's or page map's parts): the
+/// storage failed (I/O, not damage), or what it returned is damaged.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error(transparent)]
     Io(io::Error),
     #[error(transparent)]
-    Corrupt(Corrupt),
+    Corrupt(#[from] Corrupt),
 }
 
 /// Failure to read one block out of a pack.

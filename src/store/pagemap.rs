@@ -47,6 +47,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use super::le;
+use super::pack::PackError;
 use super::page::{PAGE_SHIFT, frame_slots, full_mask};
 use super::refs::{self, RefSet, RefSetBuilder};
 use super::storage::{Object, ObjectWriter};
@@ -426,17 +427,31 @@ pub struct PageMap {
     summary_crc: u32,
 }
 
+/// A failed read of a map's `what`, a region [`PageMap::open`] found inside the object: cut short,
+/// the object is shorter than it said (damage, `Length`); any other failure is the storage's
+/// (I/O, not damage: the map may read fine next time).
+fn read_error(key: &str, what: &str, e: io::Error) -> PackError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        PackError::Corrupt(Corrupt::new(
+            key,
+            CorruptKind::Length,
+            format!("map {what} cannot be read: {e}"),
+        ))
+    } else {
+        PackError::Io(io::Error::new(
+            e.kind(),
+            format!("reading the {what} of map {key}: {e}"),
+        ))
+    }
+}
+
 impl PageMap {
     /// Reads and validates the header, trailer, pack list and directory of `obj` (named `key`
     /// in errors).
-    pub fn open(key: &str, obj: &dyn Object) -> Result<PageMap, Corrupt> {
-        let corrupt = |kind: CorruptKind, detail: String| Corrupt::new(key, kind, detail);
-        let io = |what: &str, e: io::Error| {
-            corrupt(
-                CorruptKind::Length,
-                format!("map {what} cannot be read: {e}"),
-            )
-        };
+    pub fn open(key: &str, obj: &dyn Object) -> Result<PageMap, PackError> {
+        let corrupt =
+            |kind: CorruptKind, detail: String| PackError::Corrupt(Corrupt::new(key, kind, detail));
+        let io = |what: &str, e: io::Error| read_error(key, what, e);
         use CorruptKind::*;
         let len = obj.len();
         if len < (HEADER_LEN + TRAILER_LEN) as u64 {
@@ -630,8 +645,9 @@ impl PageMap {
 
     /// The entries of map page `i` (see [`locate`]), read from `obj` (named `key` in errors),
     /// verified and validated.
-    pub fn read_page(&self, key: &str, obj: &dyn Object, i: u32) -> Result<Vec<u64>, Corrupt> {
-        let corrupt = |kind: CorruptKind, detail: String| Corrupt::new(key, kind, detail);
+    pub fn read_page(&self, key: &str, obj: &dyn Object, i: u32) -> Result<Vec<u64>, PackError> {
+        let corrupt =
+            |kind: CorruptKind, detail: String| PackError::Corrupt(Corrupt::new(key, kind, detail));
         use CorruptKind::*;
         let Some(d) = self.dir.get(i as usize) else {
             return Err(corrupt(
@@ -646,7 +662,7 @@ impl PageMap {
         // `open` bounded the stored length by MAX_STORED_PAGE.
         let mut stored = vec![0u8; d.len as usize];
         obj.read_exact_at(&mut stored, d.offset)
-            .map_err(|e| corrupt(Length, format!("map page {i} cannot be read: {e}")))?;
+            .map_err(|e| read_error(key, &format!("page {i}"), e))?;
         if crc32c::crc32c(&stored) != d.crc {
             return Err(corrupt(
                 BodyChecksum,
@@ -695,15 +711,16 @@ impl PageMap {
 
     /// The map's summary: every `(pack, frame, slot)` its entries reference, read from `obj`
     /// (named `key` in errors) and validated against the pack list and frame size.
-    pub fn summary(&self, key: &str, obj: &dyn Object) -> Result<RefSet, Corrupt> {
-        let corrupt = |kind: CorruptKind, detail: String| Corrupt::new(key, kind, detail);
+    pub fn summary(&self, key: &str, obj: &dyn Object) -> Result<RefSet, PackError> {
+        let corrupt =
+            |kind: CorruptKind, detail: String| PackError::Corrupt(Corrupt::new(key, kind, detail));
         use CorruptKind::*;
         let len = usize::try_from(self.summary_len)
             .map_err(|_| corrupt(Bounds, "map summary too large to read".into()))?;
         // `open` checked the summary lies inside the object.
         let mut stored = vec![0u8; len];
         obj.read_exact_at(&mut stored, self.summary_at)
-            .map_err(|e| corrupt(Length, format!("map summary cannot be read: {e}")))?;
+            .map_err(|e| read_error(key, "summary", e))?;
         if crc32c::crc32c(&stored) != self.summary_crc {
             return Err(corrupt(
                 BodyChecksum,
@@ -808,6 +825,14 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+
+    /// The damage `e` reports (these tests read from memory: never I/O).
+    fn damage(e: &PackError) -> &Corrupt {
+        match e {
+            PackError::Corrupt(c) => c,
+            PackError::Io(e) => panic!("I/O, not damage: {e}"),
+        }
+    }
     use std::sync::{Arc, Mutex};
 
     /// An object held in memory.
@@ -1165,6 +1190,57 @@ mod tests {
         b
     }
 
+    /// A sound map in storage whose reads fail (EIO) after the first `ok` of them.
+    #[derive(Debug)]
+    struct FailingAfter {
+        map: Mem,
+        ok: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Object for FailingAfter {
+        fn len(&self) -> u64 {
+            self.map.len()
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            use std::sync::atomic::Ordering::Relaxed;
+            if self
+                .ok
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(io::Error::from_raw_os_error(5));
+            }
+            self.map.read_exact_at(buf, offset)
+        }
+    }
+
+    /// Storage that fails to read a sound map is I/O, never damage (a short read still is).
+    #[test]
+    fn read_failures_are_io_not_damage() {
+        let (bytes, ..) = sample();
+        let failing = |ok: usize| FailingAfter {
+            map: Mem(bytes.clone()),
+            ok: ok.into(),
+        };
+        let is_io = |r: Result<(), PackError>| matches!(r, Err(PackError::Io(_)));
+        // Header, trailer, then pack list and directory: each read of `open` failing.
+        for ok in 0..3 {
+            assert!(
+                is_io(PageMap::open("m", &failing(ok)).map(|_| ())),
+                "read {ok}"
+            );
+        }
+        let obj = failing(3);
+        let m = PageMap::open("m", &obj).expect("opens");
+        let data_page = (0..m.map_pages())
+            .find(|&i| !m.page_is_hole(i))
+            .expect("a page");
+        assert!(is_io(m.read_page("m", &obj, data_page).map(|_| ())));
+        assert!(is_io(m.summary("m", &obj).map(|_| ())));
+        let err = PageMap::open("m", &Mem(bytes[..bytes.len() - 1].to_vec()));
+        assert!(matches!(err, Err(PackError::Corrupt(_))), "{err:?}");
+    }
+
     /// One damage per documented byte range, each with its kind and diagnosis. Damage inside a
     /// map page fails only that page; damage inside the summary fails only the summary.
     #[test]
@@ -1329,9 +1405,9 @@ mod tests {
         ];
         for (i, (bytes, kind, want)) in cases.into_iter().enumerate() {
             let err = PageMap::open("m", &Mem(bytes)).expect_err("damaged");
-            assert_eq!(err.kind, kind, "case {i}: {err}");
+            assert_eq!(damage(&err).kind, kind, "case {i}: {err}");
             assert!(err.to_string().contains(want), "case {i}: {err}");
-            assert_eq!(err.file, "m");
+            assert_eq!(damage(&err).file, "m");
         }
 
         // Inside map page 2 (stored after page 0): that page fails, the others and the
@@ -1344,7 +1420,7 @@ mod tests {
             let r = m.read_page("m", &bad, i);
             if i == 2 {
                 let err = r.expect_err("damaged page");
-                assert_eq!(err.kind, CorruptKind::BodyChecksum, "{err}");
+                assert_eq!(damage(&err).kind, CorruptKind::BodyChecksum, "{err}");
                 assert!(err.to_string().contains("map page 2 checksum"), "{err}");
             } else {
                 let want = &model[i as usize * ENTRIES_PER_PAGE..][..m.page_entries(i)];
@@ -1358,20 +1434,20 @@ mod tests {
         }
         m.summary("m", &bad).expect("summary intact");
         let err = m.read_page("m", &bad, 4).expect_err("no page 4");
-        assert_eq!(err.kind, CorruptKind::Bounds);
+        assert_eq!(damage(&err).kind, CorruptKind::Bounds);
 
         // Inside the summary: only the summary fails.
         let bad = Mem(flip(r.summary + 2));
         let m = PageMap::open("m", &bad).expect("opens");
         read_all(&m, &bad);
         let err = m.summary("m", &bad).expect_err("damaged summary");
-        assert_eq!(err.kind, CorruptKind::BodyChecksum, "{err}");
+        assert_eq!(damage(&err).kind, CorruptKind::BodyChecksum, "{err}");
         // Resealed, the summary no longer decompresses.
         let bad = Mem(resealed(&good, |b| b[r.summary + 1] ^= 0xff));
         let err = PageMap::open("m", &bad)
             .and_then(|m| m.summary("m", &bad))
             .expect_err("bad");
-        assert_eq!(err.kind, CorruptKind::Compression, "{err}");
+        assert_eq!(damage(&err).kind, CorruptKind::Compression, "{err}");
 
         // One fewer data page in page 0's directory entry and in the trailer: the map opens,
         // page 0 disagrees with its entry.
@@ -1385,7 +1461,7 @@ mod tests {
         let bad = Mem(bad);
         let m = PageMap::open("m", &bad).expect("opens");
         let err = m.read_page("m", &bad, 0).expect_err("count mismatch");
-        assert_eq!(err.kind, CorruptKind::Entry, "{err}");
+        assert_eq!(damage(&err).kind, CorruptKind::Entry, "{err}");
         assert!(
             err.to_string().contains("its directory entry says 4095"),
             "{err}"
@@ -1398,7 +1474,7 @@ mod tests {
     }
 
     /// A map whose writer was made to store `bad` at page 5, bypassing `push`'s checks.
-    fn with_entry(bad: u64, frame_size: u32) -> Result<Vec<u64>, Corrupt> {
+    fn with_entry(bad: u64, frame_size: u32) -> Result<Vec<u64>, PackError> {
         let (mut w, dst) = writer(10 * 4096, frame_size);
         w.pack_slot(Uuid::from_u128(1));
         w.push(
@@ -1435,7 +1511,7 @@ mod tests {
         ];
         for (bad, frame_size, want) in cases {
             let err = with_entry(bad, frame_size).expect_err("hostile");
-            assert_eq!(err.kind, CorruptKind::Entry, "{err}");
+            assert_eq!(damage(&err).kind, CorruptKind::Entry, "{err}");
             assert!(
                 err.to_string()
                     .contains(&format!("map page 0 entry 5: {want}")),
@@ -1476,7 +1552,7 @@ mod tests {
         let err = PageMap::open("m", &obj)
             .and_then(|m| m.read_page("m", &obj, 0))
             .expect_err("short page");
-        assert_eq!(err.kind, CorruptKind::Compression, "{err}");
+        assert_eq!(damage(&err).kind, CorruptKind::Compression, "{err}");
 
         // Summaries naming an unlisted pack, a slot past the frame, more pages than the map.
         let one = Uuid::from_u128(1);
@@ -1495,7 +1571,7 @@ mod tests {
             let obj = Mem(dst.lock().expect("lock").clone());
             let m = PageMap::open("m", &obj).expect("opens");
             let err = m.summary("m", &obj).expect_err("hostile summary");
-            assert_eq!(err.kind, CorruptKind::Entry, "{err}");
+            assert_eq!(damage(&err).kind, CorruptKind::Entry, "{err}");
             assert!(err.to_string().contains(want), "{err}");
         }
     }

@@ -89,6 +89,18 @@ fn commands_without_a_store_say_to_run_init() {
     assert!(!to.exists(), "a refused restore created its target");
 }
 
+/// `rpfs --store STORE init --block-size SIZE [--format F]`.
+fn init_at(store: &Path, size: &str, format: Option<&str>) -> assert_cmd::Command {
+    let mut cmd = rpfs();
+    cmd.arg("--store")
+        .arg(store)
+        .args(["init", "--block-size", size]);
+    if let Some(f) = format {
+        cmd.args(["--format", f]);
+    }
+    cmd
+}
+
 #[test]
 fn init_refuses_existing_stores_non_empty_directories_and_bad_block_sizes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -117,35 +129,48 @@ fn init_refuses_existing_stores_non_empty_directories_and_bad_block_sizes() {
     assert_eq!(names, ["notes.txt"]);
     assert_eq!(fs::read(other.join("notes.txt")).expect("read"), b"mine");
 
-    for bad in ["3000", "8M", "2K", "0"] {
-        let target = dir.path().join(format!("bs-{bad}"));
-        let (_, err) = expect_exit(
-            rpfs()
-                .arg("--store")
-                .arg(&target)
-                .args(["init", "--block-size", bad]),
-            2,
-        );
-        assert_mentions(&err, &["block size", "power of two", "4 KiB", "4 MiB"]);
-        assert!(
-            !target.exists(),
-            "--block-size {bad}: created {}",
-            target.display()
-        );
+    assert_eq!(
+        open(&store).header().version,
+        rpfs::store::format::PAGED,
+        "default format"
+    );
+
+    // Format 2 (the default) takes frame sizes from 4 KiB to 64 KiB, format 1 blocks up to 4 MiB.
+    for (format, largest) in [(None, "64 KiB"), (Some("1"), "4 MiB")] {
+        for bad in ["3000", "8M", "2K", "0"] {
+            let target = dir.path().join(format!("bs-{format:?}-{bad}"));
+            let (_, err) = expect_exit(&mut init_at(&target, bad, format), 2);
+            assert_mentions(&err, &["block size", "power of two", "4 KiB", largest]);
+            assert!(
+                !target.exists(),
+                "--block-size {bad} (format {format:?}): created {}",
+                target.display()
+            );
+        }
     }
-    for (good, bytes) in [("4K", 4096), ("4M", 4 << 20), ("65536", 65536)] {
-        let target = dir.path().join(format!("bs-{good}"));
-        expect_exit(
-            rpfs()
-                .arg("--store")
-                .arg(&target)
-                .args(["init", "--block-size", good]),
-            0,
-        );
+    // A block size only format 1 takes: refused by the default, saying how to get it.
+    let target = dir.path().join("bs-128K");
+    let (_, err) = expect_exit(&mut init_at(&target, "128K", None), 2);
+    assert_mentions(
+        &err,
+        &["block size", "64 KiB", "format-2", "--format 1", "4 MiB"],
+    );
+    assert!(!target.exists(), "--block-size 128K: created a store");
+
+    for (good, format, bytes, version) in [
+        ("4K", None, 4096, 2),
+        ("65536", None, 65536, 2),
+        ("4M", Some("1"), 4 << 20, 1),
+        ("4K", Some("1"), 4096, 1),
+    ] {
+        let target = dir.path().join(format!("bs-{good}-{format:?}"));
+        expect_exit(&mut init_at(&target, good, format), 0);
+        let engine = open(&target);
+        let header = engine.header();
         assert_eq!(
-            open(&target).header().block_size,
-            bytes,
-            "--block-size {good}"
+            (header.block_size, header.version),
+            (bytes, version),
+            "--block-size {good} --format {format:?}"
         );
     }
 }

@@ -1,6 +1,10 @@
 //! Damage tests: bits flipped in stored blocks, pack tables, pack headers, block maps and point
 //! records. `check --read-data` must report each with the point, disk and block affected; reads of
 //! the damaged data fail; everything else reads correctly.
+//!
+//! The tests that damage a pack or block map by its place in the file know format 1's layout and
+//! run on a format-1 store (stores made before format 2 keep it); `damage_paged.rs` damages the
+//! same things in format 2's frame packs and page maps. The rest run on the default format.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -14,7 +18,7 @@ use rpfs::store::records::PointRecord;
 use rpfs::store::storage::Storage;
 
 use crate::common::images::{KIB, write_sparse};
-use crate::common::store::{Expected, TestStore, golden, open, read_image, snapshot};
+use crate::common::store::{Expected, TestStore, golden_format, open, read_image, snapshot};
 use crate::common::sys::{env_count, rng, seed};
 
 const BS: u64 = 64 * KIB;
@@ -30,10 +34,18 @@ struct Fixture {
 const STABLE: u64 = 5;
 const CHANGED: u64 = 9;
 
+/// Format 1, for the tests that find a block, a pack table or a map body by format 1's layout.
+const FORMAT_1: u32 = 1;
+
 impl Fixture {
+    /// The fixture in a store of the default format.
     fn new() -> Fixture {
+        Fixture::new_format(rpfs::store::format::DEFAULT)
+    }
+
+    fn new_format(version: u32) -> Fixture {
         let mut rng = rng(seed());
-        let ts = TestStore::new(BS as u32);
+        let ts = TestStore::new_format(BS as u32, version);
         let disk = ts.path("disk.img");
         let other = ts.path("other.img");
         let mut content = vec![0u8; (32 * BS) as usize];
@@ -168,7 +180,7 @@ fn undamaged_store_checks_clean() {
 
 #[test]
 fn damaged_base_block_fails_only_that_block_in_every_point() {
-    let f = Fixture::new();
+    let f = Fixture::new_format(FORMAT_1);
     let (file, off) = f.block_offset(0, STABLE);
     flip(&file, off);
     // Structure is intact: only reading the data finds it.
@@ -217,7 +229,7 @@ fn damaged_base_block_fails_only_that_block_in_every_point() {
 
 #[test]
 fn damaged_shared_incremental_block_fails_in_the_points_sharing_it() {
-    let f = Fixture::new();
+    let f = Fixture::new_format(FORMAT_1);
     let (file, off) = f.block_offset(1, CHANGED);
     flip(&file, off);
     let report = f.check_fails();
@@ -237,7 +249,7 @@ fn damaged_shared_incremental_block_fails_in_the_points_sharing_it() {
 
 #[test]
 fn damaged_pack_table_fails_the_blocks_it_indexes() {
-    let f = Fixture::new();
+    let f = Fixture::new_format(FORMAT_1);
     let pack = f.pack_file(1);
     let len = fs::metadata(&pack).expect("stat").len();
     flip(&pack, len - 32 - 10); // inside the table, before the trailer
@@ -260,7 +272,7 @@ fn damaged_pack_table_fails_the_blocks_it_indexes() {
 
 #[test]
 fn damaged_pack_header_is_reported() {
-    let f = Fixture::new();
+    let f = Fixture::new_format(FORMAT_1);
     flip(&f.pack_file(0), 20);
     let report = f.check_fails();
     assert!(report.contains("pack header checksum mismatch"), "{report}");
@@ -274,7 +286,7 @@ fn damaged_pack_header_is_reported() {
 
 #[test]
 fn damaged_block_map_fails_that_disk_restore_point_only() {
-    let f = Fixture::new();
+    let f = Fixture::new_format(FORMAT_1);
     let map = f.map_file(1);
     let len = fs::metadata(&map).expect("stat").len();
     flip(&map, len - 3);
@@ -381,11 +393,26 @@ fn read_all(engine: &Engine, expected: &Expected) -> (usize, usize, Vec<String>)
 }
 
 /// Single-bit flips spread over every file of a store (block data, pack tables and headers,
-/// maps, records): each is reported by `check --read-data` (or refuses to open), no read ever
-/// returns a wrong byte, and most of the store still reads. `RPFS_FLIPS` sets the count.
+/// maps, records; in format 2 frame packs, page maps and index segments): each is reported by
+/// `check --read-data` (or refuses to open), no read ever returns a wrong byte, and most of the
+/// store still reads. `RPFS_FLIPS` sets the count, per format.
 #[test]
 fn a_thousand_single_bit_flips_are_all_reported_and_never_read_as_data() {
-    let g = golden(4);
+    flips_are_all_reported(rpfs::store::format::DEFAULT);
+}
+
+#[test]
+fn a_thousand_single_bit_flips_in_a_format_1_store_are_all_reported() {
+    flips_are_all_reported(FORMAT_1);
+}
+
+/// Bytes of an index segment that are never read (`store/index.rs`: zero padding after the
+/// 64-byte header, so entry blocks start 4 KiB-aligned): a flip there changes nothing anyone
+/// reads, so nothing can report it.
+const INDEX_PADDING: std::ops::Range<u64> = 64..4096;
+
+fn flips_are_all_reported(version: u32) {
+    let g = golden_format(4, version);
     let files: Vec<(PathBuf, u64)> = snapshot(&g.store)
         .into_iter()
         .map(|(k, v)| (g.store.join(k), v.len() as u64))
@@ -397,7 +424,17 @@ fn a_thousand_single_bit_flips_are_all_reported_and_never_read_as_data() {
     for i in 0..flips {
         // Spread over files, then uniform within one: small records get their share.
         let (path, len) = &files[i % files.len()];
-        let offset = rand::Rng::random_range(&mut rng, 0..*len);
+        let offset = if path.extension().is_some_and(|e| e == "idx") {
+            let padding = INDEX_PADDING.end - INDEX_PADDING.start;
+            let o = rand::Rng::random_range(&mut rng, 0..*len - padding);
+            if o < INDEX_PADDING.start {
+                o
+            } else {
+                o + padding
+            }
+        } else {
+            rand::Rng::random_range(&mut rng, 0..*len)
+        };
         let bit = 1u8 << rand::Rng::random_range(&mut rng, 0..8u32);
         xor_byte(path, offset, bit);
         let what = format!("flip {i}: bit {bit:#04x} at {offset} of {}", path.display());

@@ -444,3 +444,25 @@ fn summary_disagreeing_with_entries_is_damage_and_stops_the_sweep() {
     assert_eq!(snapshot(&f.ts.store_path()), before);
     assert_eq!(f.cat("p1", "other").as_deref(), Some(&f.other[..]));
 }
+
+#[test]
+fn a_frame_entry_whose_frame_lost_pages_is_stale_not_damage() {
+    // p1's pack holds block STABLE as a whole frame, entered in the index by the frame's id. A
+    // point with one page of that block changed, then p1 and p2 deleted: the sweep frees that
+    // page's old version, and the frame is whole no more. `scripts/demo.sh` met this.
+    let f = Fixture::new();
+    let disk = f.ts.path("disk.img");
+    let mut content = f.gens[1].clone();
+    // Slot 3: slot 0, which the frame's entry names, stays.
+    let at = (STABLE * BS + 3 * 4096) as usize;
+    content[at..at + 4096].fill(7);
+    write_sparse(&disk, &content);
+    f.ts.create("c1", "p3");
+    for p in ["c1/p1", "c1/p2"] {
+        f.ts.cli().args(["point", "delete", p]).assert().success();
+    }
+    let (out, err) = f.check(&["--read-data"], 0);
+    assert!(out.contains("0 problems"), "{out}\n{err}");
+    assert!(err.contains("stale entries"), "{err}");
+    assert_eq!(f.cat("p3", "disk").as_deref(), Some(&content[..]));
+}

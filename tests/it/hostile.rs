@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use rpfs::store::blockmap::BlockMap;
 use rpfs::store::records::PointRecord;
-use rpfs::store::{envelope, kind, layout, pack};
+use rpfs::store::{envelope, frames, kind, layout, pack};
 
 use crate::common::images::{KIB, random_image};
-use crate::common::store::{Golden, create, golden, open};
+use crate::common::store::{Golden, create, golden_format, open};
 use crate::common::sys::{require_tool, rng, seed};
 
 /// A store with one VM ("vm", disks os and data) and points c/p1, c/p2, plus a second VM
@@ -25,7 +25,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let g = golden(2);
+    fixture_format(rpfs::store::format::DEFAULT)
+}
+
+/// Format 1, for the tests that edit its pack tables and block maps in place (format 2's frame
+/// tables have tests of their own below).
+const FORMAT_1: u32 = 1;
+
+/// [`fixture`] in a store of on-disk format `version`.
+fn fixture_format(version: u32) -> Fixture {
+    let g = golden_format(2, version);
     let engine = open(&g.store);
     let disk = g.dir.path().join("other.img");
     random_image(&disk, 64 * KIB as usize, &mut rng(seed()));
@@ -72,6 +81,29 @@ impl Fixture {
         edit(&mut v);
         let body = serde_json::to_vec(&v).expect("json");
         fs::write(self.key(key), envelope::seal(kind, &body)).expect("write");
+    }
+
+    /// Format 2: the key of the first frame pack p1's first disk's page map names.
+    fn frame_pack_key(&self) -> String {
+        use rpfs::store::storage::Storage;
+        let storage = rpfs::store::LocalStorage::new(&self.g.store);
+        let key = self.map_key();
+        let obj = storage.open(&key).expect("open map");
+        let map = rpfs::store::pagemap::PageMap::open(&key, &*obj).expect("map");
+        layout::shared_pack(map.packs[0])
+    }
+
+    /// Format 2: rewrites frame table entry `i` of [`Fixture::frame_pack_key`] with `edit`,
+    /// resealing every checksum, so only the entry's own checks can refuse it.
+    fn edit_frame_entry(&self, i: usize, edit: impl FnOnce(&mut [u8])) {
+        let path = self.key(&self.frame_pack_key());
+        let mut b = fs::read(&path).expect("pack");
+        let t = b.len() - frames::TRAILER_LEN;
+        let table_offset = u64::from_le_bytes(b[t + 16..t + 24].try_into().expect("8")) as usize;
+        let at = table_offset + i * frames::ENTRY_LEN;
+        edit(&mut b[at..at + frames::ENTRY_LEN]);
+        frames::reseal(&mut b);
+        fs::write(&path, b).expect("write pack");
     }
 
     /// Rewrites pack table entry `i` of p1's first pack with `edit`, resealing the checksums.
@@ -249,7 +281,7 @@ fn deeply_nested_json_is_refused() {
 
 #[test]
 fn a_block_claiming_a_terabyte_fails_alone() {
-    let f = fixture();
+    let f = fixture_format(FORMAT_1);
     // A zstd frame whose header claims 2^40 bytes of content, holding one RLE block.
     let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
     frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
@@ -271,7 +303,7 @@ fn a_block_claiming_a_terabyte_fails_alone() {
 
 #[test]
 fn offsets_near_the_end_of_u64_are_refused() {
-    let f = fixture();
+    let f = fixture_format(FORMAT_1);
     f.edit_pack_entry(0, |e| {
         e[8..16].copy_from_slice(&(u64::MAX - 7).to_le_bytes())
     });
@@ -284,7 +316,7 @@ fn offsets_near_the_end_of_u64_are_refused() {
 
 #[test]
 fn overlapping_block_entries_are_refused() {
-    let f = fixture();
+    let f = fixture_format(FORMAT_1);
     // Entry 1 claims entry 0's bytes.
     let path = f.key(&f.pack_key());
     let b = fs::read(&path).expect("pack");
@@ -297,7 +329,7 @@ fn overlapping_block_entries_are_refused() {
 
 #[test]
 fn a_map_naming_a_pack_of_another_vm_resolves_nothing_outside_its_own() {
-    let f = fixture();
+    let f = fixture_format(FORMAT_1);
     // The format has no parent pointers (every map is complete), so a chain cannot loop; the
     // nearest attack is a map that points at another VM's pack.
     let key = f.map_key();
@@ -306,6 +338,42 @@ fn a_map_naming_a_pack_of_another_vm_resolves_nothing_outside_its_own() {
     map.packs[0] = f.other.disks[0].drp_id;
     fs::write(f.key(&key), map.encode().expect("encode")).expect("write");
     assert_rejected(&f, "foreign pack", &[&f.other.disks[0].drp_id.to_string()]);
+}
+
+#[test]
+fn frame_entries_near_the_end_of_u64_or_past_a_frame_are_refused() {
+    // Format 2's frame tables: an offset near u64::MAX, then a stored length no frame can have
+    // (a read must never allocate what an entry claims).
+    let f = fixture();
+    f.edit_frame_entry(0, |e| {
+        e[0..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes())
+    });
+    assert_rejected(
+        &f,
+        "huge frame offset",
+        &[&f.frame_pack_key(), "frame 0 is invalid"],
+    );
+    let f = fixture();
+    f.edit_frame_entry(0, |e| e[12..16].copy_from_slice(&u32::MAX.to_le_bytes()));
+    assert_rejected(
+        &f,
+        "huge frame length",
+        &[&f.frame_pack_key(), "frame 0 is invalid"],
+    );
+}
+
+#[test]
+fn overlapping_frame_entries_are_refused() {
+    let f = fixture();
+    // Frame 1 claims frame 0's bytes.
+    let mut first = [0u8; 8];
+    f.edit_frame_entry(0, |e| first.copy_from_slice(&e[0..8]));
+    f.edit_frame_entry(1, |e| e[0..8].copy_from_slice(&first));
+    assert_rejected(
+        &f,
+        "frame overlap",
+        &[&f.frame_pack_key(), "frame 1 is invalid"],
+    );
 }
 
 #[test]

@@ -51,8 +51,9 @@ fn json(store: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
-/// A format-1 store (`rpfs init` makes format 1 by default) with two VMs whose OS disks start
-/// identical, holes in every image, an excluded disk and points in two collections of vm1.
+/// A format-1 store (`rpfs init --format 1`: the format stores made before format 2 keep) with
+/// two VMs whose OS disks start identical, holes in every image, an excluded disk and points in
+/// two collections of vm1.
 fn old_store() -> Old {
     old_store_of("64K")
 }
@@ -62,7 +63,10 @@ fn old_store_of(block_size: &str) -> Old {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = Old { dir };
     let store = old.store();
-    run(&store, &["init", "--block-size", block_size]);
+    run(
+        &store,
+        &["init", "--format", "1", "--block-size", block_size],
+    );
     let header = std::fs::read_to_string(store.join("rpfs.store")).expect("header");
     assert!(!header.contains("\"version\": 2"), "{header}");
     let mut r = rng(seed());
@@ -373,7 +377,7 @@ fn migrate_refuses_a_format_1_target_and_a_foreign_vm_of_the_same_name() {
     let old = old_store();
     let from = old.store();
     let v1 = old.path("v1");
-    run(&v1, &["init"]);
+    run(&v1, &["init", "--format", "1"]);
     let (_, err) = expect_exit(
         rpfs_at(&v1).args(["migrate", "--from", from.to_str().expect("utf-8")]),
         2,

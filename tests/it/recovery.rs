@@ -59,7 +59,12 @@ impl SmallFs {
 
 /// Creates a store at `store` with VM "vm" of one disk "d" at `disk`, and collection "c".
 fn init_with_vm(store: &Path, disk: &Path) {
-    expect_exit(rpfs_at(store).arg("init"), 0);
+    init_with_vm_as(store, disk, &[]);
+}
+
+/// [`init_with_vm`], with `init_args` after `rpfs init`.
+fn init_with_vm_as(store: &Path, disk: &Path, init_args: &[&str]) {
+    expect_exit(rpfs_at(store).arg("init").args(init_args), 0);
     expect_exit(
         rpfs_at(store)
             .args(["vm", "add", "vm"])
@@ -74,7 +79,26 @@ fn init_with_vm(store: &Path, disk: &Path) {
 
 #[test]
 fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
-    if !root_or_skip("a_delete_on_a_full_store_succeeds_and_frees_the_space_later") {
+    full_store_delete(
+        "a_delete_on_a_full_store_succeeds_and_frees_the_space_later",
+        rpfs::store::format::DEFAULT,
+    );
+}
+
+#[test]
+fn a_delete_on_a_full_format_1_store_succeeds_and_frees_the_space_later() {
+    full_store_delete(
+        "a_delete_on_a_full_format_1_store_succeeds_and_frees_the_space_later",
+        1,
+    );
+}
+
+/// Both formats repack what a deletion leaves half used only with room for the pages kept plus
+/// a 64 MiB margin; without it the deletion succeeds and the debt is kept (format 1: in the VM's
+/// marker, a problem `check` reports; format 2: the store's `gc-owed`, a note) until an opening
+/// with room pays it.
+fn full_store_delete(name: &str, format: u32) {
+    if !root_or_skip(name) {
         return;
     }
     let mut rng = rng(seed());
@@ -83,7 +107,7 @@ fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
     let work = tempfile::tempdir().expect("tempdir");
     let disk = work.path().join("d.img");
     let mut content = random_image(&disk, 48 * MIB as usize, &mut rng);
-    init_with_vm(&store, &disk);
+    init_with_vm_as(&store, &disk, &["--format", &format.to_string()]);
     expect_exit(rpfs_at(&store).args(["point", "create", "c", "p1"]), 0);
     change_blocks(&disk, &mut content, 64 * KIB, 0.5, &mut rng);
     expect_exit(rpfs_at(&store).args(["point", "create", "c", "p2"]), 0);
@@ -98,20 +122,24 @@ fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
         filler.display()
     ));
     let (_, err) = expect_exit(rpfs_at(&store).args(["point", "delete", "c/p1"]), 0);
-    assert_mentions(&err, &["warning: space not freed yet", "repacking"]);
+    // The debt is kept where the format keeps it, and is visible, not hidden...
+    let debt = if format == 1 {
+        assert_mentions(&err, &["warning: space not freed yet", "repacking"]);
+        layout::pending(vm_id(&store))
+    } else {
+        layout::GC_OWED.to_string()
+    };
     assert_eq!(point_names_at(&store), vec!["c/p2"]);
-    // The debt is visible, not hidden...
-    let (_, err) = expect_exit(rpfs_at(&store).arg("check"), 10);
-    assert_mentions(&err, &["pending.json", "referenced by no committed point"]);
+    if format == 1 {
+        let (_, err) = expect_exit(rpfs_at(&store).arg("check"), 10);
+        assert_mentions(&err, &["pending.json", "referenced by no committed point"]);
+    } else {
+        let (_, err) = expect_exit(rpfs_at(&store).arg("check"), 0);
+        assert_mentions(&err, &["gc-owed", "referenced by no committed point"]);
+    }
     // ...and a creation meanwhile neither loses it nor fails.
     expect_exit(rpfs_at(&store).args(["point", "create", "c", "p3"]), 0);
-    assert!(
-        small
-            .mnt
-            .join("store")
-            .join(layout::pending(vm_id(&store)))
-            .exists()
-    );
+    assert!(store.join(&debt).exists(), "{debt} gone");
 
     // With room again, the next open pays the debt.
     let before = dir_size(&store);
@@ -131,7 +159,7 @@ fn a_delete_on_a_full_store_succeeds_and_frees_the_space_later() {
         dir_size(&store) + 20 * MIB < before,
         "the repack freed nothing"
     );
-    assert!(!store.join(layout::pending(vm_id(&store))).exists());
+    assert!(!store.join(&debt).exists(), "{debt} still there");
     let engine = open(&store);
     assert!(read_image(&engine, "c", "p2", "d") == p2);
     assert!(read_image(&engine, "c", "p3", "d") == p2);

@@ -7,11 +7,18 @@ use std::fs;
 use rpfs::store::layout;
 
 use crate::common::cli::{assert_mentions, expect_exit, rpfs_at};
-use crate::common::store::{assert_unchanged, golden, open, point_matches, snapshot};
+use crate::common::store::{
+    assert_unchanged, golden, golden_format, open, point_matches, snapshot,
+};
+
+/// Format 1, for the tests that plant strays beside and damage a point's own pack (format 2's
+/// store-wide packs: `damage_paged.rs`, whose repairs sweep garbage packs and keep damaged
+/// points).
+const FORMAT_1: u32 = 1;
 
 #[test]
 fn repair_removes_only_what_no_point_references_and_is_idempotent() {
-    let g = golden(4);
+    let g = golden_format(4, FORMAT_1);
     let clean = snapshot(&g.store);
     let engine = open(&g.store);
     let cat = engine.catalog().expect("catalog");
@@ -61,7 +68,7 @@ fn repair_removes_only_what_no_point_references_and_is_idempotent() {
 
 #[test]
 fn repair_names_damaged_points_and_keeps_every_intact_one() {
-    let g = golden(4);
+    let g = golden_format(4, FORMAT_1);
     let engine = open(&g.store);
     let cat = engine.catalog().expect("catalog");
     let p2 = cat.point("c", "p2").expect("p2").1.clone();

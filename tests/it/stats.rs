@@ -357,7 +357,7 @@ fn stats_json_and_table_from_the_command_line() {
 
 #[test]
 fn stats_of_a_format_1_store_count_packs_per_vm() {
-    let ts = TestStore::new(4096);
+    let ts = TestStore::new_format(4096, 1);
     let mut rng = rng(seed());
     let img = ts.path("os.img");
     let mut content = template(&mut rng, &img);

@@ -40,6 +40,7 @@ use crate::engine::report::{CheckReport, ranges};
 use crate::store::frames::FrameEntry;
 use crate::store::index::{IndexEntry, Segment, SegmentError};
 use crate::store::layout::{self, Name};
+use crate::store::pack::PackError;
 use crate::store::page::{self, IdKey, PAGE_SHIFT, PAGE_SIZE};
 use crate::store::pagemap::{self, PageMap};
 use crate::store::records::PointRecord;
@@ -195,7 +196,7 @@ impl PagedCheck {
                 .and_then(|obj| {
                     PageMap::open(&key, &*obj)
                         .map(|m| (obj, m))
-                        .map_err(|e| format!("page map damaged: {e}"))
+                        .map_err(|e| map_problem(&e))
                 });
             let (obj, map) = match opened {
                 Ok(o) => o,
@@ -234,7 +235,7 @@ impl PagedCheck {
                     Err(e) => {
                         report
                             .problems
-                            .push(format!("{label}: page map damaged: {e}"));
+                            .push(format!("{label}: {}", map_problem(&e)));
                         all_read = false;
                         continue;
                     }
@@ -504,11 +505,13 @@ impl PagedCheck {
                 } else if read_data {
                     batch.push(e);
                     if batch.len() >= ID_BATCH {
-                        wrong += wrong_ids(shared, &mut batch);
+                        let (w, s) = wrong_ids(shared, &mut batch);
+                        (wrong, stale) = (wrong + w, stale + s);
                     }
                 }
             }
-            wrong += wrong_ids(shared, &mut batch);
+            let (w, s) = wrong_ids(shared, &mut batch);
+            (wrong, stale) = (wrong + w, stale + s);
             if wrong > 0 {
                 // Future points would link the wrong bytes for these ids.
                 report.problems.push(format!(
@@ -632,6 +635,15 @@ impl PagedCheck {
     }
 }
 
+/// What is wrong with a page map that failed to load: the storage could not read it (I/O, not
+/// damage), or it is damaged.
+fn map_problem(e: &PackError) -> String {
+    match e {
+        PackError::Io(e) => format!("page map cannot be read: {e}"),
+        PackError::Corrupt(c) => format!("page map damaged: {c}"),
+    }
+}
+
 /// True when `mask` has page `slot` (readers validated the slot; a hostile one is absent).
 fn has_slot(mask: u16, slot: u8) -> bool {
     1u16.checked_shl(u32::from(slot))
@@ -643,12 +655,16 @@ fn has_slot(mask: u16, slot: u8) -> bool {
 const ID_BATCH: usize = 1 << 16;
 
 /// Empties `batch` (entries naming present pages), returning how many name a page whose bytes
-/// have another id (an entry naming a whole full frame at slot 0 has the frame's id). A frame that does not decode is skipped: `read_data` reports it.
-fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>) -> u64 {
+/// have another id, and how many are stale. An entry naming a whole full frame at slot 0 has the
+/// frame's id; once a sweep freed some of that frame's pages, it names no whole frame any more:
+/// stale, not damage (ingest adopts a frame only whole and with its hash, so it skips such an
+/// entry as it skips one naming a freed page). A frame that does not decode is skipped:
+/// `read_data` reports it.
+fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>) -> (u64, u64) {
     // Page ids are unkeyed until the store has an identity key (as ingest computes them).
     let ids = IdKey::Unkeyed;
     batch.sort_unstable_by_key(|e| (e.pack, e.frame));
-    let mut wrong = 0u64;
+    let (mut wrong, mut stale) = (0u64, 0u64);
     for group in batch.chunk_by(|a, b| (a.pack, a.frame) == (b.pack, b.frame)) {
         let first = &group[0];
         let Ok(h) = shared
@@ -665,7 +681,8 @@ fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>
             continue;
         }
         // The id of a whole full frame (slot 0), for entries that name a frame, not a page.
-        let frame_id = (out.len() == shared.header.block_size as usize).then(|| {
+        let whole = out.len() == shared.header.block_size as usize;
+        let frame_id = whole.then(|| {
             let pages: Vec<_> = out.chunks(PAGE_SIZE).map(|p| ids.page_id(p)).collect();
             ids.frame_id(&pages)
         });
@@ -674,13 +691,18 @@ fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>
                 .page_offset(e.slot)
                 .and_then(|at| out.get(at..at + PAGE_SIZE));
             let whole_frame = e.slot == 0 && frame_id == Some(e.id);
-            if !whole_frame && page.is_none_or(|p| ids.page_id(p) != e.id) {
+            if whole_frame || page.is_some_and(|p| ids.page_id(p) == e.id) {
+                continue;
+            }
+            if e.slot == 0 && !whole {
+                stale += 1;
+            } else {
                 wrong += 1;
             }
         }
     }
     batch.clear();
-    wrong
+    (wrong, stale)
 }
 
 /// Decodes frame `e` of pack `h` (verifying its hash) and compares each of its pages with the

@@ -159,7 +159,9 @@ fn remove(storage: &dyn Storage, key: &str, swept: &mut Swept) -> Result<()> {
     }
 }
 
-/// Removes index segments none of whose packs exist any more, and temporaries in `index/`.
+/// Removes index segments none of whose packs exist any more, and temporaries in `index/`. A
+/// segment that cannot be judged now (the storage failed to read it or to look up a pack) is
+/// kept and the sweep deferred, so the debt stays recorded and the next sweep judges it.
 fn drop_dead_segments(storage: &dyn Storage, swept: &mut Swept) -> Result<()> {
     for name in storage
         .list(layout::INDEX)
@@ -168,19 +170,10 @@ fn drop_dead_segments(storage: &dyn Storage, swept: &mut Swept) -> Result<()> {
         let key = format!("{}/{name}", layout::INDEX);
         let dead = match layout::classify(&name) {
             Name::Temp { .. } => true,
-            Name::Segment(_) => {
-                let Ok(obj) = storage.open(&key) else {
-                    continue;
-                };
-                match crate::store::index::Segment::open(&key, &*obj) {
-                    Ok(s) => s
-                        .packs()
-                        .iter()
-                        .all(|p| storage.size(&layout::shared_pack(*p)).is_err()),
-                    // A damaged segment is `check`'s to report; lookups skip it.
-                    Err(_) => false,
-                }
-            }
+            Name::Segment(_) => segment_is_dead(storage, &key).unwrap_or_else(|why| {
+                swept.deferred.push(why);
+                false
+            }),
             _ => false,
         };
         if dead {
@@ -188,6 +181,30 @@ fn drop_dead_segments(storage: &dyn Storage, swept: &mut Swept) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// True when none of the packs segment `key` names exists. False for a segment gone already, or
+/// damaged (`check`'s to report; lookups skip it); why not, when the storage failed.
+fn segment_is_dead(storage: &dyn Storage, key: &str) -> std::result::Result<bool, String> {
+    let obj = match storage.open(key) {
+        Ok(obj) => obj,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("opening {key}: {e}")),
+    };
+    let segment = match crate::store::index::Segment::open(key, &*obj) {
+        Ok(s) => s,
+        Err(e @ crate::store::index::SegmentError::Io { .. }) => return Err(e.to_string()),
+        Err(_) => return Ok(false),
+    };
+    for p in segment.packs() {
+        let pack = layout::shared_pack(*p);
+        match storage.size(&pack) {
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("looking up {pack} for {key}: {e}")),
+        }
+    }
+    Ok(true)
 }
 
 /// Repacks `pack` if some of its pages are not in `live` (sorted `(frame, mask)`); returns the

@@ -82,7 +82,7 @@ pub(crate) fn map_page(
     map: &PageMap,
     obj: &dyn Object,
     page: u32,
-) -> Result<Arc<[u64]>, crate::store::Corrupt> {
+) -> Result<Arc<[u64]>, crate::store::pack::PackError> {
     let ck = MetaKey::MapPage(drp, page);
     if let Some(Meta::Entries(e)) = cache.get(&ck) {
         return Ok(e);

@@ -89,7 +89,7 @@ impl PagedDisk {
     /// Opens the map of disk restore point `drp`, stored under `key`.
     pub(crate) fn open(shared: &Shared, drp: Uuid, key: &str) -> Result<PagedDisk, Cause> {
         let object = shared.storage.open(key).map_err(Cause::Io)?;
-        let map = PageMap::open(key, &*object).map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        let map = PageMap::open(key, &*object).map_err(map_cause)?;
         if map.frame_size != shared.header.block_size {
             let c = crate::store::Corrupt::new(
                 key,
@@ -168,13 +168,14 @@ impl PagedDisk {
             &*self.object,
             i,
         )
-        .map_err(|c| Cause::Damage(Damage::Map(c)))?;
+        .map_err(map_cause)?;
         LAST_MAP_PAGE.with_borrow_mut(|last| *last = Some((self.drp, i, e.clone())));
         Ok(Some(e))
     }
 
     /// The entries of frame-sized block `block` (`slots` of them; fewer at the end of the disk),
-    /// or `None` when the whole block is holes.
+    /// or `None` when the whole block is holes or lies past the end of the disk (as it does for
+    /// the previous point of a disk that has grown).
     pub(crate) fn block_entries(
         &self,
         shared: &Shared,
@@ -182,11 +183,14 @@ impl PagedDisk {
     ) -> Result<Option<BlockEntries>, Cause> {
         let slots = u64::from(page::frame_slots(self.map.frame_size));
         let first = block * slots;
+        let Some(left) = self.map.pages.checked_sub(first).filter(|&l| l > 0) else {
+            return Ok(None);
+        };
         let (mp, at) = pagemap::locate(first);
         let Some(entries) = self.entries(shared, mp as u32)? else {
             return Ok(None);
         };
-        let n = (slots.min(self.map.pages - first)) as usize;
+        let n = slots.min(left) as usize;
         // Frames never straddle map pages: 4096 entries hold a whole number of frames.
         Ok(entries.get(at..at + n).map(|e| {
             let mut out = BlockEntries {
@@ -412,6 +416,14 @@ impl PagedDisk {
             p = (mp + 1) * pagemap::ENTRIES_PER_PAGE as u64;
         }
         self.map.pages
+    }
+}
+
+/// A page map's failure as a cause: I/O, or a damaged map.
+fn map_cause(e: PackError) -> Cause {
+    match e {
+        PackError::Io(e) => Cause::Io(e),
+        PackError::Corrupt(c) => Cause::Damage(Damage::Map(c)),
     }
 }
 

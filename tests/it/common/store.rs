@@ -220,7 +220,12 @@ pub struct Golden {
 }
 
 pub fn golden(points: usize) -> Golden {
-    let ts = TestStore::new(4096);
+    golden_format(points, rpfs::store::format::DEFAULT)
+}
+
+/// [`golden`] in a store of on-disk format `version`.
+pub fn golden_format(points: usize, version: u32) -> Golden {
+    let ts = TestStore::new_format(4096, version);
     let mut rng = rng(seed());
     let (os, data) = (ts.path("os.img"), ts.path("data.img"));
     // Random, a hole, compressible text, random: every kind of block, whatever the seed.
