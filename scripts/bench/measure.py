@@ -314,6 +314,12 @@ def peers_section(args, work):
     return rows
 
 
+def format_args():
+    """`rpfs init`'s arguments for the store format RPFS_BENCH_FORMAT names (none: the default)."""
+    fmt = os.environ.get("RPFS_BENCH_FORMAT")
+    return ["--format", fmt] if fmt else []
+
+
 def daemon_peak(env, mnt, paths, fio_seconds):
     """Peak RSS of a fresh mount daemon (the bench's block cache size) over cold sequential reads
     of `paths` (relative to the mount) and 4 KiB random reads of the first: what its index and
@@ -344,7 +350,7 @@ def chain_section(args, work):
     env = dict(os.environ, RPFS_STORE=store)
     rpfs = rpfs_bin()
     make_chain_disk(disk, size, block, rng)
-    run(rpfs, "init", env=env)
+    run(rpfs, "init", *format_args(), env=env)
     run(rpfs, "vm", "add", "vm", "--disk", "d=" + disk, env=env)
     run(rpfs, "collection", "create", "c", "--vm", "vm", env=env)
     run(rpfs, "point", "create", "c", "p1", env=env)
@@ -389,7 +395,7 @@ def idle_section(args, work):
     rng = random.Random(7)
     make_os_disk(disks["os"], args.idle_os_gib * GIB, os.path.join(work, "tree"))
     make_data_disk(disks["data"], args.idle_data_gib * GIB, rng)
-    run(rpfs, "init", env=env)
+    run(rpfs, "init", *format_args(), env=env)
     run(rpfs, "vm", "add", "vm", *[f"--disk={d}={p}" for d, p in disks.items()], env=env)
     run(rpfs, "collection", "create", "c", "--vm", "vm", env=env)
     run(rpfs, "point", "create", "c", "base", env=env)
@@ -413,7 +419,7 @@ def files_section(args, work):
     disk = os.path.join(work, "os.img")
     mkfs_ext4(disk, size + size // 4, tree)
     shutil.rmtree(tree)
-    run(rpfs, "init", env=env)
+    run(rpfs, "init", *format_args(), env=env)
     run(rpfs, "vm", "add", "vm", "--disk", "os=" + disk, env=env)
     run(rpfs, "collection", "create", "c", "--vm", "vm", env=env)
     run(rpfs, "point", "create", "c", "p", env=env)
