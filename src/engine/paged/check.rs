@@ -683,8 +683,10 @@ fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>
         // The id of a whole full frame (slot 0), for entries that name a frame, not a page.
         let whole = out.len() == shared.header.block_size as usize;
         let frame_id = whole.then(|| {
-            let pages: Vec<_> = out.chunks(PAGE_SIZE).map(|p| ids.page_id(p)).collect();
-            ids.frame_id(&pages)
+            let (pages, _) = out.as_chunks::<PAGE_SIZE>();
+            let mut hashed = [[0u8; 32]; page::MAX_FRAME_PAGES];
+            ids.page_ids(&pages.iter().collect::<Vec<_>>(), &mut hashed);
+            ids.frame_id(&hashed[..pages.len()])
         });
         for e in group {
             let page = f

@@ -237,12 +237,16 @@ impl Classifier<'_> {
         // its id first (a clone's unchanged block: one lookup instead of one per page).
         let mut ids: [Option<PageId>; MAX_FRAME_PAGES] = [None; MAX_FRAME_PAGES];
         if whole && prev.is_none() {
-            for (id, p) in ids.iter_mut().zip(data.chunks(PAGE_SIZE)) {
-                *id = (!block::is_zero(p)).then(|| self.ids.page_id(p));
+            let (pages, _) = data.as_chunks::<PAGE_SIZE>();
+            let data_pages: Vec<usize> = (0..n).filter(|&i| !block::is_zero(&pages[i])).collect();
+            let mut hashed = [[0u8; 32]; MAX_FRAME_PAGES];
+            let inputs: Vec<&[u8; PAGE_SIZE]> = data_pages.iter().map(|&i| &pages[i]).collect();
+            self.ids.page_ids(&inputs, &mut hashed);
+            for (&i, id) in data_pages.iter().zip(hashed) {
+                ids[i] = Some(id);
             }
-            let all: Option<Vec<PageId>> = ids[..n].iter().copied().collect();
-            if let Some(all) = all
-                && let Some(pages) = self.found_frame(&self.ids.frame_id(&all), h())
+            if data_pages.len() == n
+                && let Some(pages) = self.found_frame(&self.ids.frame_id(&hashed[..n]), h())
             {
                 return Ok(BlockOut { pages, frame: None });
             }
