@@ -255,22 +255,27 @@ fn a_format_1_store_migrates_point_for_point_and_a_second_run_copies_nothing() {
     assert_eq!(out["skipped"], 0);
     assert_eq!(out["vmsAdded"], serde_json::json!(["vm1", "vm2"]));
     // Later points of a chain read only what changed: far less than their disks.
-    let read = |point: &str| {
+    let figure = |point: &str, key: &str| {
         out["copied"]
             .as_array()
             .expect("copied")
             .iter()
             .find(|p| p["point"] == point)
-            .and_then(|p| p["bytesRead"].as_u64())
-            .expect("bytes read")
+            .and_then(|p| p[key].as_u64())
+            .expect("a figure of the point")
     };
+    let read = |point: &str| figure(point, "bytesRead");
     assert!(read("p4") < read("p1") / 4, "{out}");
     assert_same(&old.store(), &new, &want);
-    // Two VMs from one image: the copy stores the shared pages once.
+    // Two VMs from one image: vm2's first point finds every page of it in vm1's, and stores
+    // only its map (format 1 stored the image again).
+    assert!(figure("q1", "bytesStored") < 4096, "{out}");
+    // On the whole, no bigger. Within 2%: on a fixture of a few MiB, format 2's metadata (index
+    // segments, fingerprints) weighs about what its finer deltas save, depending on the seed.
     let (old_size, new_size) = (store_bytes(&old.store()), store_bytes(&new));
     assert!(
-        new_size <= old_size,
-        "format 2 {new_size} > format 1 {old_size}"
+        new_size <= old_size + old_size / 50,
+        "format 2 {new_size} > format 1 {old_size} + 2%"
     );
 
     // A second run is a no-op.
