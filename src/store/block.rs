@@ -75,21 +75,27 @@ pub fn compress_into(data: &[u8], dst: &mut [u8]) -> Option<usize> {
 
 /// Compresses `data` (whose hash is `hash`) if that saves enough, else keeps it raw.
 pub fn encode(data: &[u8], hash: u128) -> Encoded {
-    let mut out = vec![0u8; compress_bound(data.len())];
-    match compress_into(data, &mut out) {
+    let mut bytes = Vec::new();
+    let codec = encode_into(data, &mut bytes);
+    Encoded { hash, codec, bytes }
+}
+
+/// [`encode`] onto the end of `out`, without a buffer of its own (an ingest encodes a batch's
+/// frames into one); returns the codec. `out` grows by the stored bytes only, after briefly
+/// holding room for LZ4's worst case.
+pub fn encode_into(data: &[u8], out: &mut Vec<u8>) -> Codec {
+    let at = out.len();
+    out.resize(at.saturating_add(compress_bound(data.len())), 0);
+    match out.get_mut(at..).and_then(|dst| compress_into(data, dst)) {
         Some(n) => {
-            out.truncate(n);
-            Encoded {
-                hash,
-                codec: COMPRESSED,
-                bytes: out,
-            }
+            out.truncate(at.saturating_add(n));
+            COMPRESSED
         }
-        None => Encoded {
-            hash,
-            codec: Codec::Raw,
-            bytes: data.to_vec(),
-        },
+        None => {
+            out.truncate(at);
+            out.extend_from_slice(data);
+            Codec::Raw
+        }
     }
 }
 

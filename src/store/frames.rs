@@ -203,27 +203,6 @@ pub fn encode_frame(pages: &[u8]) -> EncodedFrame {
     block::encode(pages, block::hash(pages))
 }
 
-/// [`encode_frame`] onto the end of `out`, without an allocation or a copy of its own; returns
-/// the codec. `out` grows by the stored bytes only.
-pub fn encode_frame_into(pages: &[u8], out: &mut Vec<u8>) -> Codec {
-    let at = out.len();
-    out.resize(at.saturating_add(block::compress_bound(pages.len())), 0);
-    match out
-        .get_mut(at..)
-        .and_then(|dst| block::compress_into(pages, dst))
-    {
-        Some(n) => {
-            out.truncate(at.saturating_add(n));
-            block::COMPRESSED
-        }
-        None => {
-            out.truncate(at);
-            out.extend_from_slice(pages);
-            Codec::Raw
-        }
-    }
-}
-
 fn invalid(detail: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, detail)
 }

@@ -680,20 +680,18 @@ fn wrong_ids(shared: &crate::engine::shared::Shared, batch: &mut Vec<IndexEntry>
         if h.pack.read_frame(&*h.object, &f, &mut out).is_err() {
             continue;
         }
-        // The id of a whole full frame (slot 0), for entries that name a frame, not a page.
+        // Every present page's id, once; and the id of a whole full frame (slot 0), for
+        // entries that name a frame, not a page.
+        let (pages, _) = out.as_chunks::<PAGE_SIZE>();
+        let mut hashed = [[0u8; 32]; page::MAX_FRAME_PAGES];
+        ids.page_ids(&pages.iter().collect::<Vec<_>>(), &mut hashed);
+        let hashed = &hashed[..pages.len()];
         let whole = out.len() == shared.header.block_size as usize;
-        let frame_id = whole.then(|| {
-            let (pages, _) = out.as_chunks::<PAGE_SIZE>();
-            let mut hashed = [[0u8; 32]; page::MAX_FRAME_PAGES];
-            ids.page_ids(&pages.iter().collect::<Vec<_>>(), &mut hashed);
-            ids.frame_id(&hashed[..pages.len()])
-        });
+        let frame_id = whole.then(|| ids.frame_id(hashed));
         for e in group {
-            let page = f
-                .page_offset(e.slot)
-                .and_then(|at| out.get(at..at + PAGE_SIZE));
+            let page_id = page::ordinal(f.mask, e.slot).and_then(|o| hashed.get(o));
             let whole_frame = e.slot == 0 && frame_id == Some(e.id);
-            if whole_frame || page.is_some_and(|p| ids.page_id(p) == e.id) {
+            if whole_frame || page_id == Some(&e.id) {
                 continue;
             }
             if e.slot == 0 && !whole {
