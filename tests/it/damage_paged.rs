@@ -366,11 +366,21 @@ fn wrong_fingerprint_is_found_by_read_data() {
 #[test]
 fn index_entry_naming_other_bytes_is_damage_found_by_read_data() {
     let f = Fixture::new();
-    let seg = index_segments(&f.ts.store_path())[0].clone();
+    // The largest segment: p2's holds only the one new page of its changed block.
+    let seg = index_segments(&f.ts.store_path())
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).expect("segment").len())
+        .expect("a segment");
     let mut bytes = fs::read(&seg).expect("read");
-    // Byte 30 of the first entry's id: neither its fence (bytes 0..8) nor its filter bits
-    // (8..24), and the order of ids stays; resealed, the segment verifies.
-    bytes[4096 + 30] ^= 1;
+    // Byte 30 of an entry's id: neither its fence (bytes 0..8) nor its filter bits (8..24), and
+    // the order of ids stays; resealed, the segment verifies. An entry of a page at a slot
+    // other than 0: an entry at slot 0 of a partial frame may be a whole frame's id that a
+    // sweep made stale, which check tells apart from damage only by the slot.
+    let at = (0..index::BLOCK_ENTRIES)
+        .map(|i| 4096 + i * index::ENTRY_LEN)
+        .find(|&e| u32::from_le_bytes(bytes[e + 32..e + 36].try_into().expect("4")) & 0xf != 0)
+        .expect("an entry of a page at slot > 0 in the first block");
+    bytes[at + 30] ^= 1;
     index::reseal(&mut bytes);
     fs::write(&seg, &bytes).expect("write");
     let name = seg
