@@ -105,7 +105,7 @@ fn shared_scenario() -> Shared {
     ts.create("ca", "p1");
     // x1 changes a few template pages b changed too: then only p1 references them, and
     // deleting ca repacks the template frames that hold them.
-    change_blocks(&a, &mut a_c, PAGE, 0.02, &mut rng);
+    let x1_pages = change_blocks(&a, &mut a_c, PAGE, 0.02, &mut rng);
     for &page in b_pages.iter().step_by(b_pages.len() / 4) {
         let at = (page * PAGE) as usize;
         rng.fill_bytes(&mut a_c[at..at + PAGE as usize]);
@@ -113,8 +113,12 @@ fn shared_scenario() -> Shared {
     write_sparse(&a, &a_c);
     pages[2] = data_pages(&a_c);
     ts.create("cx", "x1");
-    // p2's new pages are ca's alone: their pack goes whole when ca is deleted.
+    // p2's new pages are ca's alone: their pack goes whole when ca is deleted. One of them
+    // overwrites a page x1 changed, so x1 (cx) keeps a page of its own whatever the seed.
     change_blocks(&a, &mut a_c, PAGE, 0.05, &mut rng);
+    let at = (x1_pages[0] * PAGE) as usize;
+    rng.fill_bytes(&mut a_c[at..at + PAGE as usize]);
+    write_sparse(&a, &a_c);
     pages[1] = data_pages(&a_c);
     ts.create("ca", "p2");
     pages[3] = data_pages(&b_c);
