@@ -2,9 +2,9 @@
 //!
 //! Structure: every record parses and its envelope checksum holds; points reference existing
 //! collections; names are unique; limits hold; every record obeys the naming and identity rules
-//! the CLI enforces when it writes one (see `RecordRules`); every committed disk restore point has a valid
-//! map whose packs exist with valid tables holding every block the map references; nothing is
-//! left that no committed point references. With `read_data`, every stored block is read,
+//! the CLI enforces when it writes one (see `rules`); every committed disk restore point has a
+//! valid map whose packs exist with valid tables holding every block the map references; nothing
+//! is left that no committed point references. With `read_data`, every stored block is read,
 //! decompressed and its hash compared. A medium low on space is a warning, not damage
 //! (`super::reserve::low_space`).
 //!
@@ -25,6 +25,8 @@
 //! pages, an owed sweep, stale index entries) is a note, not a problem; a repair removes damaged
 //! index segments and runs the sweep.
 
+mod rules;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
@@ -33,7 +35,6 @@ use uuid::Uuid;
 use super::Engine;
 use super::catalog;
 use super::error::{Error, Result};
-use super::names;
 use super::policy::MAX_POINTS_PER_VM;
 use super::progress::Progress;
 use crate::store::blockmap::BlockMap;
@@ -45,6 +46,7 @@ use crate::store::{envelope, format, kind, read_record};
 
 pub use super::report::CheckReport;
 use super::report::ranges;
+use rules::{RecordRules, disk_point_ids_unique, point_disk_rules, vm_rules};
 
 struct LoadedPack {
     object: std::sync::Arc<dyn Object>,
@@ -571,321 +573,5 @@ impl Engine {
     }
 }
 
-/// The naming and identity rules the CLI enforces when it writes a record, checked on records as
-/// stored, so a crafted or damaged record cannot pass for one rpfs wrote: every name valid (see
-/// `names`: no `latest`, nothing ending in `.json`, …), a record's id that of its file, each
-/// record in the VM it is filed under, disk names, ids and LUNs unique within a VM and disk
-/// names, ids and restore point ids unique within a point, a point's disks those of its VM, and
-/// (here) collection and point ids unique in the store, as the catalog indexes them. Each
-/// finding names the record and the rule.
-#[derive(Default)]
-struct RecordRules {
-    /// Where each collection id and point id was met first (its key).
-    ids: HashMap<Uuid, String>,
-}
-
-/// `Some(finding)` when `name` breaks the naming rules for a `what`.
-fn name_rule(record: &str, what: &'static str, name: &str) -> Option<String> {
-    names::validate(what, name)
-        .err()
-        .map(|e| format!("{record}: {e}; rpfs never gives a {what} such a name"))
-}
-
-/// Findings for values of `items` (by `key`) met more than once; `what` names the value.
-fn duplicates<T, K: std::hash::Hash + Eq + std::fmt::Display>(
-    record: &str,
-    what: &str,
-    items: impl IntoIterator<Item = T>,
-    key: impl Fn(&T) -> K,
-) -> Vec<String> {
-    let mut seen: HashMap<K, usize> = HashMap::new();
-    for item in items {
-        *seen.entry(key(&item)).or_default() += 1;
-    }
-    let mut out: Vec<String> = seen
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(k, n)| format!("{record}: {what} {k} is used {n} times; it must be unique"))
-        .collect();
-    out.sort();
-    out
-}
-
-/// The rules of a VM record (`vms/<vm_id>/vm.json`).
-fn vm_rules(vm_id: Uuid, vm: &VmRecord) -> Vec<String> {
-    let record = format!("VM '{}' ({})", vm.name, layout::vm_record(vm_id));
-    let mut out = Vec::new();
-    if vm.id != vm_id {
-        out.push(format!(
-            "{record}: the record holds id {}, its file says {vm_id}",
-            vm.id
-        ));
-    }
-    out.extend(name_rule(&record, "VM", &vm.name));
-    if vm.disks.is_empty() {
-        out.push(format!("{record}: a VM has at least one disk"));
-    }
-    out.extend(
-        vm.disks
-            .iter()
-            .filter_map(|d| name_rule(&record, "disk", &d.name)),
-    );
-    out.extend(duplicates(&record, "disk name", &vm.disks, |d| {
-        format!("'{}'", d.name)
-    }));
-    out.extend(duplicates(&record, "disk id", &vm.disks, |d| d.id));
-    out.extend(duplicates(&record, "LUN", &vm.disks, |d| {
-        d.lun
-            .map_or_else(|| "of the OS disk".to_string(), |l| l.to_string())
-    }));
-    out
-}
-
-/// Disk names, ids and LUNs within one point, and its disks against its VM's.
-fn point_disk_rules(record: &str, p: &PointRecord, vm: Option<&VmRecord>) -> Vec<String> {
-    let mut out = Vec::new();
-    out.extend(
-        p.disks
-            .iter()
-            .map(|d| d.name.as_str())
-            .chain(p.excluded.iter().map(|d| d.name.as_str()))
-            .filter_map(|n| name_rule(record, "disk", n)),
-    );
-    out.extend(duplicates(record, "disk name", &p.disks, |d| {
-        format!("'{}'", d.name)
-    }));
-    // Included and excluded together: a disk is one or the other.
-    let ids = p
-        .disks
-        .iter()
-        .map(|d| d.disk_id)
-        .chain(p.excluded.iter().map(|d| d.disk_id));
-    out.extend(duplicates(record, "disk id", ids, |id| *id));
-    out.extend(duplicates(record, "disk restore point id", &p.disks, |d| {
-        d.drp_id
-    }));
-    if let Some(vm) = vm {
-        for d in &p.disks {
-            if !vm.disks.iter().any(|v| v.id == d.disk_id) {
-                out.push(format!(
-                    "{record}: disk '{}' ({}) is not a disk of VM '{}'",
-                    d.name, d.disk_id, vm.name
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Each disk restore point id (which names a map and a pack) belongs to one point of the VM:
-/// two points sharing one would share their files, and deleting one would take the other's.
-fn disk_point_ids_unique(vm_label: &str, points: &[PointRecord]) -> Vec<String> {
-    let mut owners: HashMap<Uuid, Vec<&str>> = HashMap::new();
-    for p in points {
-        let mut own: Vec<Uuid> = p.disks.iter().map(|d| d.drp_id).collect();
-        own.sort();
-        own.dedup(); // Within one point: point_disk_rules says so.
-        for drp in own {
-            owners.entry(drp).or_default().push(&p.name);
-        }
-    }
-    let mut out: Vec<String> = owners
-        .into_iter()
-        .filter(|(_, ps)| ps.len() > 1)
-        .map(|(drp, ps)| {
-            format!(
-                "VM '{vm_label}': disk restore point id {drp} is used by restore points {}; it \
-                 must belong to one",
-                ps.join(", ")
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-impl RecordRules {
-    /// Notes that `key` holds the record of id `id`; a finding if another key did first.
-    fn unique_id(&mut self, what: &str, id: Uuid, key: String) -> Option<String> {
-        match self.ids.get(&id) {
-            Some(first) => Some(format!(
-                "{key}: {what} id {id} is already the id of {first}; ids are unique in a store"
-            )),
-            None => {
-                self.ids.insert(id, key);
-                None
-            }
-        }
-    }
-
-    /// The rules of collection record `vms/<vm_id>/collections/<file_id>.json`.
-    fn collection(&mut self, vm_id: Uuid, file_id: Uuid, c: &CollectionRecord) -> Vec<String> {
-        let key = layout::collection(vm_id, file_id);
-        let record = format!("collection '{}' ({key})", c.name);
-        let mut out = Vec::new();
-        if c.id != file_id {
-            out.push(format!(
-                "{record}: the record holds id {}, its file says {file_id}",
-                c.id
-            ));
-        }
-        if c.vm_id != vm_id {
-            out.push(format!(
-                "{record}: it names VM {}, but is filed under VM {vm_id}",
-                c.vm_id
-            ));
-        }
-        out.extend(name_rule(&record, "collection", &c.name));
-        out.extend(self.unique_id("collection", c.id, key));
-        out
-    }
-
-    /// The rules of point record `vms/<vm_id>/points/<file_id>.json` on its own (the rules
-    /// that need its collection and VM are [`point_disk_rules`]).
-    fn point(&mut self, vm_id: Uuid, file_id: Uuid, p: &PointRecord) -> Vec<String> {
-        let key = layout::point(vm_id, file_id);
-        let record = format!("restore point '{}' ({key})", p.name);
-        let mut out = Vec::new();
-        if p.id != file_id {
-            out.push(format!(
-                "{record}: the record holds id {}, its file says {file_id}",
-                p.id
-            ));
-        }
-        if p.vm_id != vm_id {
-            out.push(format!(
-                "{record}: it names VM {}, but is filed under VM {vm_id}",
-                p.vm_id
-            ));
-        }
-        out.extend(name_rule(&record, "restore point", &p.name));
-        out.extend(name_rule(&record, "VM", &p.vm_name));
-        out.extend(self.unique_id("restore point", p.id, key));
-        out
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::records::{ConsistencyMode, DiskPointRecord, DiskSpec, DiskType};
-
-    fn vm(disks: &[&str]) -> VmRecord {
-        VmRecord {
-            id: Uuid::new_v4(),
-            name: "vm".into(),
-            created: String::new(),
-            orchestration: Default::default(),
-            disks: disks
-                .iter()
-                .enumerate()
-                .map(|(i, n)| DiskSpec {
-                    id: Uuid::new_v4(),
-                    name: n.to_string(),
-                    path: "/dev/null".into(),
-                    disk_type: DiskType::Managed,
-                    lun: (i > 0).then(|| i as u32 - 1),
-                    added_as: None,
-                })
-                .collect(),
-            config: Default::default(),
-            config_added_as: None,
-            pre_script: None,
-            post_script: None,
-            script_timeout_secs: 60,
-            min_interval_secs: None,
-        }
-    }
-
-    fn point(vm: &VmRecord, name: &str) -> PointRecord {
-        PointRecord {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            collection_id: Uuid::new_v4(),
-            vm_id: vm.id,
-            seq: 1,
-            created: String::new(),
-            vm_name: vm.name.clone(),
-            consistency_mode: ConsistencyMode::CrashConsistent,
-            disks: vm
-                .disks
-                .iter()
-                .map(|d| DiskPointRecord {
-                    drp_id: Uuid::new_v4(),
-                    disk_id: d.id,
-                    name: d.name.clone(),
-                    lun: d.lun,
-                    size: 4096,
-                    source: d.path.clone(),
-                    new_blocks: 1,
-                    stored_bytes: 1,
-                    has_pack: true,
-                    found_pages: 0,
-                })
-                .collect(),
-            excluded: Vec::new(),
-            config_len: 0,
-            block_size: 4096,
-        }
-    }
-
-    #[test]
-    fn records_the_cli_writes_pass_the_rules() {
-        let v = vm(&["os", "data"]);
-        let p = point(&v, "p1");
-        let mut rules = RecordRules::default();
-        assert_eq!(vm_rules(v.id, &v), Vec::<String>::new());
-        assert_eq!(rules.point(v.id, p.id, &p), Vec::<String>::new());
-        assert_eq!(point_disk_rules("p", &p, Some(&v)), Vec::<String>::new());
-        assert_eq!(
-            disk_point_ids_unique("vm", &[p.clone(), point(&v, "p2")]),
-            Vec::<String>::new()
-        );
-    }
-
-    #[test]
-    fn each_broken_rule_is_one_finding() {
-        let mut v = vm(&["os", "data", "latest"]);
-        v.disks[1].name = "os".into();
-        v.disks[2].id = v.disks[0].id;
-        let found = vm_rules(Uuid::new_v4(), &v).join("\n");
-        for want in [
-            "the record holds id",
-            "'latest' is reserved",
-            "disk name 'os' is used 2 times",
-            "disk id",
-        ] {
-            assert!(found.contains(want), "{want}: {found}");
-        }
-
-        let v = vm(&["os", "data"]);
-        let mut p = point(&v, "collection.json");
-        p.disks[1].name = "os".into();
-        p.disks[1].disk_id = Uuid::new_v4();
-        let mut rules = RecordRules::default();
-        let found = rules.point(v.id, p.id, &p).join("\n");
-        assert!(found.contains("must not end in .json"), "{found}");
-        let found = point_disk_rules("restore point c/x", &p, Some(&v)).join("\n");
-        assert!(found.contains("disk name 'os' is used 2 times"), "{found}");
-        assert!(found.contains("is not a disk of VM 'vm'"), "{found}");
-        // The same id met twice in the store.
-        let found = rules.point(v.id, p.id, &p).join("\n");
-        assert!(found.contains("is already the id of"), "{found}");
-
-        let p1 = point(&v, "p1");
-        let mut p2 = point(&v, "p2");
-        p2.disks[0].drp_id = p1.disks[0].drp_id;
-        let found = disk_point_ids_unique("vm", &[p1, p2]);
-        assert!(
-            found.len() == 1 && found[0].contains("used by restore points p1, p2"),
-            "{found:?}"
-        );
-    }
-
-    #[test]
-    fn block_ranges() {
-        assert_eq!(ranges(&[]), "");
-        assert_eq!(ranges(&[3]), "3");
-        assert_eq!(ranges(&[3, 17, 18, 19, 21]), "3, 17-19, 21");
-    }
-}
+mod tests;
