@@ -47,9 +47,10 @@ class Peer:
         self.proc = None
 
 
-def rpfs_store(store, vms, fmt=None):
-    """A new rpfs store in `store` holding the VMs {vm: {disk: source path}}, each with a
-    collection of its own name; returns the environment that names the store."""
+def rpfs_store(store, vms, fmt=None, init_args=()):
+    """A new rpfs store in `store` (`rpfs init` given `init_args` too) holding the VMs
+    {vm: {disk: source path}}, each with a collection of its own name; returns the environment
+    that names the store."""
     env = dict(os.environ, RPFS_STORE=store)
     rpfs = rpfs_bin()
     # RPFS_BENCH_BLOCK_SIZE measures another block size than the default (e.g. 16K), and
@@ -57,7 +58,7 @@ def rpfs_store(store, vms, fmt=None):
     block = os.environ.get("RPFS_BENCH_BLOCK_SIZE")
     fmt = fmt or os.environ.get("RPFS_BENCH_FORMAT")
     run(rpfs, "init", *(["--block-size", block] if block else []),
-        *(["--format", fmt] if fmt else []), env=env)
+        *(["--format", fmt] if fmt else []), *init_args, env=env)
     for vm, disks in vms.items():
         run(rpfs, "vm", "add", vm, *[f"--disk={d}={p}" for d, p in disks.items()], env=env)
         run(rpfs, "collection", "create", vm, "--vm", vm, env=env)
@@ -67,11 +68,12 @@ def rpfs_store(store, vms, fmt=None):
 class Rpfs(Peer):
     name = "rpfs"
     fmt = None
+    init_args = ()
 
     def __init__(self, work, disks):
         super().__init__(work, disks)
         self.store = os.path.join(self.work, "store")
-        self.env = rpfs_store(self.store, {"c": disks}, self.fmt)
+        self.env = rpfs_store(self.store, {"c": disks}, self.fmt, self.init_args)
         self.gen = 0
 
     def ingest_command(self):
@@ -96,6 +98,15 @@ class RpfsFormat1(Rpfs):
     name = "rpfs format 1"
     slug = "rpfs-f1"
     fmt = "1"
+
+
+class RpfsZstd(Rpfs):
+    """rpfs on a store made with `--compression zstd` (level 3), beside the default (LZ4): what
+    the codec costs in time and saves in bytes, and the like-for-like store against qcow2's
+    zstd clusters."""
+    name = "rpfs zstd"
+    slug = "rpfs-zstd"
+    init_args = ("--compression", "zstd")
 
 
 class RpfsVms(Peer):
@@ -271,6 +282,6 @@ class Raw(Peer):
 
 # The peers that ingest, in the order they take their turns; --only-peer names them by the
 # first word of their name (rpfs, qcow2 (both chains), restic, borg).
-INGESTING = [Rpfs, Qcow2, Qcow2Zstd, Restic, Borg]
+INGESTING = [Rpfs, RpfsZstd, Qcow2, Qcow2Zstd, Restic, Borg]
 if os.environ.get("RPFS_BENCH_FORMAT", "2") != "1":
     INGESTING.insert(1, RpfsFormat1)

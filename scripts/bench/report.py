@@ -87,14 +87,22 @@ def report(doc):
             if rp.get("growth") is not None:
                 check("store growth per incremental point vs the pages that changed", f"{rp['growth']:.2f}x",
                       "≤ 1.25x", rp["growth"] <= 1.25)
+            rz = by.get("rpfs zstd")
             if qz:
-                check("store vs qcow2 zstd chain", f"{rp['store'] / qz['store']:.2f}x", "≤ 0.9x",
-                      rp["store"] <= 0.9 * qz["store"])
+                # Like for like: rpfs's zstd store against qcow2's zstd clusters (the default, LZ4,
+                # trades ~20% of the compressible bytes for speed; its ratio is shown beside).
+                lz4 = f"; LZ4 (default) {rp['store'] / qz['store']:.2f}x"
+                if rz:
+                    check("store vs qcow2 zstd chain (rpfs --compression zstd)",
+                          f"{rz['store'] / qz['store']:.2f}x{lz4}", "≤ 0.9x", rz["store"] <= 0.9 * qz["store"])
+                else:
+                    check("store vs qcow2 zstd chain", f"{rp['store'] / qz['store']:.2f}x", "≤ 0.9x",
+                          rp["store"] <= 0.9 * qz["store"])
             check("store vs restic / borg", f"{rp['store'] / re_['store']:.2f}x / {rp['store'] / bo['store']:.2f}x",
                   "≤ 0.6x", rp["store"] <= 0.6 * min(re_["store"], bo["store"]))
             check("cold sequential read vs FUSE ceiling", f"{rp['cold'] / ceiling['cold']:.2f}x", "≥ 1x", rp["cold"] >= ceiling["cold"])
             check("cold sequential read vs restic", f"{rp['cold'] / re_['cold']:.1f}x", "≥ 4x", rp["cold"] >= 4 * re_["cold"])
-            best_peer = max(r["warm"] for r in peers if r["name"] not in ("rpfs", raw["name"]))
+            best_peer = max(r["warm"] for r in peers if not r["name"].startswith("rpfs") and r is not raw)
             check("warm sequential read vs best peer", f"{rp['warm'] / best_peer:.2f}x", "> 1x", rp["warm"] > best_peer)
             check("warm sequential read vs raw image", f"{rp['warm'] / raw['warm']:.2f}x", "≥ 0.6x", rp["warm"] >= 0.6 * raw["warm"])
             check("cold random 4 KiB reads vs qcow2 chain", f"{rp['iops'] / q['iops']:.2f}x", "≥ 1x", rp["iops"] >= q["iops"])

@@ -29,6 +29,10 @@ pub enum Command {
         /// 64K) or 1 (whole blocks per disk chain, as stores made before format 2)
         #[arg(long, default_value_t = rpfs::store::format::DEFAULT)]
         format: u32,
+        /// What new data is compressed with: lz4 (fastest to write and read), zstd (the same
+        /// as zstd:3) or zstd:LEVEL with LEVEL 1 to 19 (fewer bytes stored, slower)
+        #[arg(long, default_value = "lz4", value_parser = rpfs::store::block::Compression::parse, value_name = "CODEC")]
+        compression: rpfs::store::block::Compression,
     },
     /// Manage source VMs
     #[command(subcommand)]

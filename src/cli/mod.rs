@@ -13,7 +13,6 @@ use store::{default_store, load_catalog, open_store};
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use rpfs::engine::create::{Consistency, CreateRequest};
@@ -21,7 +20,6 @@ use rpfs::engine::restore::RestoreRequest;
 use rpfs::engine::vms::VmSpec;
 use rpfs::engine::{Engine, catalog::split_point_path, schedule};
 use rpfs::resource;
-use rpfs::store::LocalStorage;
 use rpfs::store::records::{
     ConfigSource, ConsistencyMode, DiskType, Orchestration, RetentionPolicy,
 };
@@ -37,21 +35,24 @@ use progress::Bar;
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let dir = cli.store.clone().unwrap_or_else(default_store);
     match cli.command {
-        Command::Init { block_size, format } => {
+        Command::Init {
+            block_size,
+            format,
+            compression,
+        } => {
             let bs = rpfs::engine::validate_block_size_for(block_size, format)?;
-            if dir.join("rpfs.store").exists() {
-                return Err(failure(
-                    exit::EXISTS,
-                    format!("a store already exists at {}", dir.display()),
-                ));
-            }
-            store::create_store_dir(&dir)?;
-            let engine = Engine::init_format(Arc::new(LocalStorage::new(&dir)), bs, format)?;
+            let options = rpfs::engine::InitOptions {
+                block_size: bs,
+                version: format,
+                compression,
+            };
+            let engine = store::init(&dir, options)?;
             say!(
-                "initialised store {} at {} (block size {})",
+                "initialised store {} at {} (block size {}, {} compression)",
                 engine.header().store_id,
                 dir.display(),
-                human(u64::from(bs))
+                human(u64::from(bs)),
+                compression
             );
             Ok(())
         }

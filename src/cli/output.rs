@@ -241,8 +241,10 @@ pub fn point_details(c: &CollectionRecord, p: &PointRecord, paged: bool) {
 /// `rpfs stats`: the store's totals, then one row per VM and per collection (indented).
 pub fn stats(s: &StoreStats) {
     say!(
-        "store (format {}): {} stored ({} packs, {} index, {} maps), {} logical, dedup ratio {:.2}",
+        "store (format {}, {}): {} stored ({} packs, {} index, {} maps), {} logical, dedup ratio \
+         {:.2}",
         s.format,
+        s.compression,
         human(s.stored_bytes),
         human(s.pack_bytes),
         human(s.index_bytes),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpfs::engine::{Catalog, Engine, OpenOptions};
+use rpfs::engine::{Catalog, Engine, InitOptions, OpenOptions};
 use rpfs::store::LocalStorage;
 use rpfs::store::private::DIR_MODE;
 
@@ -42,7 +42,22 @@ pub fn load_catalog(engine: &Engine) -> Result<Catalog, Failure> {
 /// Creates the directory of a new store, private (0700) from its creation; its parents are
 /// created as the umask says, like any directory. An existing directory is left for
 /// `Engine::init` to check and narrow.
-pub fn create_store_dir(dir: &Path) -> Result<(), Failure> {
+/// `rpfs init`: a new store in `dir` (created private if missing), refused if one is there.
+pub fn init(dir: &Path, options: InitOptions) -> Result<Engine, Failure> {
+    if dir.join("rpfs.store").exists() {
+        return Err(failure(
+            exit::EXISTS,
+            format!("a store already exists at {}", dir.display()),
+        ));
+    }
+    create_store_dir(dir)?;
+    Ok(Engine::init_with(
+        Arc::new(LocalStorage::new(dir)),
+        options,
+    )?)
+}
+
+fn create_store_dir(dir: &Path) -> Result<(), Failure> {
     let fail = |e: std::io::Error| {
         failure(
             exit::FAILURE,

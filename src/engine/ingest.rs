@@ -22,7 +22,7 @@ use super::pipeline;
 use super::progress::Progress;
 use super::shared::Shared;
 use super::source::Source;
-use crate::store::block::{self, Codec};
+use crate::store::block::{self, Codec, Compression};
 use crate::store::blockmap::{self, BlockMap};
 use crate::store::layout;
 use crate::store::pack::PackWriter;
@@ -136,6 +136,7 @@ enum Class {
 /// What a worker needs to classify the blocks of a batch.
 struct Classifier<'a> {
     bs: usize,
+    compression: Compression,
     zero_hash: u128,
     prev: Option<&'a Previous>,
 }
@@ -150,7 +151,7 @@ impl Classifier<'_> {
         }
         match self.prev.and_then(|p| p.stored(b)) {
             Some((slot, ph)) if ph == h => Class::Same(slot),
-            _ => match block::compress_into(data, scratch) {
+            _ => match block::compress_into(data, scratch, self.compression) {
                 Some(n) => {
                     let at = out.len();
                     out.extend_from_slice(&scratch[..n]);
@@ -253,8 +254,10 @@ pub(crate) fn ingest(
             blockmap::MAX_BLOCKS
         )));
     }
+    let compression = shared.header.compression;
     let classifier = Classifier {
         bs: bs as usize,
+        compression,
         zero_hash: block::hash(&vec![0u8; bs as usize]),
         prev,
     };
@@ -300,7 +303,7 @@ pub(crate) fn ingest(
                     continue;
                 }
                 Class::Raw(h) => (&data[at..at + bs as usize], Codec::Raw, h),
-                Class::Compressed(h, ref r) => (&out[r.clone()], block::COMPRESSED, h),
+                Class::Compressed(h, ref r) => (&out[r.clone()], compression.codec(), h),
             };
             let writer = match &mut pack {
                 Some(w) => w,

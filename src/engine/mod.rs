@@ -59,6 +59,7 @@ pub use error::{Damage, Error, ErrorKind, Result};
 pub use policy::MAX_POINTS_PER_VM;
 pub use read::DiskImage;
 
+use crate::store::block::Compression;
 use crate::store::format;
 use crate::store::private::Tightened;
 use crate::store::records::{PointRecord, StoreHeader};
@@ -87,6 +88,27 @@ impl Default for OpenOptions {
         OpenOptions {
             cache_bytes: cache::DEFAULT_CAPACITY,
             lock_wait: DEFAULT_LOCK_WAIT,
+        }
+    }
+}
+
+/// What a new store is made with ([`Engine::init_with`]); fixed for the store's lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    /// Block size (format 2: frame size), checked by [`validate_block_size_for`].
+    pub block_size: u32,
+    /// On-disk format version ([`format::READABLE`]).
+    pub version: u32,
+    /// What new blocks are compressed with.
+    pub compression: Compression,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            block_size: format::DEFAULT_BLOCK_SIZE,
+            version: format::DEFAULT,
+            compression: Compression::default(),
         }
     }
 }
@@ -121,11 +143,22 @@ impl Engine {
     /// Creates a new, empty store of the default format ([`format::DEFAULT`]) in `storage`,
     /// which must be empty, and the caller's: it is made private (0700) if it was not.
     pub fn init(storage: Arc<dyn Storage>, block_size: u32) -> Result<Engine> {
-        Self::init_format(storage, block_size, format::DEFAULT)
+        Self::init_with(
+            storage,
+            InitOptions {
+                block_size,
+                ..InitOptions::default()
+            },
+        )
     }
 
-    /// [`Engine::init`] with on-disk format `version`.
-    pub fn init_format(storage: Arc<dyn Storage>, block_size: u32, version: u32) -> Result<Engine> {
+    /// [`Engine::init`] with every choice `options` makes.
+    pub fn init_with(storage: Arc<dyn Storage>, options: InitOptions) -> Result<Engine> {
+        let InitOptions {
+            block_size,
+            version,
+            compression,
+        } = options;
         let block_size = validate_block_size_for(u64::from(block_size), version)?;
         let existing = storage
             .list("")
@@ -158,6 +191,7 @@ impl Engine {
             version,
             store_id: uuid::Uuid::new_v4(),
             block_size,
+            compression,
             created: now_rfc3339(),
         };
         write_record(&*storage, layout::STORE_HEADER, kind::STORE, &header)

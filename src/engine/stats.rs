@@ -37,6 +37,7 @@ use super::Engine;
 use super::catalog::Catalog;
 use super::error::{Error, Result};
 use super::shared::Shared;
+use crate::store::block::Compression;
 use crate::store::blockmap::BlockMap;
 use crate::store::format;
 use crate::store::frames::FramePack;
@@ -90,6 +91,8 @@ pub struct VmStats {
 pub struct StoreStats {
     /// On-disk format version (1 or 2).
     pub format: u32,
+    /// What new data is compressed with (`lz4`, `zstd:LEVEL`).
+    pub compression: Compression,
     /// Sum of every VM's logical bytes.
     pub logical_bytes: u64,
     /// `pack_bytes + index_bytes + map_bytes`.
@@ -245,6 +248,7 @@ fn paged(shared: &Shared, cat: &Catalog) -> Result<StoreStats> {
 
     let mut stats = StoreStats {
         format: shared.header.version,
+        compression: shared.header.compression,
         map_bytes,
         ..StoreStats::default()
     };
@@ -442,6 +446,7 @@ fn blocks(shared: &Shared, cat: &Catalog) -> Result<StoreStats> {
     }
     let mut stats = StoreStats {
         format: shared.header.version,
+        compression: shared.header.compression,
         map_bytes,
         ..StoreStats::default()
     };

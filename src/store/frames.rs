@@ -19,7 +19,7 @@
 //!                             present page, in frame order then slot order
 //! table_offset  40*frames     frame table, in frame order: offset u64, first page u32 (index in
 //!                             the fingerprint section of the frame's first present page),
-//!                             stored length u32, codec u8 (0 raw, 2 LZ4), slots u8 (frame size
+//!                             stored length u32, codec u8 (0 raw, 1 zstd, 2 LZ4), slots u8 (frame size
 //!                             / 4096), present mask u16, reserved u32 (zero), xxh3-128 of the
 //!                             decoded present pages concatenated (16 bytes)
 //! dir_offset    8*tc + 4*fc   directory: per table chunk (FRAMES_PER_CHUNK entries, 40 KiB)
@@ -67,7 +67,7 @@
 
 use std::io::{self, Write};
 
-use super::block::{self, Codec};
+use super::block::{self, Codec, Compression};
 use super::le;
 use super::pack::{BlockReadError, PackError};
 use super::page::{self, Fingerprint, PAGE_SIZE};
@@ -106,7 +106,8 @@ const FINGERPRINT_DIR_LEN: usize = 4;
 pub const MIN_FRAME_SIZE: u32 = PAGE_SIZE as u32;
 pub const MAX_FRAME_SIZE: u32 = (PAGE_SIZE * page::MAX_FRAME_PAGES) as u32;
 const CODEC_RAW: u8 = 0;
-/// Codec byte 1 is left for zstd frames (issue 18); this version refuses it.
+/// zstd frames: stores made with `--compression zstd` (builds before it refuse them as damage).
+const CODEC_ZSTD: u8 = 1;
 const CODEC_LZ4: u8 = 2;
 /// A pack being written starts writeback every this many bytes (see `start_writeback`).
 const WRITEBACK_EVERY: u64 = 32 << 20;
@@ -157,8 +158,8 @@ impl FrameEntry {
     fn codec_byte(&self) -> u8 {
         match self.codec {
             Codec::Lz4 => CODEC_LZ4,
-            // Raw; the writer refuses zstd, so nothing else reaches here.
-            Codec::Raw | Codec::Zstd => CODEC_RAW,
+            Codec::Zstd => CODEC_ZSTD,
+            Codec::Raw => CODEC_RAW,
         }
     }
 
@@ -198,9 +199,10 @@ impl<'a> From<&'a EncodedFrame> for StoredFrame<'a> {
 }
 
 /// Encodes the present pages of a frame, concatenated in slot order (`pages.len()` a multiple
-/// of [`PAGE_SIZE`], as [`FrameWriter::append`] checks): LZ4 when that saves 1/32, else raw.
-pub fn encode_frame(pages: &[u8]) -> EncodedFrame {
-    block::encode(pages, block::hash(pages))
+/// of [`PAGE_SIZE`], as [`FrameWriter::append`] checks): compressed with `how` when that saves
+/// 1/32, else raw.
+pub fn encode_frame(pages: &[u8], how: Compression) -> EncodedFrame {
+    block::encode(pages, block::hash(pages), how)
 }
 
 fn invalid(detail: String) -> io::Error {
@@ -310,8 +312,7 @@ impl FrameWriter {
         let decoded = (pages as usize).saturating_mul(PAGE_SIZE);
         let len_ok = match frame.codec {
             Codec::Raw => frame.bytes.len() == decoded,
-            Codec::Lz4 => !frame.bytes.is_empty() && frame.bytes.len() < decoded,
-            Codec::Zstd => false,
+            Codec::Lz4 | Codec::Zstd => !frame.bytes.is_empty() && frame.bytes.len() < decoded,
         };
         if !len_ok {
             return Err(invalid(format!(
@@ -707,8 +708,13 @@ impl FramePack {
             let bad = |what: String| corrupt(Entry, format!("frame {frame} is invalid: {what}"));
             let codec = match b[16] {
                 CODEC_RAW => Codec::Raw,
+                CODEC_ZSTD => Codec::Zstd,
                 CODEC_LZ4 => Codec::Lz4,
-                other => return Err(bad(format!("codec {other} is not raw (0) or LZ4 (2)"))),
+                other => {
+                    return Err(bad(format!(
+                        "codec {other} is not raw (0), zstd (1) or LZ4 (2)"
+                    )));
+                }
             };
             let e = FrameEntry {
                 offset: le::u64_at(b, 0),
@@ -989,7 +995,13 @@ mod tests {
         if f.mask == 0 {
             return w.append_empty().expect("append empty");
         }
-        let enc = encode_frame(&f.pages.concat());
+        // Odd frames zstd, even ones LZ4: a pack may hold both (a repack keeps old frames).
+        let how = if w.frames() % 2 == 1 {
+            Compression::Zstd(1)
+        } else {
+            Compression::Lz4
+        };
+        let enc = encode_frame(&f.pages.concat(), how);
         let fps: Vec<Fingerprint> = f.pages.iter().map(|p| page::fingerprint(p)).collect();
         w.append(f.mask, (&enc).into(), &fps).expect("append")
     }
@@ -1090,8 +1102,12 @@ mod tests {
                 };
                 w.append(mask, (&copy).into(), &live_fps).expect("copy");
             } else {
-                w.append(mask, (&encode_frame(&pages.concat())).into(), &live_fps)
-                    .expect("re-encoded");
+                w.append(
+                    mask,
+                    (&encode_frame(&pages.concat(), Compression::Zstd(3))).into(),
+                    &live_fps,
+                )
+                .expect("re-encoded");
             }
             model.push(Frame { mask, pages });
         }
@@ -1178,7 +1194,7 @@ mod tests {
         let mut w = FrameWriter::new(s.create(KEY).expect("c"), Uuid::nil(), Uuid::nil(), 16384)
             .expect("new");
         let two = [page_of(1, false), page_of(2, false)].concat();
-        let enc = encode_frame(&two);
+        let enc = encode_frame(&two, Compression::Lz4);
         assert_eq!(enc.codec, Codec::Raw);
         let fps = [1u128, 2];
         assert!(w.append(0, (&enc).into(), &[]).is_err(), "no pages");
@@ -1196,10 +1212,13 @@ mod tests {
         );
         let zstd = EncodedFrame {
             codec: Codec::Zstd,
-            bytes: vec![1; 100],
+            bytes: vec![1; 8192],
             hash: 0,
         };
-        assert!(w.append(0b0011, (&zstd).into(), &fps).is_err(), "zstd");
+        assert!(
+            w.append(0b0011, (&zstd).into(), &fps).is_err(),
+            "zstd no shorter than its pages"
+        );
         assert_eq!(w.frames(), 0);
         assert_eq!(w.append(0b0101, (&enc).into(), &fps).expect("valid"), 0);
         assert_eq!(w.append_empty().expect("valid"), 1);
@@ -1402,7 +1421,7 @@ mod tests {
         let es = entries(&p, &*obj);
         assert_eq!(
             es.iter().map(|e| e.codec).collect::<Vec<_>>(),
-            [Codec::Lz4, Codec::Raw, Codec::Raw, Codec::Lz4, Codec::Raw]
+            [Codec::Lz4, Codec::Raw, Codec::Raw, Codec::Zstd, Codec::Raw]
         );
         let entry = |i: usize, field: usize| table + i * ENTRY_LEN + field;
         let put = |at: usize, v: &[u8]| {
@@ -1425,7 +1444,7 @@ mod tests {
                 put(entry(0, 18), &0x1fu16.to_le_bytes()),
                 "mask 0x1f names slots beyond",
             ),
-            (put(entry(0, 16), &[1]), "codec 1 is not raw"),
+            (put(entry(0, 16), &[3]), "codec 3 is not raw"),
             (put(entry(0, 16), &[9]), "codec 9 is not raw"),
             (put(entry(1, 8), &5u32.to_le_bytes()), "first page 5 where"),
             (put(entry(0, 17), &[16]), "16 slots in a pack of 4"),

@@ -415,7 +415,7 @@ mod tests {
         let blocks: Vec<Vec<u8>> = (1..=5).map(block).collect();
         for (i, b) in blocks.iter().enumerate() {
             let h = block::hash(b);
-            let enc = block::encode(b, h);
+            let enc = block::encode(b, h, block::Compression::Lz4);
             w.append(i as u64 * 3, &enc.bytes, enc.codec, h)
                 .expect("append");
         }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::block::Compression;
+
 /// The store's own header record (`rpfs.store`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoreHeader {
@@ -20,6 +22,9 @@ pub struct StoreHeader {
     pub store_id: Uuid,
     /// Block size of every disk chain in the store, in bytes.
     pub block_size: u32,
+    /// What new blocks are compressed with; stores made before the choice existed are LZ4.
+    #[serde(default)]
+    pub compression: Compression,
     /// RFC 3339 creation time.
     pub created: String,
 }

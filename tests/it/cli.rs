@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::cli::{assert_mentions, cli_json, expect_exit, point_names};
+use crate::common::cli::{assert_mentions, cat_disk, cli_json, expect_exit, point_names};
 use crate::common::images::{KIB, MIB, change_blocks, mixed_image, random_image};
 use crate::common::store::{TestStore, assert_unchanged, open, read_image, snapshot};
 use crate::common::sys::{rng, seed};
@@ -540,19 +540,9 @@ fn cat_streams_exactly_the_image_bytes_to_a_pipe() {
         ("c1/p2", "os", &content),
         ("c1/p2", "data", &data_content),
     ] {
-        // assert_cmd captures standard output through a pipe.
-        let out = ts
-            .cli()
-            .args(["cat", point, "--disk", disk])
-            .output()
-            .expect("cat");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout.len(), want.len(), "{point} {disk}");
-        assert!(out.stdout == *want, "cat {point} --disk {disk} differs");
+        let out = cat_disk(&mut ts.cli(), point, disk);
+        assert_eq!(out.len(), want.len(), "{point} {disk}");
+        assert!(out == *want, "cat {point} --disk {disk} differs");
     }
 }
 

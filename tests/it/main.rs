@@ -7,7 +7,7 @@
 //!   `fuzz_replay`;
 //! - the filesystem core without a kernel, errno by errno: `vfs`;
 //! - the command line and the engine behind it: `cli`, `hooks`, `limits`, `incremental`,
-//!   `roundtrip`, `schedule`, `repair`, `stats`;
+//!   `roundtrip`, `schedule`, `repair`, `stats`, `compression`;
 //! - real mounts: `mount`, `files`, `partitions`;
 //! - crashes, faults and damage: `crashsim`, `dedup_crash`, `crash`, `faults`, `damage`,
 //!   `damage_paged`, `hostile`, `recovery`;
@@ -21,6 +21,7 @@
 mod common;
 
 mod cli;
+mod compression;
 mod crash;
 mod crashsim;
 mod damage;

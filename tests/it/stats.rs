@@ -317,6 +317,7 @@ fn stats_json_and_table_from_the_command_line() {
     let s: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     for k in [
         "format",
+        "compression",
         "logicalBytes",
         "storedBytes",
         "packBytes",
@@ -331,6 +332,7 @@ fn stats_json_and_table_from_the_command_line() {
         assert!(s.get(k).is_some(), "stats lacks {k}: {s}");
     }
     assert_eq!(s["format"], 2);
+    assert_eq!(s["compression"], "lz4");
     assert_eq!(s["logicalBytes"], 2 * data_pages(&content) * PAGE);
     let vms = s["vms"].as_array().expect("vms");
     assert_eq!(vms.len(), 2);
@@ -348,7 +350,7 @@ fn stats_json_and_table_from_the_command_line() {
 
     let (table, _) = expect_exit(rpfs().args(["stats"]), 0);
     for part in [
-        "store (format 2)",
+        "store (format 2, lz4)",
         "dedup ratio",
         "VM / COLLECTION",
         "FREED IF DELETED",

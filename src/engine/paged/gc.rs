@@ -287,7 +287,8 @@ fn sweep_pack(
                 kept.push(fps[ord]);
             }
         }
-        w.append(mask, (&frames::encode_frame(&pages)).into(), &kept)
+        let frame = frames::encode_frame(&pages, shared.header.compression);
+        w.append(mask, (&frame).into(), &kept)
             .map_err(|e| e.to_string())?;
     }
     let new_len = w.finish().map_err(|e| e.to_string())?;

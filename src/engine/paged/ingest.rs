@@ -317,7 +317,7 @@ impl Classifier<'_> {
             (&raw[..], block::hash(&raw))
         };
         let at = out.len();
-        new.codec = block::encode_into(pages_bytes, out);
+        new.codec = block::encode_into(pages_bytes, out, self.shared.header.compression);
         new.hash = hash;
         new.at = at..out.len();
         Ok(BlockOut {
@@ -570,7 +570,7 @@ pub(crate) fn ingest(
     let pool = (0..buffers)
         .map(|_| Buffers {
             data: AlignedBuf::new((per_batch * fsz) as usize),
-            // The last frame is encoded into room for LZ4's worst case (`block::encode_into`).
+            // The last frame is encoded into room for the worst case (`block::encode_into`).
             out: Vec::with_capacity(
                 (per_batch * fsz) as usize + block::compress_bound(fs as usize),
             ),

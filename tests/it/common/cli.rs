@@ -32,6 +32,21 @@ pub fn expect_exit(cmd: &mut assert_cmd::Command, code: i32) -> (String, String)
     (stdout, stderr)
 }
 
+/// `rpfs cat POINT --disk DISK` through `cmd` (pointed at a store): expects success and
+/// returns the bytes written to standard output (a pipe, as assert_cmd captures it).
+pub fn cat_disk(cmd: &mut assert_cmd::Command, point: &str, disk: &str) -> Vec<u8> {
+    let out = cmd
+        .args(["cat", point, "--disk", disk])
+        .output()
+        .expect("cat");
+    assert!(
+        out.status.success(),
+        "cat {point} --disk {disk}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Asserts that `msg` contains every one of `parts`.
 pub fn assert_mentions(msg: &str, parts: &[&str]) {
     for p in parts {

@@ -13,7 +13,7 @@ use rand::RngCore;
 use rpfs::engine::create::CreateRequest;
 use rpfs::engine::progress::Silent;
 use rpfs::engine::vms::VmSpec;
-use rpfs::engine::{Engine, OpenOptions};
+use rpfs::engine::{Engine, InitOptions, OpenOptions};
 use rpfs::store::LocalStorage;
 use rpfs::store::records::PointRecord;
 use tempfile::TempDir;
@@ -273,10 +273,13 @@ pub fn golden_format(points: usize, version: u32) -> Golden {
 pub fn paged_store(frame_size: u32) -> TestStore {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::create_dir(dir.path().join("store")).expect("store dir");
-    let engine = Engine::init_format(
+    let engine = Engine::init_with(
         Arc::new(LocalStorage::new(dir.path().join("store"))),
-        frame_size,
-        rpfs::store::format::PAGED,
+        InitOptions {
+            block_size: frame_size,
+            version: rpfs::store::format::PAGED,
+            ..InitOptions::default()
+        },
     )
     .expect("init format-2 store");
     TestStore { dir, engine }
@@ -288,10 +291,13 @@ impl TestStore {
     pub fn new_format(block_size: u32, version: u32) -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("store")).expect("store dir");
-        let engine = Engine::init_format(
+        let engine = Engine::init_with(
             Arc::new(LocalStorage::new(dir.path().join("store"))),
-            block_size,
-            version,
+            InitOptions {
+                block_size,
+                version,
+                ..InitOptions::default()
+            },
         )
         .expect("init store");
         TestStore { dir, engine }
