@@ -264,8 +264,8 @@ impl PageMap {
         entries_in(self.pages, u64::from(i))
     }
 
-    /// The entries of map page `i` (see [`locate`](super::locate)), read from `obj` (named `key` in errors),
-    /// verified and validated.
+    /// The entries of map page `i` (see [`locate`](super::locate)), read from `obj` (named `key`
+    /// in errors), verified and validated.
     pub fn read_page(&self, key: &str, obj: &dyn Object, i: u32) -> Result<Vec<u64>, PackError> {
         let corrupt =
             |kind: CorruptKind, detail: String| PackError::Corrupt(Corrupt::new(key, kind, detail));
