@@ -3,7 +3,8 @@
 # commit): formatting, clippy with warnings as errors (the product's own lints live in
 # src/lib.rs and src/main.rs: no unwrap/expect without a stated reason, every allow with a
 # reason, checked arithmetic where on-disk lengths and offsets are decoded), no import cycle
-# between modules, and a release binary that holds none of the test harnesses.
+# between modules, no source file of 700 lines or more, and a release binary that holds none
+# of the test harnesses.
 # Usage: scripts/check.sh [--no-release]   (--no-release skips the release build, for speed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,16 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 step "module graph (scripts/modgraph.py)"
 python3 scripts/modgraph.py
+
+step "no source file of 700 lines or more"
+# Issue 14: rooms of their own size. A file that grows past this is split by concern (its
+# unit tests into a child `tests.rs` first).
+long=$(find src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 >= 700')
+if [ -n "$long" ]; then
+  echo "split these files (700 lines or more):" >&2
+  echo "$long" >&2
+  exit 1
+fi
 
 if [ "${1:-}" != "--no-release" ]; then
   step "release binary holds no test harness"
