@@ -28,16 +28,24 @@ pub fn umask_022() {
     });
 }
 
-/// Makes `dir` and every directory above it 0755 (listable and traversable by everyone), as
-/// the directories above a real store, image or restore target are.
+/// Makes `dir` and every directory above it listable and traversable by everyone (adds
+/// `go+rx`), as the directories above a real store, image or restore target are. Only adds
+/// bits: `/tmp` keeps its 1777 (taking its sticky bit or write bits away would break every
+/// other user of the machine).
 pub fn open_up(dir: &Path) {
     let mut d = Some(dir);
     while let Some(p) = d {
         if p == Path::new("/") || p.as_os_str().is_empty() {
             break;
         }
-        fs::set_permissions(p, fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("chmod 0755 {}: {e}", p.display()));
+        let mode = fs::metadata(p)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+            .permissions()
+            .mode();
+        if mode & 0o755 != 0o755 {
+            fs::set_permissions(p, fs::Permissions::from_mode((mode & 0o7777) | 0o755))
+                .unwrap_or_else(|e| panic!("chmod go+rx {}: {e}", p.display()));
+        }
         d = p.parent();
     }
 }
