@@ -39,9 +39,6 @@ pub fn load_catalog(engine: &Engine) -> Result<Catalog, Failure> {
     Ok(cat)
 }
 
-/// Creates the directory of a new store, private (0700) from its creation; its parents are
-/// created as the umask says, like any directory. An existing directory is left for
-/// `Engine::init` to check and narrow.
 /// `rpfs init`: a new store in `dir` (created private if missing), refused if one is there.
 pub fn init(dir: &Path, options: InitOptions) -> Result<Engine, Failure> {
     if dir.join("rpfs.store").exists() {
@@ -51,12 +48,13 @@ pub fn init(dir: &Path, options: InitOptions) -> Result<Engine, Failure> {
         ));
     }
     create_store_dir(dir)?;
-    Ok(Engine::init_with(
-        Arc::new(LocalStorage::new(dir)),
-        options,
-    )?)
+    let storage = Arc::new(LocalStorage::new(dir));
+    Ok(Engine::init_with(storage, options)?)
 }
 
+/// Creates the directory of a new store, private (0700) from its creation; its parents are
+/// created as the umask says, like any directory. An existing directory is left for
+/// `Engine::init` to check and narrow.
 fn create_store_dir(dir: &Path) -> Result<(), Failure> {
     let fail = |e: std::io::Error| {
         failure(
